@@ -1,0 +1,323 @@
+//! What a response's instructions mean for the session, pure: which store write to make
+//! and which `Set-Cookie` to send (SPEC §3.3 rules, §4 "emits Set-Cookie only when").
+//! The pipeline executes the [`Decision`]; every branch is unit-tested here.
+
+use crate::{
+    cookie::SessionId,
+    protocol::{ChangeSet, Op, SessionStatus},
+    store::{Target, WritePlan},
+};
+
+/// What the request brought: the cookie's state and, when active, the loaded session's
+/// lifetime facts.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub status: SessionStatus,
+    /// The active session's id (`status == Active` only).
+    pub id: Option<SessionId>,
+    /// The cookie verified with an older secret: re-sign on this response.
+    pub needs_resign: bool,
+    /// The session's own lifetime (`X-Session-Max-Age`), seconds.
+    pub max_age: Option<u64>,
+    /// Seconds left to the absolute lifetime.
+    pub remaining: u64,
+}
+
+/// Cookie settings that shape the decision.
+#[derive(Debug, Clone, Copy)]
+pub struct CookiePolicy {
+    /// Configured persistent lifetime (`expires_days` / `max_age`), seconds.
+    pub lifetime: Option<u64>,
+    /// `cookies.rolling`.
+    pub rolling: bool,
+    /// `session.absolute_ttl` in seconds (the cap of a new session's cookie).
+    pub absolute_ttl: u64,
+}
+
+/// The `Set-Cookie` a response carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CookieAction {
+    None,
+    /// Send a cookie for `id`, with `Max-Age` when it has a lifetime.
+    Issue { id: SessionId, max_age: Option<u64> },
+    /// Remove the cookie.
+    Clear,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub plan: Option<WritePlan>,
+    pub cookie: CookieAction,
+}
+
+/// A write was wanted while the store is unavailable (`on_error: anonymous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreUnavailable;
+
+fn cookie_max_age(policy: &CookiePolicy, session_max_age: Option<u64>, remaining: u64) -> Option<u64> {
+    session_max_age
+        .or(policy.lifetime)
+        .map(|secs| secs.min(remaining))
+}
+
+/// Decide the store write and cookie for one response. `new_id` is called only when a
+/// new session id is needed.
+pub fn decide<E>(
+    view: &SessionView,
+    changes: &ChangeSet,
+    policy: &CookiePolicy,
+    new_id: impl FnOnce() -> Result<SessionId, E>,
+) -> Result<Result<Decision, StoreUnavailable>, E> {
+    let writes = changes.writes();
+    // Deleting keys of a session that does not exist is a no-op, not a reason to create
+    // an empty session; every other write creates one (SPEC §3.3, lazy creation).
+    let creates = changes.max_age.is_some()
+        || changes.ops.iter().any(|op| !matches!(op, Op::Delete(_)));
+    if view.status == SessionStatus::Unavailable && (writes || changes.destroy || changes.regenerate) {
+        return Ok(Err(StoreUnavailable));
+    }
+    let active = view.id.clone().filter(|_| view.status == SessionStatus::Active);
+    let had_cookie = view.status != SessionStatus::None;
+    let new_session = |id: SessionId| CookieAction::Issue {
+        max_age: cookie_max_age(policy, changes.max_age, policy.absolute_ttl),
+        id,
+    };
+
+    let decision = if changes.destroy {
+        let new = if creates { Some(new_id()?) } else { None };
+        let target = match (active, new.clone()) {
+            (Some(old), Some(new)) => Some(Target::DestroyThenCreate { old, new }),
+            (Some(old), None) => Some(Target::Destroy(old)),
+            (None, Some(new)) => Some(Target::Create(new)),
+            (None, None) => None,
+        };
+        let cookie = match new {
+            Some(id) => new_session(id),
+            None if had_cookie => CookieAction::Clear,
+            None => CookieAction::None,
+        };
+        Decision {
+            plan: target.map(|t| plan(t, changes)),
+            cookie,
+        }
+    } else if let (true, Some(from)) = (changes.regenerate, active.clone()) {
+        let to = new_id()?;
+        Decision {
+            plan: Some(plan(
+                Target::Move {
+                    from,
+                    to: to.clone(),
+                },
+                changes,
+            )),
+            cookie: CookieAction::Issue {
+                id: to,
+                max_age: cookie_max_age(policy, changes.max_age.or(view.max_age), view.remaining),
+            },
+        }
+    } else if writes && (active.is_some() || creates) {
+        match active {
+            Some(id) => {
+                let session_max_age = changes.max_age.or(view.max_age);
+                let reissue = changes.max_age.is_some()
+                    || view.needs_resign
+                    || (policy.rolling && session_max_age.or(policy.lifetime).is_some());
+                Decision {
+                    plan: Some(plan(Target::Existing(id.clone()), changes)),
+                    cookie: if reissue {
+                        CookieAction::Issue {
+                            id,
+                            max_age: cookie_max_age(policy, session_max_age, view.remaining),
+                        }
+                    } else {
+                        CookieAction::None
+                    },
+                }
+            }
+            None => {
+                let id = new_id()?;
+                Decision {
+                    plan: Some(plan(Target::Create(id.clone()), changes)),
+                    cookie: new_session(id),
+                }
+            }
+        }
+    } else {
+        let cookie = match (&active, view.status) {
+            (Some(id), _)
+                if view.needs_resign
+                    || (policy.rolling && view.max_age.or(policy.lifetime).is_some()) =>
+            {
+                CookieAction::Issue {
+                    id: id.clone(),
+                    max_age: cookie_max_age(policy, view.max_age, view.remaining),
+                }
+            }
+            (None, SessionStatus::Invalid | SessionStatus::Expired) => CookieAction::Clear,
+            _ => CookieAction::None,
+        };
+        Decision { plan: None, cookie }
+    };
+    Ok(Ok(decision))
+}
+
+fn plan(target: Target, changes: &ChangeSet) -> WritePlan {
+    WritePlan {
+        target,
+        ops: changes.ops.clone(),
+        max_age: changes.max_age,
+    }
+}
+
+/// The session a plan meant to update (or move) is gone: strict ids forbid writing it
+/// under its old id, so the same ops go to a brand-new session (SPEC §3.3).
+pub fn retry_as_new(previous: &WritePlan, id: SessionId, policy: &CookiePolicy) -> Decision {
+    Decision {
+        plan: Some(WritePlan {
+            target: Target::Create(id.clone()),
+            ops: previous.ops.clone(),
+            max_age: previous.max_age,
+        }),
+        cookie: CookieAction::Issue {
+            id,
+            max_age: cookie_max_age(policy, previous.max_age, policy.absolute_ttl),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: CookiePolicy = CookiePolicy {
+        lifetime: None,
+        rolling: false,
+        absolute_ttl: 1000,
+    };
+
+    fn view(status: SessionStatus) -> SessionView {
+        SessionView {
+            id: (status == SessionStatus::Active).then(|| SessionId::from_trusted("old")),
+            status,
+            needs_resign: false,
+            max_age: None,
+            remaining: 500,
+        }
+    }
+
+    fn changes(f: impl FnOnce(&mut ChangeSet)) -> ChangeSet {
+        let mut c = ChangeSet::default();
+        f(&mut c);
+        c
+    }
+
+    fn set() -> ChangeSet {
+        changes(|c| c.ops.push(Op::Set("\"a\"".into(), "1".into())))
+    }
+
+    fn run(v: &SessionView, c: &ChangeSet) -> Decision {
+        decide(v, c, &POLICY, || Ok::<_, ()>(SessionId::from_trusted("new")))
+            .unwrap()
+            .unwrap()
+    }
+
+    fn new_cookie() -> CookieAction {
+        CookieAction::Issue {
+            id: SessionId::from_trusted("new"),
+            max_age: None,
+        }
+    }
+
+    #[test]
+    fn nothing_written_nothing_created() {
+        let d = run(&view(SessionStatus::None), &ChangeSet::default());
+        assert_eq!(d, Decision { plan: None, cookie: CookieAction::None });
+        let d = run(&view(SessionStatus::Active), &ChangeSet::default());
+        assert_eq!(d.cookie, CookieAction::None);
+    }
+
+    #[test]
+    fn first_write_creates() {
+        let d = run(&view(SessionStatus::None), &set());
+        assert_eq!(d.plan.unwrap().target, Target::Create(SessionId::from_trusted("new")));
+        assert_eq!(d.cookie, new_cookie());
+    }
+
+    #[test]
+    fn expired_or_invalid_cookie_is_cleared_or_replaced() {
+        for s in [SessionStatus::Expired, SessionStatus::Invalid] {
+            assert_eq!(run(&view(s), &ChangeSet::default()).cookie, CookieAction::Clear);
+            let d = run(&view(s), &set());
+            assert_eq!(d.cookie, new_cookie());
+        }
+    }
+
+    #[test]
+    fn write_to_active_updates_in_place_without_cookie() {
+        let d = run(&view(SessionStatus::Active), &set());
+        assert_eq!(d.plan.unwrap().target, Target::Existing(SessionId::from_trusted("old")));
+        assert_eq!(d.cookie, CookieAction::None);
+    }
+
+    #[test]
+    fn destroy_variants() {
+        let destroy = changes(|c| c.destroy = true);
+        let d = run(&view(SessionStatus::Active), &destroy);
+        assert_eq!(d.plan.unwrap().target, Target::Destroy(SessionId::from_trusted("old")));
+        assert_eq!(d.cookie, CookieAction::Clear);
+        let mut both = set();
+        both.destroy = true;
+        let d = run(&view(SessionStatus::Active), &both);
+        assert!(matches!(d.plan.unwrap().target, Target::DestroyThenCreate { .. }));
+        assert_eq!(d.cookie, new_cookie());
+        let d = run(&view(SessionStatus::None), &destroy);
+        assert_eq!(d, Decision { plan: None, cookie: CookieAction::None });
+    }
+
+    #[test]
+    fn regenerate_moves_and_keeps_session_lifetime() {
+        let regen = changes(|c| c.regenerate = true);
+        let mut v = view(SessionStatus::Active);
+        v.max_age = Some(3600);
+        let d = run(&v, &regen);
+        assert!(matches!(d.plan.unwrap().target, Target::Move { .. }));
+        assert_eq!(
+            d.cookie,
+            CookieAction::Issue { id: SessionId::from_trusted("new"), max_age: Some(500) }
+        );
+        // without a session, Regenerate alone is nothing
+        assert_eq!(run(&view(SessionStatus::None), &regen).plan, None);
+    }
+
+    #[test]
+    fn max_age_and_resign_reissue() {
+        let ma = changes(|c| c.max_age = Some(100));
+        let d = run(&view(SessionStatus::Active), &ma);
+        assert_eq!(
+            d.cookie,
+            CookieAction::Issue { id: SessionId::from_trusted("old"), max_age: Some(100) }
+        );
+        let mut v = view(SessionStatus::Active);
+        v.needs_resign = true;
+        let d = run(&v, &ChangeSet::default());
+        assert_eq!(d.cookie, CookieAction::Issue { id: SessionId::from_trusted("old"), max_age: None });
+    }
+
+    #[test]
+    fn delete_alone_creates_nothing() {
+        let del = changes(|c| c.ops.push(Op::Delete("\"a\"".into())));
+        assert_eq!(run(&view(SessionStatus::None), &del).plan, None);
+        assert_eq!(run(&view(SessionStatus::Expired), &del).cookie, CookieAction::Clear);
+        let d = run(&view(SessionStatus::Active), &del);
+        assert_eq!(d.plan.unwrap().target, Target::Existing(SessionId::from_trusted("old")));
+    }
+
+    #[test]
+    fn unavailable_store_refuses_writes_only() {
+        let v = view(SessionStatus::Unavailable);
+        let r = decide(&v, &set(), &POLICY, || Ok::<_, ()>(SessionId::from_trusted("n"))).unwrap();
+        assert_eq!(r, Err(StoreUnavailable));
+        let r = decide(&v, &ChangeSet::default(), &POLICY, || Ok::<_, ()>(SessionId::from_trusted("n")));
+        assert_eq!(r.unwrap().unwrap().plan, None);
+    }
+}

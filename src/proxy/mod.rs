@@ -1,0 +1,433 @@
+//! The request pipeline (SPEC §2), top to bottom in [`Proxy::process`]:
+//! strip → read cookie → load → inject → forward → take instructions → apply → respond.
+//! Header details live in [`headers`], the upstream client in [`forward`], upgrades in
+//! [`upgrade`], and the decision of what to write in [`crate::lifecycle`].
+
+pub mod forward;
+pub mod headers;
+pub mod upgrade;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::{
+    body::{Body, strip_reserved_trailers},
+    config::{Config, IpNet, OnError},
+    cookie::{
+        CookieAttributes, CookieSigner, CookieState, SessionId, make_private, read_session_cookie,
+        strip_session_cookie,
+    },
+    error::ProxyError,
+    lifecycle::{self, CookieAction, CookiePolicy, Decision, SessionView},
+    protocol::{ChangeSet, ReservedPrefix, SessionStatus, encode_object},
+    store::{LoadedSession, SessionStore, StoreError, WriteOutcome, any::AnyStore},
+};
+
+use self::forward::Upstream;
+
+/// Per-request settings derived from the config. Swapped whole on reload, so a request
+/// sees one consistent snapshot.
+#[derive(Debug)]
+pub struct Settings {
+    pub prefix: Arc<ReservedPrefix>,
+    pub signer: CookieSigner,
+    pub cookie: CookieAttributes,
+    pub policy: CookiePolicy,
+    pub forward_cookie: bool,
+    pub expose_id: bool,
+    pub bypass: Vec<String>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub on_error: OnError,
+    pub store_timeout: Duration,
+    pub max_header_size: usize,
+}
+
+/// Why settings could not be built from a config.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(String);
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Result<Self, SettingsError> {
+        let prefix = ReservedPrefix::new(&config.headers.prefix)
+            .map_err(|e| SettingsError(format!("headers.prefix: {e}")))?;
+        let secrets: Vec<&[u8]> = config.secrets.iter().map(|s| s.0.as_bytes()).collect();
+        let c = &config.cookies;
+        let lifetime = c.lifetime.map(|d| d.as_secs());
+        Ok(Settings {
+            prefix: Arc::new(prefix),
+            signer: CookieSigner::new(&c.name, &secrets),
+            cookie: CookieAttributes {
+                name: c.name.clone(),
+                path: c.path.clone(),
+                domain: c.domain.clone(),
+                secure: c.secure,
+                http_only: c.http_only,
+                same_site: c.same_site,
+                max_age: lifetime,
+            },
+            policy: CookiePolicy {
+                lifetime,
+                rolling: c.rolling,
+                absolute_ttl: config.session.absolute_ttl.as_secs(),
+            },
+            forward_cookie: c.forward,
+            expose_id: config.headers.expose_id,
+            bypass: config.bypass.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
+            on_error: config.store.on_error,
+            store_timeout: config.store.timeout,
+            max_header_size: config.limits.max_header_size,
+        })
+    }
+
+    fn is_bypass(&self, path: &str) -> bool {
+        self.bypass.iter().any(|p| path.starts_with(p.as_str()))
+    }
+
+    fn is_trusted(&self, peer: SocketAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(peer.ip()))
+    }
+}
+
+/// The session state of one request, from cookie to injection.
+struct RequestSession {
+    view: SessionView,
+    loaded: Option<LoadedSession>,
+}
+
+/// Shared state of the pipeline.
+#[derive(Debug)]
+pub struct Proxy {
+    /// Replaced on SIGHUP; each request clones the `Arc` once.
+    settings: RwLock<Arc<Settings>>,
+    store: Arc<AnyStore>,
+    upstream: Upstream,
+    request_ids: RequestIds,
+}
+
+impl Proxy {
+    pub fn new(settings: Settings, store: Arc<AnyStore>, upstream: Upstream) -> Self {
+        Proxy {
+            settings: RwLock::new(Arc::new(settings)),
+            store,
+            upstream,
+            request_ids: RequestIds::new(),
+        }
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn replace_settings(&self, settings: Settings) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+    }
+
+    pub fn store(&self) -> &Arc<AnyStore> {
+        &self.store
+    }
+
+    /// Serve one request; never fails (errors become short plain-text responses).
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = self.request_ids.next();
+        let settings = self.settings();
+        let method = req.method().clone();
+        // The path only: query strings carry tokens often enough to stay out of logs.
+        let path = req.uri().path().to_owned();
+        let has_body = request_has_body(&req);
+        let mut session_status = SessionStatus::None;
+        let response = match self
+            .process(&settings, req, peer, &request_id, &mut session_status)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                let status = e.status();
+                if status.is_server_error() {
+                    tracing::warn!(request_id = %request_id, error = %e, "request failed");
+                } else {
+                    tracing::info!(request_id = %request_id, error = %e, "request refused");
+                }
+                let mut resp = e.into_response(&request_id);
+                // A body we never read must not be taken for the next request on this
+                // connection (SPEC §8.6).
+                if has_body {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
+            }
+        };
+        tracing::info!(
+            target: "session_sidecar::access",
+            method = %method,
+            path = %path,
+            status = response.status().as_u16(),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            session = session_status.as_str(),
+            request_id = %request_id,
+        );
+        response
+    }
+
+    async fn process(
+        &self,
+        settings: &Settings,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &str,
+        session_status: &mut SessionStatus,
+    ) -> Result<Response<Body>, ProxyError> {
+        // 1. Framing and the client's reserved headers, before anything reads them.
+        headers::check_framing(req.headers())?;
+        settings.prefix.strip(req.headers_mut());
+        if headers::cookie_bytes(req.headers()) > settings.max_header_size {
+            return Err(ProxyError::HeaderTooLarge);
+        }
+        let bypass = settings.is_bypass(req.uri().path());
+
+        // 2. Cookie → session (one store round trip), unless bypassed.
+        let session = if bypass {
+            None
+        } else {
+            Some(self.load_session(settings, &req).await?)
+        };
+        if let Some(s) = &session {
+            *session_status = s.view.status;
+        }
+
+        // 3. Hop-by-hop fields go before injection, so `Connection` cannot remove
+        //    what we add; then forwarding headers, the session cookie, the session.
+        let upgrade = headers::remove_hop_by_hop(req.headers_mut());
+        headers::filter_trailer_declaration(req.headers_mut(), &settings.prefix);
+        if let Some(proto) = upgrade.clone() {
+            headers::restore_upgrade(req.headers_mut(), proto);
+        }
+        headers::set_forwarded(req.headers_mut(), peer.ip(), settings.is_trusted(peer), "http");
+        if !settings.forward_cookie {
+            strip_session_cookie(req.headers_mut(), settings.signer.cookie_name());
+        }
+        if let Some(s) = &session {
+            inject(settings, req.headers_mut(), s)?;
+        }
+
+        // 4. Forward with the body streamed.
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let req = req.map(|b| strip_reserved_trailers(b, settings.prefix.clone()));
+        let mut resp = self.upstream.send(req).await?;
+
+        // 5. Instructions out of the response (always stripped, also when bypassed).
+        let instructions = settings.prefix.take_instructions(resp.headers_mut());
+        let resp_upgrade = headers::remove_hop_by_hop(resp.headers_mut());
+        headers::filter_trailer_declaration(resp.headers_mut(), &settings.prefix);
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && let Some(proto) = resp_upgrade {
+            headers::restore_upgrade(resp.headers_mut(), proto);
+        }
+        let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
+        let mut resp = resp.map(|b| strip_reserved_trailers(b, settings.prefix.clone()));
+
+        if let Some(session) = session {
+            let mut changes = instructions.map_err(|m| ProxyError::BadInstruction(m.to_string()))?;
+            if !changes.ignored.is_empty() {
+                tracing::warn!(request_id, names = ?changes.ignored, "ignored reserved response headers that are not instructions");
+            }
+            if resp.status().is_server_error() && !changes.is_empty() {
+                // As Django: a failed request's session changes are not saved.
+                tracing::info!(request_id, status = resp.status().as_u16(), "session writes on a 5xx response not applied");
+                changes = ChangeSet::default();
+            }
+            let cookie = self.persist(settings, &session.view, &changes).await?;
+            set_cookie(settings, resp.headers_mut(), cookie);
+        }
+
+        if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
+            upgrade::spawn_tunnel(client, upstream);
+        }
+        Ok(resp)
+    }
+
+    /// Read and verify the cookie, then load the session in one store round trip.
+    async fn load_session(
+        &self,
+        settings: &Settings,
+        req: &Request<Incoming>,
+    ) -> Result<RequestSession, ProxyError> {
+        let view = |status, id, needs_resign| SessionView {
+            status,
+            id,
+            needs_resign,
+            max_age: None,
+            remaining: 0,
+        };
+        let verified = match read_session_cookie(req.headers(), &settings.signer) {
+            CookieState::Absent => {
+                return Ok(RequestSession {
+                    view: view(SessionStatus::None, None, false),
+                    loaded: None,
+                });
+            }
+            CookieState::Invalid => {
+                return Ok(RequestSession {
+                    view: view(SessionStatus::Invalid, None, false),
+                    loaded: None,
+                });
+            }
+            CookieState::Valid(v) => v,
+        };
+        match self.store_call(settings, self.store.load(&verified.id)).await {
+            Ok(Some(loaded)) => Ok(RequestSession {
+                view: SessionView {
+                    status: SessionStatus::Active,
+                    id: Some(verified.id),
+                    needs_resign: verified.needs_resign,
+                    max_age: loaded.max_age,
+                    remaining: loaded.remaining,
+                },
+                loaded: Some(loaded),
+            }),
+            Ok(None) => Ok(RequestSession {
+                view: view(SessionStatus::Expired, None, false),
+                loaded: None,
+            }),
+            Err(e) if settings.on_error == OnError::Anonymous => {
+                tracing::warn!(error = %e, "session store unavailable: forwarding without a session");
+                Ok(RequestSession {
+                    view: view(SessionStatus::Unavailable, None, false),
+                    loaded: None,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Apply the response's changes (one atomic store write, plus one more only when the
+    /// session vanished meanwhile) and say which cookie to send.
+    async fn persist(
+        &self,
+        settings: &Settings,
+        view: &SessionView,
+        changes: &ChangeSet,
+    ) -> Result<CookieAction, ProxyError> {
+        let new_id = || SessionId::generate().map_err(|e| ProxyError::Random(e.to_string()));
+        let decision = lifecycle::decide(view, changes, &settings.policy, new_id)?
+            .map_err(|_| ProxyError::WriteWithoutStore)?;
+        let Decision { plan, cookie } = decision;
+        let Some(plan) = plan else {
+            return Ok(cookie);
+        };
+        match self.store_call(settings, self.store.apply(&plan)).await? {
+            WriteOutcome::Applied => Ok(cookie),
+            WriteOutcome::Gone => {
+                // Destroyed or expired since this request loaded it: never revive the
+                // old id; the writes start a new session.
+                let retry = lifecycle::retry_as_new(&plan, new_id()?, &settings.policy);
+                let Some(plan) = retry.plan else {
+                    return Ok(retry.cookie);
+                };
+                match self.store_call(settings, self.store.apply(&plan)).await? {
+                    WriteOutcome::Applied => Ok(retry.cookie),
+                    WriteOutcome::Gone => Err(ProxyError::Store(StoreError::Unavailable(
+                        "a new session could not be created".into(),
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Bound a store call by `store.timeout`.
+    async fn store_call<T>(
+        &self,
+        settings: &Settings,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(settings.store_timeout, call)
+            .await
+            .unwrap_or(Err(StoreError::Timeout))
+    }
+}
+
+/// Add `X-Session`, `X-Session-Flash`, `X-Session-Status` (and `X-Session-Id`).
+fn inject(
+    settings: &Settings,
+    headers: &mut http::HeaderMap,
+    session: &RequestSession,
+) -> Result<(), ProxyError> {
+    let p = &settings.prefix;
+    let (data, flash) = match &session.loaded {
+        Some(l) => (encode_object(&l.data), encode_object(&l.flash)),
+        None => ("{}".to_owned(), "{}".to_owned()),
+    };
+    // Stored values are ASCII-escaped JSON written by this sidecar; anything else in the
+    // store is corruption, not something to pass on as a header.
+    let value = |s: String| {
+        HeaderValue::try_from(s).map_err(|_| {
+            ProxyError::Store(StoreError::Corrupt("stored session is not a valid header value".into()))
+        })
+    };
+    headers.insert(p.session(), value(data)?);
+    headers.insert(p.flash(), value(flash)?);
+    headers.insert(p.status(), session.view.status.header_value());
+    if settings.expose_id
+        && let Some(id) = &session.view.id
+    {
+        headers.insert(p.id(), value(id.as_str().to_owned())?);
+    }
+    Ok(())
+}
+
+fn set_cookie(settings: &Settings, headers: &mut http::HeaderMap, action: CookieAction) {
+    let value = match action {
+        CookieAction::None => return,
+        CookieAction::Issue { id, max_age } => settings
+            .cookie
+            .issue(&settings.signer.sign(&id), max_age),
+        CookieAction::Clear => settings.cookie.clear(),
+    };
+    headers.append(header::SET_COOKIE, value);
+    make_private(headers);
+}
+
+fn request_has_body(req: &Request<Incoming>) -> bool {
+    use http_body::Body as _;
+    !req.body().is_end_stream()
+}
+
+/// Request ids: a random per-process prefix and a counter. Unique enough to find one
+/// request in the logs, free of syscalls on the request path.
+#[derive(Debug)]
+struct RequestIds {
+    prefix: u32,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut raw = [0u8; 4];
+        // A failed random source only makes ids less unique across restarts.
+        let _ = getrandom::fill(&mut raw);
+        RequestIds {
+            prefix: u32::from_le_bytes(raw),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:08x}", self.prefix, n)
+    }
+}

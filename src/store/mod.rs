@@ -1,0 +1,276 @@
+//! Session stores: one async interface, three engines.
+//!
+//! Every engine keeps a session as a map of *fields* to *values*, both already in their
+//! wire form (see [`crate::protocol`]): a field is the JSON string literal of the key
+//! (quotes included, non-ASCII escaped), a value is compact ASCII-only JSON text. The
+//! request path therefore never parses JSON: `X-Session` is built by concatenation.
+//!
+//! A store only moves bytes and enforces atomicity; the decisions (which id to write,
+//! what a write means) are made by the pipeline and expressed as a [`WritePlan`].
+
+pub mod any;
+pub mod memory;
+pub mod redis;
+
+use std::{collections::BTreeMap, future::Future, time::Duration};
+
+use crate::{
+    cookie::SessionId,
+    protocol::{Op, encoded_object_len},
+};
+
+/// A session field map: JSON string literal of the key → compact JSON value text.
+pub type FieldMap = BTreeMap<String, String>;
+
+/// Lifetimes and bounds every engine enforces (SPEC §5).
+#[derive(Debug, Clone)]
+pub struct Lifetimes {
+    /// Idle lifetime, refreshed on every load (`session.ttl`).
+    pub ttl: Duration,
+    /// Hard limit from creation (`session.absolute_ttl`).
+    pub absolute_ttl: Duration,
+    /// Largest encoded `X-Session` (and `X-Session-Flash`) value in bytes.
+    pub max_size: usize,
+}
+
+/// What a load found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadedSession {
+    /// The session data.
+    pub data: FieldMap,
+    /// Notifications delivered by this load; they are gone from the store already.
+    pub flash: FieldMap,
+    /// The per-session idle lifetime set with `X-Session-Max-Age`, in seconds.
+    pub max_age: Option<u64>,
+    /// Seconds left until `absolute_ttl` (caps a cookie's `Max-Age`).
+    pub remaining: u64,
+}
+
+/// Which session(s) a write touches. Chosen by the pipeline from the request's cookie
+/// state and the response's instructions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Update a session that was loaded by this request. If it is gone by now (expired,
+    /// destroyed concurrently) nothing is written and [`WriteOutcome::Gone`] is returned:
+    /// a write never revives a dead id.
+    Existing(SessionId),
+    /// Create a brand-new session (fresh creation time) and apply the ops to it.
+    Create(SessionId),
+    /// Regenerate: move data, pending flash, creation time and max-age from `from` to the
+    /// new id `to`, delete `from`, then apply the ops to `to`. `Gone` if `from` is gone.
+    Move { from: SessionId, to: SessionId },
+    /// Destroy `old` (data and flash) and write nothing else.
+    Destroy(SessionId),
+    /// Destroy `old`, then create `new` with a fresh creation time and apply the ops.
+    DestroyThenCreate { old: SessionId, new: SessionId },
+}
+
+/// A validated change set, ready for one atomic store operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WritePlan {
+    pub target: Target,
+    /// Data and flash operations in application order (see [`crate::protocol::Op`]).
+    pub ops: Vec<Op>,
+    /// New per-session idle lifetime (`X-Session-Max-Age`), in seconds.
+    pub max_age: Option<u64>,
+}
+
+/// The result of a write that reached the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Applied,
+    /// The session to update (or move) no longer exists; nothing was written.
+    Gone,
+}
+
+/// Why applying ops to a session was refused. Nothing is written in any of these cases;
+/// the pipeline answers 502 (the upstream sent something it may not).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("X-Session-Incr on key {field} whose value is not an integer")]
+    NotInteger { field: String },
+    #[error("X-Session-Incr on key {field} overflows a 64-bit integer")]
+    Overflow { field: String },
+    #[error("the encoded session would be {size} bytes, over session.max_size ({max})")]
+    TooLarge { size: usize, max: usize },
+    #[error("the encoded flash would be {size} bytes, over session.max_size ({max})")]
+    FlashTooLarge { size: usize, max: usize },
+}
+
+/// Store failures, mapped to HTTP statuses in one place ([`crate::error`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or answered with an error (503).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The call took longer than `store.timeout` (503).
+    #[error("store call timed out")]
+    Timeout,
+    /// The change set cannot be applied to the stored session (502).
+    #[error(transparent)]
+    Rejected(#[from] ApplyError),
+    /// The store holds data this sidecar cannot read (503; logged).
+    #[error("store returned malformed data: {0}")]
+    Corrupt(String),
+}
+
+/// The one interface every engine implements (SPEC §7). Implementations never block a
+/// runtime thread and bound each call by `store.timeout` themselves or via the caller.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Load data and pending flash in one round trip, consume that flash (exactly once,
+    /// even under concurrency) and refresh the idle lifetime. `None` when the session
+    /// does not exist or is past its absolute lifetime.
+    fn load(
+        &self,
+        id: &SessionId,
+    ) -> impl Future<Output = Result<Option<LoadedSession>, StoreError>> + Send;
+
+    /// Apply a validated plan as one atomic operation (all or nothing).
+    fn apply(
+        &self,
+        plan: &WritePlan,
+    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
+
+    /// Is the store reachable and usable (for `/readyz`)?
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Apply `ops` to copies of `data`/`flash` and return the new maps, or why not.
+/// The reference semantics every engine implements (the Redis engine mirrors it in Lua).
+pub fn apply_ops(
+    data: &FieldMap,
+    flash: &FieldMap,
+    ops: &[Op],
+    max_size: usize,
+) -> Result<(FieldMap, FieldMap), ApplyError> {
+    let mut data = data.clone();
+    let mut flash = flash.clone();
+    for op in ops {
+        match op {
+            Op::ClearData => data.clear(),
+            Op::Delete(field) => {
+                data.remove(field);
+            }
+            Op::Set(field, value) => {
+                data.insert(field.clone(), value.clone());
+            }
+            Op::Incr(field, by) => {
+                let current = match data.get(field) {
+                    None => 0,
+                    Some(text) => parse_integer(text).ok_or_else(|| ApplyError::NotInteger {
+                        field: field.clone(),
+                    })?,
+                };
+                let sum = current
+                    .checked_add(*by)
+                    .ok_or_else(|| ApplyError::Overflow {
+                        field: field.clone(),
+                    })?;
+                data.insert(field.clone(), sum.to_string());
+            }
+            Op::FlashSet(field, value) => {
+                flash.insert(field.clone(), value.clone());
+            }
+        }
+    }
+    let size = encoded_object_len(&data);
+    if size > max_size {
+        return Err(ApplyError::TooLarge {
+            size,
+            max: max_size,
+        });
+    }
+    let size = encoded_object_len(&flash);
+    if size > max_size {
+        return Err(ApplyError::FlashTooLarge {
+            size,
+            max: max_size,
+        });
+    }
+    Ok((data, flash))
+}
+
+/// A stored value counts as an integer for `Incr` when it is a JSON integer that fits an
+/// `i64` (`-0`, `1.0` and `1e3` do not: they are not what `Incr` itself writes).
+pub fn parse_integer(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if digits.len() > 1 && digits.starts_with('0') {
+        return None;
+    }
+    text.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(k: &str) -> String {
+        format!("\"{k}\"")
+    }
+
+    #[test]
+    fn order_replace_delete_set_incr() {
+        let mut data = FieldMap::new();
+        data.insert(f("old"), "1".into());
+        let ops = vec![
+            Op::ClearData,
+            Op::Set(f("x"), "1".into()),
+            Op::Set(f("y"), "2".into()),
+            Op::Delete(f("x")),
+            Op::Set(f("n"), "5".into()),
+            Op::Set(f("s"), "1".into()),
+            Op::Incr(f("n"), 2),
+        ];
+        let (d, _) = apply_ops(&data, &FieldMap::new(), &ops, 8192).unwrap();
+        assert_eq!(
+            d.into_iter().collect::<Vec<_>>(),
+            vec![
+                (f("n"), "7".to_string()),
+                (f("s"), "1".to_string()),
+                (f("y"), "2".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn incr_rejects_non_integers_and_overflow() {
+        let mut data = FieldMap::new();
+        data.insert(f("a"), "1.5".into());
+        data.insert(f("b"), i64::MAX.to_string());
+        let empty = FieldMap::new();
+        assert!(matches!(
+            apply_ops(&data, &empty, &[Op::Incr(f("a"), 1)], 8192),
+            Err(ApplyError::NotInteger { .. })
+        ));
+        assert!(matches!(
+            apply_ops(&data, &empty, &[Op::Incr(f("b"), 1)], 8192),
+            Err(ApplyError::Overflow { .. })
+        ));
+        let (d, _) = apply_ops(&data, &empty, &[Op::Incr(f("c"), -3)], 8192).unwrap();
+        assert_eq!(d[&f("c")], "-3");
+    }
+
+    #[test]
+    fn size_limit_is_inclusive() {
+        // {"a":"xx"} is 10 bytes
+        let ops = [Op::Set(f("a"), "\"xx\"".into())];
+        let empty = FieldMap::new();
+        assert!(apply_ops(&empty, &empty, &ops, 10).is_ok());
+        assert!(matches!(
+            apply_ops(&empty, &empty, &ops, 9),
+            Err(ApplyError::TooLarge { size: 10, max: 9 })
+        ));
+    }
+
+    #[test]
+    fn integers_are_strict() {
+        assert_eq!(parse_integer("0"), Some(0));
+        assert_eq!(parse_integer("-12"), Some(-12));
+        for bad in ["", "-", "01", "-0x1", "1.0", "1e3", "\"1\"", "99999999999999999999"] {
+            assert_eq!(parse_integer(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! The Redis engine (SPEC §7 `redis`).
+//!
+//! # Key layout
+//!
+//! For a session id `id`, let `sk = id.store_key()` (base64url of SHA-256 of the id: a
+//! store dump reveals nothing a client could present) and `p = store.key_prefix`.
+//!
+//! | key | db | type | content |
+//! |---|---|---|---|
+//! | `<p>{<sk>}`, e.g. `session:{Zm9v…}` | `db_sessions` | hash | the session data and its meta fields |
+//! | `<p>{<sk>}:flash` | `db_notifications` | hash | pending flash (notifications) |
+//! | `<p>{<sk>}:tmp` | `db_sessions` | string | scratch for exact `Incr`; exists only while a script runs |
+//!
+//! The literal braces around the store key are a Redis Cluster hash tag: every key of one
+//! session hashes to the same slot, so one script may touch them all.
+//!
+//! Hash fields of the data and flash hashes are in the wire form of [`crate::store`]:
+//! a user key is stored as its JSON string literal *with the quotes* (field `"user"`,
+//! value `"ann"` as JSON text), so `X-Session` is built by concatenation. The data hash
+//! also holds meta fields, which never start with `"`:
+//! - `created`: creation time in unix milliseconds, by the Redis server's clock
+//!   (`TIME`): many sidecars share one store, so the store's clock is the one clock;
+//! - `max_age`: the per-session idle lifetime in seconds (`X-Session-Max-Age`); absent
+//!   by default, and then `session.ttl` applies.
+//!
+//! Every key always carries a TTL = min(idle lifetime, time left to `absolute_ttl` since
+//! `created`); nothing is ever left without an expiry. A session always has `created`,
+//! so its data hash exists for as long as the session does, even with no user keys.
+//!
+//! # Round trips
+//!
+//! A load is one Lua script (`redis/load.lua`): read the data, check the absolute
+//! lifetime, refresh the TTL, and read-and-delete the flash atomically (delivered exactly
+//! once). A write is one Lua script (`redis/apply.lua`) that computes and validates the
+//! new state first and writes only when it is valid, because Redis does not roll back a
+//! script that fails halfway. Scripts are sent with EVALSHA ([`redis::Script`] falls back
+//! to loading the script on `NOSCRIPT`).
+//!
+//! # Databases
+//!
+//! Connections stay on db 0; the scripts `SELECT` the db they need. Redis restores the
+//! calling connection's db when a script ends (verified on Redis 7.0.15, also when the
+//! script fails), so the multiplexed connections are never moved. A db equal to the one
+//! the script is on is not selected, so with both dbs at 0 no `SELECT` is ever sent (a
+//! managed Redis or a cluster that forbids it works).
+//!
+//! # Connections
+//!
+//! `max_connections` [`ConnectionManager`]s (each one multiplexed connection), used
+//! round-robin and created lazily on first use: the sidecar starts while Redis is down,
+//! a failed connection attempt is retried by the next call, and a manager reconnects by
+//! itself after Redis restarts. Every call is bounded by `store.timeout`.
+
+use std::{
+    fmt,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use redis::{
+    Client, ConnectionInfo, IntoConnectionInfo, RedisError, Script, ScriptInvocation, Value,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    io::tcp::TcpSettings,
+};
+use tokio::sync::OnceCell;
+
+use super::{
+    ApplyError, FieldMap, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
+    WritePlan,
+};
+use crate::{config::StoreConfig, cookie::SessionId, protocol::Op};
+
+const LOAD_LUA: &str = include_str!("redis/load.lua");
+const APPLY_LUA: &str = include_str!("redis/apply.lua");
+const CHECK_DBS_LUA: &str = include_str!("redis/check_dbs.lua");
+
+/// The Redis engine.
+pub struct RedisStore {
+    client: Client,
+    manager_config: ConnectionManagerConfig,
+    /// One lazily connected manager per slot; an empty cell means "connect on next use".
+    slots: Box<[OnceCell<ConnectionManager>]>,
+    next: AtomicUsize,
+    key_prefix: String,
+    db_sessions: i64,
+    db_notifications: i64,
+    lifetimes: Lifetimes,
+    timeout: Duration,
+    load_script: Script,
+    apply_script: Script,
+    check_script: Script,
+}
+
+impl fmt::Debug for RedisStore {
+    // Hand-written: the client's connection info holds the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("key_prefix", &self.key_prefix)
+            .field("db_sessions", &self.db_sessions)
+            .field("db_notifications", &self.db_notifications)
+            .field("connections", &self.slots.len())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The three keys of one session (see the module docs).
+struct SessionKeys {
+    data: String,
+    flash: String,
+    scratch: String,
+}
+
+/// Apply-script modes (ARGV[1] of `apply.lua`).
+mod mode {
+    pub const EXISTING: &str = "E";
+    pub const CREATE: &str = "C";
+    pub const MOVE: &str = "M";
+    pub const DESTROY: &str = "X";
+    pub const DESTROY_THEN_CREATE: &str = "R";
+}
+
+impl RedisStore {
+    /// Build the store from `store.*`. No I/O: connections are made on first use, so the
+    /// sidecar starts while Redis is down.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] with the setting to change when the settings cannot
+    /// work (bad URL, TLS requested, negative db). Messages never contain the URL or
+    /// the password.
+    pub fn new(cfg: &StoreConfig, lifetimes: Lifetimes) -> Result<RedisStore, StoreError> {
+        let storage = &cfg.storage;
+        let bad = |msg: String| StoreError::Unavailable(msg);
+        if storage.tls {
+            return Err(bad(
+                "store.storage.tls: TLS to Redis is not supported by this build; \
+                 set it to false or connect through a TLS tunnel"
+                    .into(),
+            ));
+        }
+        for (name, db) in [
+            ("db_sessions", storage.db_sessions),
+            ("db_notifications", storage.db_notifications),
+        ] {
+            if db < 0 {
+                return Err(bad(format!(
+                    "store.storage.{name}: {db} is not a database number (use 0 or more)"
+                )));
+            }
+        }
+
+        let mut info: ConnectionInfo = match &storage.url {
+            Some(url) => {
+                let url = url.0.as_str();
+                let scheme = url
+                    .split_once("://")
+                    .map(|(scheme, _)| scheme.to_ascii_lowercase())
+                    .unwrap_or_default();
+                match scheme.as_str() {
+                    "redis" | "redis+unix" | "unix" => {}
+                    "rediss" => {
+                        return Err(bad("store.storage.url: rediss:// (TLS) is not supported \
+                             by this build; use redis:// or connect through a TLS tunnel"
+                            .into()));
+                    }
+                    _ => {
+                        return Err(bad("store.storage.url: must start with redis://, or \
+                             redis+unix:// for a unix socket"
+                            .into()));
+                    }
+                }
+                // The parse error names no part of the URL, which may hold a password.
+                let info = url
+                    .into_connection_info()
+                    .map_err(|e| bad(format!("store.storage.url: not a valid Redis URL ({e})")))?;
+                let url_db = info.redis_settings().db();
+                if url_db != 0 && url_db != storage.db_sessions {
+                    return Err(bad(format!(
+                        "store.storage.url selects db {url_db}: remove it from the URL and \
+                         set store.storage.db_sessions instead"
+                    )));
+                }
+                info
+            }
+            None => (storage.host.clone(), storage.port)
+                .into_connection_info()
+                .map_err(|e| bad(format!("store.storage.host: {e}")))?,
+        };
+        let mut redis_settings = info.redis_settings().clone().set_db(0);
+        if let Some(username) = &storage.username {
+            redis_settings = redis_settings.set_username(username);
+        }
+        if let Some(password) = &storage.password {
+            redis_settings = redis_settings.set_password(&password.0);
+        }
+        // Connections stay on db 0 (the scripts SELECT what they need): a connection
+        // that selected a missing db at connect time would never reconnect.
+        info = info
+            .set_redis_settings(redis_settings)
+            // redis 1.x leaves Nagle on; every call is one small request/response.
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info)
+            .map_err(|e| bad(format!("store.storage: invalid Redis settings ({e})")))?;
+
+        let timeout = cfg.timeout;
+        // A dead Redis must cost at most `store.timeout` per call: connection attempts
+        // and responses time out after it, and the background reconnection gives up
+        // quickly (each later call starts a new attempt anyway).
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10).min(timeout))
+            .set_max_delay((timeout / 2).max(Duration::from_millis(1)));
+
+        let slots = (0..storage.max_connections.max(1))
+            .map(|_| OnceCell::new())
+            .collect();
+
+        Ok(RedisStore {
+            client,
+            manager_config,
+            slots,
+            next: AtomicUsize::new(0),
+            key_prefix: cfg.key_prefix.clone(),
+            db_sessions: storage.db_sessions,
+            db_notifications: storage.db_notifications,
+            lifetimes,
+            timeout,
+            load_script: Script::new(LOAD_LUA),
+            apply_script: Script::new(APPLY_LUA),
+            check_script: Script::new(CHECK_DBS_LUA),
+        })
+    }
+
+    /// Can the configured databases be selected? A failing one is reported with the
+    /// setting to change (SPEC §7), e.g. on a server with fewer `databases`, a managed
+    /// Redis that forbids `SELECT`, or a cluster (db 0 only).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] naming the setting, or the connection error.
+    pub async fn check_databases(&self) -> Result<(), StoreError> {
+        self.bounded(self.check_databases_unbounded()).await
+    }
+
+    async fn check_databases_unbounded(&self) -> Result<(), StoreError> {
+        // db 0 is never SELECTed by the scripts (connections are on it already).
+        let mut probes: Vec<(&str, i64)> = Vec::new();
+        for (name, db) in [
+            ("db_sessions", self.db_sessions),
+            ("db_notifications", self.db_notifications),
+        ] {
+            if db != 0 && !probes.iter().any(|&(_, d)| d == db) {
+                probes.push((name, db));
+            }
+        }
+        if probes.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.check_script.prepare_invoke();
+        for &(_, db) in &probes {
+            inv.arg(db);
+        }
+        let reply = self
+            .run(&inv, true)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let items = as_array(reply)?;
+        if items.is_empty() {
+            return Ok(());
+        }
+        let index: usize = text(items.first())?
+            .parse()
+            .map_err(|_| corrupt("database check"))?;
+        let reason = text(items.get(1))?;
+        let (name, db) = index
+            .checked_sub(1)
+            .and_then(|i| probes.get(i))
+            .copied()
+            .ok_or_else(|| corrupt("database check"))?;
+        Err(StoreError::Unavailable(format!(
+            "store.storage.{name}: {db} is not available on this Redis ({reason}); use a db \
+             below its `databases` setting, or 0 on a managed Redis or a cluster"
+        )))
+    }
+
+    fn keys(&self, id: &SessionId) -> SessionKeys {
+        let base = format!("{}{{{}}}", self.key_prefix, id.store_key());
+        SessionKeys {
+            flash: format!("{base}:flash"),
+            scratch: format!("{base}:tmp"),
+            data: base,
+        }
+    }
+
+    /// Bound a call by `store.timeout`.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(StoreError::Timeout))
+    }
+
+    /// The manager of `slot`, connecting it if it is not yet. A failed (or cancelled)
+    /// attempt leaves the cell empty, so the next call tries again.
+    async fn manager(&self, slot: usize) -> Result<ConnectionManager, RedisError> {
+        let Some(cell) = self.slots.get(slot) else {
+            return Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "no connection slot",
+            )));
+        };
+        cell.get_or_try_init(|| {
+            ConnectionManager::new_with_config(self.client.clone(), self.manager_config.clone())
+        })
+        .await
+        .cloned()
+    }
+
+    /// Run a script on the next connection. Retried once on the same connection (which
+    /// reconnects meanwhile) when the first attempt certainly did not reach Redis
+    /// (connection refused) or, for `idempotent` calls, when the connection dropped.
+    /// A write whose outcome is unknown is never retried: an `Incr` could apply twice.
+    async fn run(&self, inv: &ScriptInvocation<'_>, idempotent: bool) -> Result<Value, RedisError> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len().max(1);
+        let first = match self.manager(slot).await {
+            Ok(mut conn) => inv.invoke_async::<Value>(&mut conn).await,
+            Err(e) => Err(e),
+        };
+        match first {
+            Err(e)
+                if e.is_connection_refusal()
+                    || (idempotent && (e.is_connection_dropped() || e.is_io_error())) =>
+            {
+                let mut conn = self.manager(slot).await?;
+                inv.invoke_async::<Value>(&mut conn).await
+            }
+            other => other,
+        }
+    }
+
+    /// Map a driver error. Messages carry the driver's description only (never keys,
+    /// ids or values: the scripts' errors do not echo their arguments).
+    fn store_error(&self, e: RedisError) -> StoreError {
+        if e.is_timeout() {
+            return StoreError::Timeout;
+        }
+        let text = e.to_string();
+        if text.contains("DB index") || text.contains("SELECT") {
+            return StoreError::Unavailable(format!(
+                "redis: {text}; check store.storage.db_sessions ({}) and \
+                 store.storage.db_notifications ({})",
+                self.db_sessions, self.db_notifications
+            ));
+        }
+        StoreError::Unavailable(format!("redis: {text}"))
+    }
+
+    async fn load_unbounded(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+        let keys = self.keys(id);
+        let mut inv = self.load_script.prepare_invoke();
+        inv.key(&keys.data)
+            .key(&keys.flash)
+            .arg(self.db_sessions)
+            .arg(self.db_notifications)
+            .arg(millis(self.lifetimes.ttl))
+            .arg(millis(self.lifetimes.absolute_ttl));
+        let reply = self
+            .run(&inv, true)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let mut items = as_array(reply)?.into_iter();
+        match text(items.next().as_ref())?.as_str() {
+            "NONE" => Ok(None),
+            "FOUND" => {
+                let data = field_map(items.next())?;
+                let flash = field_map(items.next())?;
+                let max_age = match text(items.next().as_ref())?.as_str() {
+                    "" => None,
+                    s => Some(s.parse().map_err(|_| corrupt("max_age"))?),
+                };
+                let remaining = text(items.next().as_ref())?
+                    .parse()
+                    .map_err(|_| corrupt("remaining lifetime"))?;
+                Ok(Some(LoadedSession {
+                    data,
+                    flash,
+                    max_age,
+                    remaining,
+                }))
+            }
+            "CORRUPT" => Err(corrupt("session meta fields")),
+            _ => Err(corrupt("load reply")),
+        }
+    }
+
+    async fn apply_unbounded(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
+        let (mode, target, source) = match &plan.target {
+            Target::Existing(id) => (mode::EXISTING, id, None),
+            Target::Create(id) => (mode::CREATE, id, None),
+            Target::Move { from, to } => (mode::MOVE, to, Some(from)),
+            Target::Destroy(id) => (mode::DESTROY, id, None),
+            Target::DestroyThenCreate { old, new } => (mode::DESTROY_THEN_CREATE, new, Some(old)),
+        };
+        let keys = self.keys(target);
+        let source = source.map(|id| self.keys(id));
+        let source = source.as_ref().unwrap_or(&keys);
+
+        let mut inv = self.apply_script.prepare_invoke();
+        inv.key(&keys.data)
+            .key(&keys.flash)
+            .key(&keys.scratch)
+            .key(&source.data)
+            .key(&source.flash)
+            .arg(mode)
+            .arg(self.db_sessions)
+            .arg(self.db_notifications)
+            .arg(millis(self.lifetimes.ttl))
+            .arg(millis(self.lifetimes.absolute_ttl))
+            .arg(self.lifetimes.max_size)
+            .arg(plan.max_age.map(|s| s.to_string()).unwrap_or_default());
+        for op in &plan.ops {
+            match op {
+                Op::ClearData => inv.arg("C"),
+                Op::Delete(field) => inv.arg("D").arg(field),
+                Op::Set(field, value) => inv.arg("S").arg(field).arg(value),
+                Op::Incr(field, by) => inv.arg("I").arg(field).arg(by.to_string()),
+                Op::FlashSet(field, value) => inv.arg("F").arg(field).arg(value),
+            };
+        }
+
+        let reply = self
+            .run(&inv, false)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let items = as_array(reply)?;
+        let status = text(items.first())?;
+        let detail = || text(items.get(1));
+        let size = || -> Result<usize, StoreError> {
+            detail()?.parse().map_err(|_| corrupt("apply reply"))
+        };
+        let max = self.lifetimes.max_size;
+        match status.as_str() {
+            "OK" => Ok(WriteOutcome::Applied),
+            "GONE" => Ok(WriteOutcome::Gone),
+            "NOT_INTEGER" => Err(ApplyError::NotInteger { field: detail()? }.into()),
+            "OVERFLOW" => Err(ApplyError::Overflow { field: detail()? }.into()),
+            "TOO_LARGE" => Err(ApplyError::TooLarge { size: size()?, max }.into()),
+            "FLASH_TOO_LARGE" => Err(ApplyError::FlashTooLarge { size: size()?, max }.into()),
+            "CORRUPT" => Err(corrupt("session meta fields")),
+            _ => Err(corrupt("apply reply")),
+        }
+    }
+
+    async fn ping_unbounded(&self) -> Result<(), StoreError> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len().max(1);
+        let mut conn = self.manager(slot).await.map_err(|e| self.store_error(e))?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        self.check_databases_unbounded().await
+    }
+}
+
+impl SessionStore for RedisStore {
+    async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+        self.bounded(self.load_unbounded(id)).await
+    }
+
+    async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
+        self.bounded(self.apply_unbounded(plan)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(self.ping_unbounded()).await
+    }
+}
+
+/// Milliseconds as the decimal text the scripts read (exact, no float on our side).
+fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("unexpected {what} from the Redis scripts"))
+}
+
+fn as_array(v: Value) -> Result<Vec<Value>, StoreError> {
+    match v {
+        Value::Array(items) => Ok(items),
+        _ => Err(corrupt("reply type")),
+    }
+}
+
+fn text(v: Option<&Value>) -> Result<String, StoreError> {
+    match v {
+        Some(Value::BulkString(bytes)) => {
+            String::from_utf8(bytes.clone()).map_err(|_| corrupt("non-UTF-8 text"))
+        }
+        Some(Value::SimpleString(s)) => Ok(s.clone()),
+        Some(Value::Int(n)) => Ok(n.to_string()),
+        _ => Err(corrupt("reply item")),
+    }
+}
+
+/// A flat `[field, value, ...]` array into a field map; fields must be JSON strings.
+fn field_map(v: Option<Value>) -> Result<FieldMap, StoreError> {
+    let items = match v {
+        Some(v) => as_array(v)?,
+        None => return Err(corrupt("field list")),
+    };
+    if !items.len().is_multiple_of(2) {
+        return Err(corrupt("field list"));
+    }
+    let mut map = FieldMap::new();
+    let mut it = items.iter();
+    while let (Some(f), Some(v)) = (it.next(), it.next()) {
+        let field = text(Some(f))?;
+        if !field.starts_with('"') {
+            return Err(corrupt("field name"));
+        }
+        map.insert(field, text(Some(v))?);
+    }
+    Ok(map)
+}

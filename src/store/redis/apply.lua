@@ -1,0 +1,270 @@
+-- session-sidecar: apply one WritePlan atomically (layout: see src/store/redis.rs).
+--
+-- Redis does not roll back a script that fails halfway, so this script first computes
+-- the complete new state in Lua tables, validates it exactly like `store::apply_ops`,
+-- and only then writes. Every rejection returns before the first session write.
+--
+-- KEYS[1] target data hash   KEYS[2] target flash hash   KEYS[3] target scratch key
+-- KEYS[4] source data hash   KEYS[5] source flash hash   (the `from`/`old` session;
+--         the target's keys again when the mode has no source)
+-- ARGV[1] mode: 'E' Existing, 'C' Create, 'M' Move, 'X' Destroy, 'R' DestroyThenCreate
+-- ARGV[2] db_sessions  ARGV[3] db_notifications  ARGV[4] session.ttl in ms
+-- ARGV[5] session.absolute_ttl in ms  ARGV[6] session.max_size in bytes
+-- ARGV[7] new max_age in seconds, or '' to keep the current one
+-- ARGV[8..] ops, flat: 'C' | 'D' field | 'S' field value | 'I' field by | 'F' field value
+--
+-- Returns {'OK'} | {'GONE'} | {'CORRUPT'} | {'NOT_INTEGER', field} | {'OVERFLOW', field}
+--         | {'TOO_LARGE', size} | {'FLASH_TOO_LARGE', size}
+
+if redis.replicate_commands then redis.replicate_commands() end
+
+local mode = ARGV[1]
+local db_sessions = tonumber(ARGV[2])
+local db_notifications = tonumber(ARGV[3])
+local ttl_ms = tonumber(ARGV[4])
+local absolute_ms = tonumber(ARGV[5])
+local max_size = tonumber(ARGV[6])
+
+-- See load.lua: the caller's db (0) is restored by Redis after the script.
+local current_db = 0
+local function use_db(n)
+  if n ~= current_db then
+    redis.call('SELECT', n)
+    current_db = n
+  end
+end
+
+local function int_text(x)
+  return string.format('%.0f', x)
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- Select both dbs before anything is written: a db the server lacks must fail the script
+-- while nothing is written yet (Redis would keep the writes made before the error).
+use_db(db_notifications)
+use_db(db_sessions)
+
+-- HGETALL as a map; meta fields (not starting with '"') are returned separately.
+local function read_hash(key)
+  local raw = redis.call('HGETALL', key)
+  local fields, meta = {}, {}
+  for i = 1, #raw, 2 do
+    if string.byte(raw[i], 1) == 34 then
+      fields[raw[i]] = raw[i + 1]
+    else
+      meta[raw[i]] = raw[i + 1]
+    end
+  end
+  return fields, meta, #raw > 0
+end
+
+if mode == 'X' then
+  use_db(db_sessions)
+  redis.call('DEL', KEYS[1])
+  use_db(db_notifications)
+  redis.call('DEL', KEYS[2])
+  return {'OK'}
+end
+
+local data, flash = {}, {}
+local created_text, max_age
+if mode == 'E' or mode == 'M' then
+  use_db(db_sessions)
+  local meta, exists
+  data, meta, exists = read_hash(KEYS[4])
+  -- Never revive: a session that is gone stays gone, and nothing is written.
+  if not exists then
+    return {'GONE'}
+  end
+  created_text = meta['created']
+  max_age = meta['max_age']
+  local created = tonumber(created_text)
+  if not created or (max_age and not tonumber(max_age)) then
+    return {'CORRUPT'}
+  end
+  if created + absolute_ms <= now then
+    return {'GONE'}
+  end
+  use_db(db_notifications)
+  flash = read_hash(KEYS[5])
+elseif mode == 'C' or mode == 'R' then
+  created_text = int_text(now)
+else
+  return redis.error_reply('session-sidecar: unknown apply mode')
+end
+if ARGV[7] ~= '' then
+  max_age = ARGV[7]
+end
+
+-- A stored value counts as an integer exactly as `store::parse_integer` says: optional
+-- '-', ASCII digits, no leading zero, within i64. Compared digit by digit (string '<'
+-- in Lua follows the server's collation locale).
+local function is_i64(s)
+  local negative = string.sub(s, 1, 1) == '-'
+  local digits = negative and string.sub(s, 2) or s
+  if #digits == 0 or not string.find(digits, '^[0-9]+$') then
+    return false
+  end
+  if #digits > 1 and string.sub(digits, 1, 1) == '0' then
+    return false
+  end
+  if #digits ~= 19 then
+    return #digits < 19
+  end
+  local limit = negative and '9223372036854775808' or '9223372036854775807'
+  for i = 1, 19 do
+    local a, b = string.byte(digits, i), string.byte(limit, i)
+    if a ~= b then
+      return a < b
+    end
+  end
+  return true
+end
+
+-- Lua 5.1 numbers are doubles, so sums are computed by INCRBY on a scratch key in the
+-- session's hash slot (exact i64, overflow reported by Redis) and read back with GET
+-- (an integer reply would come back as a double). The scratch key carries an expiry
+-- and is deleted before the script ends.
+local scratch_used = false
+local function add(current, by)
+  if current == '-0' then
+    current = '0' -- parse_integer accepts it; Redis' own parser does not
+  end
+  use_db(db_sessions)
+  scratch_used = true
+  redis.call('SET', KEYS[3], current, 'PX', 60000)
+  local r = redis.pcall('INCRBY', KEYS[3], by)
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'overflow', 1, true) then
+      return nil
+    end
+    return error(r.err)
+  end
+  return redis.call('GET', KEYS[3])
+end
+
+local function apply_ops()
+  local i = 8
+  while i <= #ARGV do
+    local op = ARGV[i]
+    if op == 'C' then
+      data = {}
+      i = i + 1
+    elseif op == 'D' then
+      data[ARGV[i + 1]] = nil
+      i = i + 2
+    elseif op == 'S' then
+      data[ARGV[i + 1]] = ARGV[i + 2]
+      i = i + 3
+    elseif op == 'F' then
+      flash[ARGV[i + 1]] = ARGV[i + 2]
+      i = i + 3
+    elseif op == 'I' then
+      local field = ARGV[i + 1]
+      local current = data[field] or '0'
+      if not is_i64(current) then
+        return {'NOT_INTEGER', field}
+      end
+      local sum = add(current, ARGV[i + 2])
+      if not sum then
+        return {'OVERFLOW', field}
+      end
+      data[field] = sum
+      i = i + 3
+    else
+      return redis.error_reply('session-sidecar: unknown op')
+    end
+  end
+  return nil
+end
+
+local rejected = apply_ops()
+if scratch_used then
+  use_db(db_sessions)
+  redis.call('DEL', KEYS[3])
+end
+if rejected then
+  return rejected
+end
+
+-- Same formula as protocol::encoded_object_len: {f1:v1,f2:v2,...}
+local function encoded_len(map)
+  local n, total = 0, 2
+  for field, value in pairs(map) do
+    total = total + #field + 1 + #value
+    n = n + 1
+  end
+  if n > 1 then
+    total = total + n - 1
+  end
+  return total
+end
+
+local size = encoded_len(data)
+if size > max_size then
+  return {'TOO_LARGE', int_text(size)}
+end
+size = encoded_len(flash)
+if size > max_size then
+  return {'FLASH_TOO_LARGE', int_text(size)}
+end
+
+-- Validated: now write. Every key gets TTL = min(idle lifetime, time left to the
+-- absolute limit).
+local remaining = tonumber(created_text) + absolute_ms - now
+local idle = ttl_ms
+if max_age then
+  idle = tonumber(max_age) * 1000
+end
+local ttl = int_text(math.min(idle, remaining))
+
+-- HSET in chunks: unpack() of a very large table would overflow Lua's C stack.
+local function write_hash(key, pairs_list)
+  local chunk = {}
+  for i = 1, #pairs_list do
+    chunk[#chunk + 1] = pairs_list[i]
+    if #chunk >= 1000 then
+      redis.call('HSET', key, unpack(chunk))
+      chunk = {}
+    end
+  end
+  if #chunk > 0 then
+    redis.call('HSET', key, unpack(chunk))
+  end
+  redis.call('PEXPIRE', key, ttl)
+end
+
+if mode == 'M' or mode == 'R' then
+  use_db(db_sessions)
+  redis.call('DEL', KEYS[4])
+  use_db(db_notifications)
+  redis.call('DEL', KEYS[5])
+end
+
+local data_list = {'created', created_text}
+if max_age then
+  data_list[#data_list + 1] = 'max_age'
+  data_list[#data_list + 1] = max_age
+end
+for field, value in pairs(data) do
+  data_list[#data_list + 1] = field
+  data_list[#data_list + 1] = value
+end
+use_db(db_sessions)
+redis.call('DEL', KEYS[1])
+write_hash(KEYS[1], data_list)
+
+use_db(db_notifications)
+redis.call('DEL', KEYS[2])
+local flash_list = {}
+for field, value in pairs(flash) do
+  flash_list[#flash_list + 1] = field
+  flash_list[#flash_list + 1] = value
+end
+if #flash_list > 0 then
+  write_hash(KEYS[2], flash_list)
+end
+
+return {'OK'}

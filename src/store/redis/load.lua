@@ -1,0 +1,91 @@
+-- session-sidecar: load one session in one round trip (layout: see src/store/redis.rs).
+--
+-- KEYS[1] data hash (db_sessions)    KEYS[2] flash hash (db_notifications)
+-- ARGV[1] db_sessions  ARGV[2] db_notifications  ARGV[3] session.ttl in ms
+-- ARGV[4] session.absolute_ttl in ms
+--
+-- Returns {'NONE'} | {'CORRUPT'} |
+--         {'FOUND', {data field, value, ...}, {flash field, value, ...}, max_age or '',
+--          seconds left to the absolute limit}
+
+-- TIME before writes needs effects replication on Redis < 5; it is the default (and this
+-- a no-op) on newer servers.
+if redis.replicate_commands then redis.replicate_commands() end
+
+local db_sessions = tonumber(ARGV[1])
+local db_notifications = tonumber(ARGV[2])
+local ttl_ms = tonumber(ARGV[3])
+local absolute_ms = tonumber(ARGV[4])
+
+-- The calling connection always sits on db 0 and Redis restores it after the script
+-- (verified on 7.0), so SELECT only when a db other than the current one is needed: a
+-- Redis that forbids SELECT then still works with both dbs at 0.
+local current_db = 0
+local function use_db(n)
+  if n ~= current_db then
+    redis.call('SELECT', n)
+    current_db = n
+  end
+end
+
+-- Integer ms as text: tostring() would print large doubles in exponent form.
+local function int_text(x)
+  return string.format('%.0f', x)
+end
+
+-- The store's clock is the one clock all sidecars share.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+use_db(db_sessions)
+local raw = redis.call('HGETALL', KEYS[1])
+if #raw == 0 then
+  return {'NONE'}
+end
+
+-- User fields are JSON string literals and so start with '"' (byte 34); meta fields never do.
+local data = {}
+local created, max_age
+for i = 1, #raw, 2 do
+  local field = raw[i]
+  if string.byte(field, 1) == 34 then
+    data[#data + 1] = field
+    data[#data + 1] = raw[i + 1]
+  elseif field == 'created' then
+    created = tonumber(raw[i + 1])
+  elseif field == 'max_age' then
+    max_age = raw[i + 1]
+  end
+end
+if not created then
+  return {'CORRUPT'}
+end
+
+local remaining = created + absolute_ms - now
+if remaining <= 0 then
+  -- Past the absolute lifetime: the key's TTL should already have removed it; make sure.
+  redis.call('DEL', KEYS[1])
+  use_db(db_notifications)
+  redis.call('DEL', KEYS[2])
+  return {'NONE'}
+end
+
+local idle = ttl_ms
+if max_age then
+  local seconds = tonumber(max_age)
+  if not seconds then
+    return {'CORRUPT'}
+  end
+  idle = seconds * 1000
+end
+redis.call('PEXPIRE', KEYS[1], int_text(math.min(idle, remaining)))
+
+-- Read and delete in one atomic script: a notification is delivered exactly once even
+-- when several requests of the session load concurrently.
+use_db(db_notifications)
+local flash = redis.call('HGETALL', KEYS[2])
+if #flash > 0 then
+  redis.call('DEL', KEYS[2])
+end
+
+return {'FOUND', data, flash, max_age or '', int_text(math.floor(remaining / 1000))}

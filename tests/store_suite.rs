@@ -1,0 +1,1064 @@
+//! One behavioural suite for every store engine (`store_suite!`), run against the memory
+//! store and a real `redis-server`, plus Redis-specific checks (key layout, TTLs, dbs,
+//! outages).
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::RedisServer;
+use session_sidecar::{
+    config::{Engine, OnError, StorageConfig, StoreConfig},
+    cookie::SessionId,
+    protocol::Op,
+    store::{
+        ApplyError, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
+        WritePlan, memory::MemoryStore, redis::RedisStore,
+    },
+};
+
+/// A store under test plus whatever must live as long as it (the Redis server).
+pub struct Fixture<S> {
+    pub store: Arc<S>,
+    pub server: Option<RedisServer>,
+}
+
+type Make<S> = fn(Lifetimes) -> Fixture<S>;
+
+fn lifetimes() -> Lifetimes {
+    Lifetimes {
+        ttl: Duration::from_secs(60),
+        absolute_ttl: Duration::from_secs(3600),
+        max_size: 8192,
+    }
+}
+
+fn make_memory_store(l: Lifetimes) -> Fixture<MemoryStore> {
+    Fixture {
+        store: Arc::new(MemoryStore::new(100_000, l)),
+        server: None,
+    }
+}
+
+fn store_config(port: u16, db_sessions: i64, db_notifications: i64) -> StoreConfig {
+    StoreConfig {
+        engine: Engine::Redis,
+        storage: StorageConfig {
+            url: None,
+            host: "127.0.0.1".into(),
+            port,
+            username: None,
+            password: None,
+            db_sessions,
+            db_notifications,
+            max_connections: 4,
+            tls: false,
+            servers: Vec::new(),
+            max_entries: 0,
+        },
+        key_prefix: "test:".into(),
+        timeout: Duration::from_millis(500),
+        on_error: OnError::Reject,
+    }
+}
+
+fn make_redis_store(l: Lifetimes) -> Fixture<RedisStore> {
+    let server = RedisServer::start();
+    let store = RedisStore::new(&store_config(server.port(), 0, 1), l).expect("redis store");
+    Fixture {
+        store: Arc::new(store),
+        server: Some(server),
+    }
+}
+
+fn new_id() -> SessionId {
+    SessionId::generate().expect("random id")
+}
+
+/// A key in its stored field form: the JSON string literal.
+fn f(key: &str) -> String {
+    format!("\"{key}\"")
+}
+
+fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (f(k), v.to_string())).collect()
+}
+
+fn set(key: &str, value: &str) -> Op {
+    Op::Set(f(key), value.into())
+}
+
+fn flash(key: &str, value: &str) -> Op {
+    Op::FlashSet(f(key), value.into())
+}
+
+fn plan(target: Target, ops: Vec<Op>) -> WritePlan {
+    WritePlan {
+        target,
+        ops,
+        max_age: None,
+    }
+}
+
+async fn apply<S: SessionStore>(store: &S, p: WritePlan) -> WriteOutcome {
+    store.apply(&p).await.expect("apply")
+}
+
+async fn load<S: SessionStore>(store: &S, id: &SessionId) -> Option<LoadedSession> {
+    store.load(id).await.expect("load")
+}
+
+async fn rejected<S: SessionStore>(store: &S, p: WritePlan) -> ApplyError {
+    match store.apply(&p).await {
+        Err(StoreError::Rejected(e)) => e,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+/// Create a session with the given ops and return its id.
+async fn create<S: SessionStore>(store: &S, ops: Vec<Op>) -> SessionId {
+    let id = new_id();
+    assert_eq!(
+        apply(store, plan(Target::Create(id.clone()), ops)).await,
+        WriteOutcome::Applied
+    );
+    id
+}
+
+/// The behavioural cases, generic over the engine.
+mod cases {
+    use super::*;
+
+    pub async fn create_load_round_trip<S: SessionStore>(make: Make<S>) {
+        let fx = make(lifetimes());
+        let s = &*fx.store;
+        let id = create(
+            s,
+            vec![
+                set("user", "\"ann\""),
+                set("n", "1"),
+                set("obj", r#"{"a":[1,2,null],"b":"cl\u00e9"}"#),
+            ],
+        )
+        .await;
+        let got = load(s, &id).await.expect("session exists");
+        assert_eq!(
+            got.data,
+            fields(&[
+                ("user", "\"ann\""),
+                ("n", "1"),
+                ("obj", r#"{"a":[1,2,null],"b":"cl\u00e9"}"#)
+            ])
+        );
+        assert!(got.flash.is_empty());
+        assert_eq!(got.max_age, None);
+        assert!(
+            (3590..=3600).contains(&got.remaining),
+            "remaining {}",
+            got.remaining
+        );
+        // Loading does not change the data.
+        assert_eq!(load(s, &id).await.expect("still there").data, got.data);
+    }
+
+    pub async fn unknown_id_loads_none<S: SessionStore>(make: Make<S>) {
+        let fx = make(lifetimes());
+        assert_eq!(load(&*fx.store, &new_id()).await, None);
+    }
+
+    pub async fn empty_session_exists<S: SessionStore>(make: Make<S>) {
+        let fx = make(lifetimes());
+        let s = &*fx.store;
+        // A session whose every key was deleted is still a session (not "gone").
+        let id = create(s, vec![set("a", "1"), Op::Delete(f("a"))]).await;
+        assert_eq!(load(s, &id).await.expect("exists").data, fields(&[]));
+        assert_eq!(
+            apply(s, plan(Target::Existing(id.clone()), vec![set("b", "2")])).await,
+            WriteOutcome::Applied
+        );
+        assert_eq!(
+            load(s, &id).await.expect("exists").data,
+            fields(&[("b", "2")])
+        );
+    }
+
+    pub async fn existing_merges<S: SessionStore>(make: Make<S>) {
+        let fx = make(lifetimes());
+        let s = &*fx.store;
+        let id = create(s, vec![set("a", "1"), set("b", "2")]).await;
+        let p = plan(
+            Target::Existing(id.clone()),
+            vec![set("b", "20"), set("c", "[3]"), Op::Delete(f("a"))],
+        );
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        assert_eq!(
+            load(s, &id).await.expect("exists").data,
+            fields(&[("b", "20"), ("c", "[3]")])
+        );
+    }
+
+    pub async fn flash_delivered_once<S: SessionStore>(make: Make<S>) {
+        let fx = make(lifetimes());
+        let s = &*fx.store;
+        let id = create(s, vec![set("a", "1"), flash("msg", "\"hello\"")]).await;
+        let p = plan(Target::Existing(id.clone()), vec![flash("n", "2")]);
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        let first = load(s, &id).await.expect("exists");
+        assert_eq!(first.flash, fields(&[("msg", "\"hello\""), ("n", "2")]));
+        assert_eq!(first.data, fields(&[("a", "1")]));
+        let second = load(s, &id).await.expect("exists");
+        assert!(second.flash.is_empty(), "flash delivered twice");
+        assert_eq!(second.data, fields(&[("a", "1")]));
+    }
+
+    pub async fn existing_missing_is_gone<S: SessionStore>(make: Make<S>) {
+        let fx = make(lifetimes());
+        let s = &*fx.store;
+        let id = new_id();
+        let p = plan(
+            Target::Existing(id.clone()),
+            vec![set("a", "1"), flash("f", "1")],
+        );
+        assert_eq!(apply(s, p).await, WriteOutcome::Gone);
+        assert_eq!(load(s, &id).await, None, "a write must not create");
+
+        // Move from a missing session: Gone, and the new id is not created.
+        let to = new_id();
+        let p = plan(
+            Target::Move {
+                from: id.clone(),
+                to: to.clone(),
+            },
+            vec![set("a", "1")],
+        );
+        assert_eq!(apply(s, p).await, WriteOutcome::Gone);
+        assert_eq!(load(s, &to).await, None);
+    }
+
+    pub async fn move_carries_everything<S: SessionStore>(make: Make<S>) {
+        let fx = make(Lifetimes {
+            absolute_ttl: Duration::from_secs(5),
+            ..lifetimes()
+        });
+        let s = &*fx.store;
+        let from = new_id();
+        let p = WritePlan {
+            target: Target::Create(from.clone()),
+            ops: vec![set("user", "\"ann\""), flash("msg", "\"hi\"")],
+            max_age: Some(100),
+        };
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+
+        let to = new_id();
+        let p = plan(
+            Target::Move {
+                from: from.clone(),
+                to: to.clone(),
+            },
+            vec![set("role", "\"admin\"")],
+        );
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        assert_eq!(load(s, &from).await, None, "old id must be dead");
+        let got = load(s, &to).await.expect("moved");
+        assert_eq!(
+            got.data,
+            fields(&[("user", "\"ann\""), ("role", "\"admin\"")])
+        );
+        assert_eq!(got.flash, fields(&[("msg", "\"hi\"")]));
+        assert_eq!(got.max_age, Some(100));
+        // Creation time was kept: more than a second of the 5 s is used up.
+        assert!(got.remaining <= 3, "remaining {}", got.remaining);
+        // The old id cannot be written again.
+        let p = plan(Target::Existing(from.clone()), vec![set("x", "1")]);
+        assert_eq!(apply(s, p).await, WriteOutcome::Gone);
+        assert_eq!(load(s, &from).await, None);
+    }
+
+    pub async fn destroy<S: SessionStore>(make: Make<S>) {
+        let fx = make(lifetimes());
+        let s = &*fx.store;
+        let id = create(s, vec![set("a", "1"), flash("f", "1")]).await;
+        assert_eq!(
+            apply(s, plan(Target::Destroy(id.clone()), vec![])).await,
+            WriteOutcome::Applied
+        );
+        assert_eq!(load(s, &id).await, None);
+        let p = plan(Target::Existing(id.clone()), vec![set("a", "2")]);
+        assert_eq!(apply(s, p).await, WriteOutcome::Gone);
+        assert_eq!(load(s, &id).await, None);
+        // Destroying what is not there is not an error (logout twice).
+        assert_eq!(
+            apply(s, plan(Target::Destroy(new_id()), vec![])).await,
+            WriteOutcome::Applied
+        );
+    }
+
+    pub async fn destroy_then_create<S: SessionStore>(make: Make<S>) {
+        let fx = make(Lifetimes {
+            absolute_ttl: Duration::from_secs(5),
+            ..lifetimes()
+        });
+        let s = &*fx.store;
+        let old = new_id();
+        let p = WritePlan {
+            target: Target::Create(old.clone()),
+            ops: vec![set("user", "\"ann\""), flash("old", "1")],
+            max_age: Some(100),
+        };
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let new = new_id();
+        let p = plan(
+            Target::DestroyThenCreate {
+                old: old.clone(),
+                new: new.clone(),
+            },
+            vec![flash("msg", "\"logged out\""), set("theme", "\"dark\"")],
+        );
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        assert_eq!(load(s, &old).await, None);
+        let got = load(s, &new).await.expect("new session");
+        assert_eq!(got.data, fields(&[("theme", "\"dark\"")]));
+        assert_eq!(got.flash, fields(&[("msg", "\"logged out\"")]));
+        assert_eq!(got.max_age, None, "a fresh session");
+        assert!(got.remaining >= 4, "fresh creation time: {}", got.remaining);
+    }
+
+    pub async fn ops_apply_in_order<S: SessionStore>(make: Make<S>) {
+        let fx = make(lifetimes());
+        let s = &*fx.store;
+        let id = create(s, vec![set("old", "1"), set("keep", "2")]).await;
+        let ops = vec![
+            Op::ClearData,
+            set("x", "1"),
+            set("y", "2"),
+            Op::Delete(f("x")),
+            set("n", "5"),
+            set("s", "1"),
+            Op::Incr(f("n"), 2),
+            Op::Incr(f("n"), 3),
+            Op::Incr(f("m"), -4),
+            Op::Delete(f("missing")),
+            set("y", "\"late\""),
+        ];
+        let p = plan(Target::Existing(id.clone()), ops);
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        assert_eq!(
+            load(s, &id).await.expect("exists").data,
+            fields(&[("n", "10"), ("s", "1"), ("y", "\"late\""), ("m", "-4")])
+        );
+    }
+
+    pub async fn incr_is_exact<S: SessionStore>(make: Make<S>) {
+        let fx = make(lifetimes());
+        let s = &*fx.store;
+        // Beyond 2^53 a double would round: the sum must be exact i64 arithmetic.
+        let id = create(
+            s,
+            vec![
+                set("big", "9007199254740993"),
+                set("max", "9223372036854775806"),
+                set("min", "-9223372036854775807"),
+                set("zero", "0"),
+            ],
+        )
+        .await;
+        let p = plan(
+            Target::Existing(id.clone()),
+            vec![
+                Op::Incr(f("big"), 0),
+                Op::Incr(f("max"), 1),
+                Op::Incr(f("min"), -1),
+                Op::Incr(f("zero"), -5),
+                Op::Incr(f("new"), i64::MAX),
+            ],
+        );
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        assert_eq!(
+            load(s, &id).await.expect("exists").data,
+            fields(&[
+                ("big", "9007199254740993"),
+                ("max", "9223372036854775807"),
+                ("min", "-9223372036854775808"),
+                ("zero", "-5"),
+                ("new", "9223372036854775807"),
+            ])
+        );
+    }
+
+    pub async fn rejected_writes_change_nothing<S: SessionStore>(make: Make<S>) {
+        let fx = make(Lifetimes {
+            max_size: 128,
+            ..lifetimes()
+        });
+        let s = &*fx.store;
+        let id = new_id();
+        let p = WritePlan {
+            target: Target::Create(id.clone()),
+            ops: vec![
+                set("f", "1.5"),
+                set("str", "\"3\""),
+                set("max", "9223372036854775807"),
+                set("min", "-9223372036854775808"),
+                flash("m", "1"),
+            ],
+            max_age: Some(500),
+        };
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        let existing = |ops: Vec<Op>| WritePlan {
+            target: Target::Existing(id.clone()),
+            ops,
+            max_age: Some(7),
+        };
+
+        let e = rejected(s, existing(vec![set("new", "1"), Op::Incr(f("f"), 1)])).await;
+        assert_eq!(e, ApplyError::NotInteger { field: f("f") });
+        let e = rejected(s, existing(vec![Op::Incr(f("str"), 1)])).await;
+        assert_eq!(e, ApplyError::NotInteger { field: f("str") });
+        let e = rejected(
+            s,
+            existing(vec![Op::Incr(f("n"), 1), Op::Incr(f("max"), 1)]),
+        )
+        .await;
+        assert_eq!(e, ApplyError::Overflow { field: f("max") });
+        let e = rejected(s, existing(vec![Op::Incr(f("min"), -1)])).await;
+        assert_eq!(e, ApplyError::Overflow { field: f("min") });
+        let e = rejected(
+            s,
+            existing(vec![set("big", &format!("\"{}\"", "x".repeat(64)))]),
+        )
+        .await;
+        assert!(matches!(e, ApplyError::TooLarge { max: 128, .. }), "{e:?}");
+        let e = rejected(s, existing(vec![flash("big", &"1".repeat(130))])).await;
+        assert!(
+            matches!(e, ApplyError::FlashTooLarge { max: 128, .. }),
+            "{e:?}"
+        );
+
+        // A rejected regenerate or logout-and-recreate keeps the old session.
+        let to = new_id();
+        let p = plan(
+            Target::Move {
+                from: id.clone(),
+                to: to.clone(),
+            },
+            vec![Op::Incr(f("f"), 1)],
+        );
+        assert!(matches!(
+            rejected(s, p).await,
+            ApplyError::NotInteger { .. }
+        ));
+        let p = plan(
+            Target::DestroyThenCreate {
+                old: id.clone(),
+                new: to.clone(),
+            },
+            vec![set("x", &"1".repeat(200))],
+        );
+        assert!(matches!(rejected(s, p).await, ApplyError::TooLarge { .. }));
+        assert_eq!(load(s, &to).await, None);
+
+        let got = load(s, &id).await.expect("untouched");
+        assert_eq!(
+            got.data,
+            fields(&[
+                ("f", "1.5"),
+                ("str", "\"3\""),
+                ("max", "9223372036854775807"),
+                ("min", "-9223372036854775808"),
+            ])
+        );
+        assert_eq!(got.flash, fields(&[("m", "1")]));
+        assert_eq!(got.max_age, Some(500));
+    }
+
+    pub async fn max_size_is_inclusive<S: SessionStore>(make: Make<S>) {
+        // {"a":"xx"} is 10 bytes.
+        let fx = make(Lifetimes {
+            max_size: 10,
+            ..lifetimes()
+        });
+        let s = &*fx.store;
+        let id = create(s, vec![set("a", "\"xx\"")]).await;
+        let e = rejected(
+            s,
+            plan(Target::Existing(id.clone()), vec![set("a", "\"xxx\"")]),
+        )
+        .await;
+        assert_eq!(e, ApplyError::TooLarge { size: 11, max: 10 });
+        let e = rejected(s, plan(Target::Create(new_id()), vec![set("a", "\"xxx\"")])).await;
+        assert_eq!(e, ApplyError::TooLarge { size: 11, max: 10 });
+        // Flash has the same bound, counted separately.
+        let p = plan(Target::Existing(id.clone()), vec![flash("b", "\"yy\"")]);
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        let p = plan(Target::Existing(id.clone()), vec![flash("c", "1")]);
+        assert_eq!(
+            rejected(s, p).await,
+            ApplyError::FlashTooLarge { size: 16, max: 10 }
+        );
+        let got = load(s, &id).await.expect("exists");
+        assert_eq!(got.data, fields(&[("a", "\"xx\"")]));
+        assert_eq!(got.flash, fields(&[("b", "\"yy\"")]));
+    }
+
+    pub async fn max_age_stored_and_returned<S: SessionStore>(make: Make<S>) {
+        let fx = make(lifetimes());
+        let s = &*fx.store;
+        let id = new_id();
+        let p = WritePlan {
+            target: Target::Create(id.clone()),
+            ops: vec![set("a", "1")],
+            max_age: Some(120),
+        };
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        assert_eq!(load(s, &id).await.expect("exists").max_age, Some(120));
+        let p = WritePlan {
+            target: Target::Existing(id.clone()),
+            ops: vec![],
+            max_age: Some(30),
+        };
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        assert_eq!(load(s, &id).await.expect("exists").max_age, Some(30));
+        // A write without X-Session-Max-Age keeps it.
+        let p = plan(Target::Existing(id.clone()), vec![set("b", "2")]);
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        assert_eq!(load(s, &id).await.expect("exists").max_age, Some(30));
+    }
+
+    pub async fn absolute_lifetime_expires<S: SessionStore>(make: Make<S>) {
+        let fx = make(Lifetimes {
+            ttl: Duration::from_secs(2),
+            absolute_ttl: Duration::from_secs(3),
+            max_size: 8192,
+        });
+        let s = &*fx.store;
+        let id = create(s, vec![set("a", "1")]).await;
+        // Used constantly, so the 2 s idle lifetime never runs out...
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(load(s, &id).await.is_some());
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let remaining = load(s, &id).await.expect("within 3 s").remaining;
+        assert!(remaining <= 1, "remaining {remaining}");
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        // ...but the absolute one does.
+        assert_eq!(load(s, &id).await, None);
+        let p = plan(Target::Existing(id.clone()), vec![set("b", "1")]);
+        assert_eq!(apply(s, p).await, WriteOutcome::Gone);
+        assert_eq!(load(s, &id).await, None);
+    }
+
+    pub async fn idle_lifetime_expires<S: SessionStore>(make: Make<S>) {
+        let fx = make(Lifetimes {
+            ttl: Duration::from_secs(1),
+            absolute_ttl: Duration::from_secs(60),
+            max_size: 8192,
+        });
+        let s = &*fx.store;
+        let idle = create(s, vec![set("a", "1")]).await;
+        let used = create(s, vec![set("a", "1")]).await;
+        let remember = new_id();
+        let p = WritePlan {
+            target: Target::Create(remember.clone()),
+            ops: vec![set("a", "1")],
+            max_age: Some(5),
+        };
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            assert!(
+                load(s, &used).await.is_some(),
+                "a load refreshes the idle lifetime"
+            );
+        }
+        assert_eq!(load(s, &idle).await, None);
+        assert!(
+            load(s, &remember).await.is_some(),
+            "max_age replaces session.ttl"
+        );
+        let p = plan(Target::Existing(idle.clone()), vec![set("b", "1")]);
+        assert_eq!(apply(s, p).await, WriteOutcome::Gone);
+    }
+
+    pub async fn concurrent_writers_all_persist<S: SessionStore>(make: Make<S>) {
+        let fx = make(lifetimes());
+        let id = create(&*fx.store, vec![]).await;
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let store = fx.store.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let p = plan(
+                        Target::Existing(id),
+                        vec![set(&format!("k{i}"), &i.to_string())],
+                    );
+                    store.apply(&p).await.expect("apply")
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.expect("task"), WriteOutcome::Applied);
+        }
+        let data = load(&*fx.store, &id).await.expect("exists").data;
+        let expected: BTreeMap<_, _> = (0..50)
+            .map(|i| (f(&format!("k{i}")), i.to_string()))
+            .collect();
+        assert_eq!(data, expected);
+    }
+
+    pub async fn concurrent_incr_loses_nothing<S: SessionStore>(make: Make<S>) {
+        let fx = make(lifetimes());
+        let id = create(&*fx.store, vec![]).await;
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let store = fx.store.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let p = plan(Target::Existing(id), vec![Op::Incr(f("n"), 1)]);
+                    store.apply(&p).await.expect("apply")
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.expect("task"), WriteOutcome::Applied);
+        }
+        let data = load(&*fx.store, &id).await.expect("exists").data;
+        assert_eq!(data, fields(&[("n", "200")]));
+    }
+
+    pub async fn concurrent_loads_deliver_flash_once<S: SessionStore>(make: Make<S>) {
+        let fx = make(lifetimes());
+        for round in 0..5 {
+            let id = create(&*fx.store, vec![flash("msg", &round.to_string())]).await;
+            let tasks: Vec<_> = (0..20)
+                .map(|_| {
+                    let store = fx.store.clone();
+                    let id = id.clone();
+                    tokio::spawn(async move { store.load(&id).await.expect("load") })
+                })
+                .collect();
+            let mut delivered = 0;
+            for t in tasks {
+                let got = t.await.expect("task").expect("exists");
+                if !got.flash.is_empty() {
+                    assert_eq!(got.flash, fields(&[("msg", &round.to_string())]));
+                    delivered += 1;
+                }
+            }
+            assert_eq!(delivered, 1, "round {round}");
+        }
+    }
+}
+
+macro_rules! store_suite {
+    ($engine:ident, $make:ident) => {
+        store_suite!(@cases $engine, $make;
+            create_load_round_trip,
+            unknown_id_loads_none,
+            empty_session_exists,
+            existing_merges,
+            flash_delivered_once,
+            existing_missing_is_gone,
+            move_carries_everything,
+            destroy,
+            destroy_then_create,
+            ops_apply_in_order,
+            incr_is_exact,
+            rejected_writes_change_nothing,
+            max_size_is_inclusive,
+            max_age_stored_and_returned,
+            absolute_lifetime_expires,
+            idle_lifetime_expires,
+            concurrent_writers_all_persist,
+            concurrent_incr_loses_nothing,
+            concurrent_loads_deliver_flash_once,
+        );
+    };
+    (@cases $engine:ident, $make:ident; $($case:ident),* $(,)?) => {
+        mod $engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::cases::$case(super::$make).await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(memory, make_memory_store);
+store_suite!(redis, make_redis_store);
+
+/// Redis-specific behaviour: layout, expiries, databases, outages.
+mod redis_only {
+    use super::*;
+
+    fn store(server_port: u16, db_s: i64, db_n: i64, l: Lifetimes) -> RedisStore {
+        RedisStore::new(&store_config(server_port, db_s, db_n), l).expect("redis store")
+    }
+
+    fn is_unavailable(e: &StoreError) -> bool {
+        matches!(e, StoreError::Unavailable(_) | StoreError::Timeout)
+    }
+
+    #[tokio::test]
+    async fn key_layout_and_ttls() {
+        let server = RedisServer::start();
+        let l = Lifetimes {
+            ttl: Duration::from_secs(60),
+            absolute_ttl: Duration::from_secs(5),
+            max_size: 8192,
+        };
+        let s = store(server.port(), 2, 3, l);
+        let id = new_id();
+        let p = WritePlan {
+            target: Target::Create(id.clone()),
+            ops: vec![
+                set("user", "\"ann\""),
+                Op::Incr(f("n"), 2),
+                flash("msg", "\"hi\""),
+            ],
+            max_age: Some(600),
+        };
+        assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
+
+        let sk = id.store_key();
+        assert_ne!(sk, id.as_str());
+        let data_key = format!("test:{{{sk}}}");
+        let flash_key = format!("test:{{{sk}}}:flash");
+        let mut db_s = server.client(2);
+        let mut db_n = server.client(3);
+        assert_eq!(db_s.keys("*"), vec![data_key.clone()]);
+        assert_eq!(db_n.keys("*"), vec![flash_key.clone()]);
+        for db in [0, 1] {
+            assert!(server.client(db).keys("*").is_empty(), "db {db} untouched");
+        }
+        for key in db_s.keys("*").iter().chain(db_n.keys("*").iter()) {
+            assert!(key.starts_with("test:"));
+            assert!(!key.contains(id.as_str()), "raw id in a key");
+        }
+
+        let hash = db_s.hgetall(&data_key);
+        assert_eq!(
+            hash.keys().cloned().collect::<Vec<_>>(),
+            vec!["\"n\"", "\"user\"", "created", "max_age"]
+        );
+        assert_eq!(hash["\"user\""], "\"ann\"");
+        assert_eq!(hash["\"n\""], "2");
+        assert_eq!(hash["max_age"], "600");
+        let created: u64 = hash["created"].parse().expect("unix ms");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        assert!(created.abs_diff(now_ms) < 5_000);
+        assert_eq!(db_n.hgetall(&flash_key), fields(&[("msg", "\"hi\"")]));
+
+        // TTL = min(idle 600 s, absolute 5 s left).
+        for (c, key) in [(&mut db_s, &data_key), (&mut db_n, &flash_key)] {
+            let ttl = c.pttl(key);
+            assert!(ttl > 0 && ttl <= 5_000, "{key}: {ttl}");
+        }
+
+        // Loading consumes the flash key and keeps the TTL within the absolute bound.
+        let got = load(&s, &id).await.expect("exists");
+        assert_eq!(got.flash, fields(&[("msg", "\"hi\"")]));
+        assert!(db_n.keys("*").is_empty());
+        let ttl = db_s.pttl(&data_key);
+        assert!(ttl > 0 && ttl <= 5_000, "{ttl}");
+    }
+
+    #[tokio::test]
+    async fn every_key_has_an_expiry() {
+        let server = RedisServer::start();
+        let l = Lifetimes {
+            ttl: Duration::from_secs(30),
+            absolute_ttl: Duration::from_secs(3600),
+            max_size: 8192,
+        };
+        let s = store(server.port(), 0, 1, l);
+        let a = create(&s, vec![set("n", "9223372036854775807"), flash("f", "1")]).await;
+        let b = new_id();
+        let p = plan(
+            Target::Move {
+                from: a.clone(),
+                to: b.clone(),
+            },
+            vec![Op::Incr(f("m"), 5)],
+        );
+        assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
+        let p = plan(Target::Existing(b.clone()), vec![Op::Incr(f("n"), 1)]);
+        assert!(matches!(rejected(&s, p).await, ApplyError::Overflow { .. }));
+        let c = create(&s, vec![]).await;
+        let p = plan(
+            Target::DestroyThenCreate {
+                old: c,
+                new: new_id(),
+            },
+            vec![flash("x", "1"), Op::Incr(f("k"), 1)],
+        );
+        assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
+
+        let mut total = 0;
+        for db in [0, 1] {
+            let mut c = server.client(db);
+            for key in c.keys("*") {
+                assert!(!key.ends_with(":tmp"), "scratch key left behind");
+                let ttl = c.pttl(&key);
+                assert!(ttl > 0 && ttl <= 30_000, "{key}: {ttl}");
+                total += 1;
+            }
+        }
+        // b (data + flash) and the recreated session (data + flash).
+        assert_eq!(total, 4);
+    }
+
+    #[tokio::test]
+    async fn one_db_for_both() {
+        let server = RedisServer::start();
+        let s = store(server.port(), 0, 0, lifetimes());
+        let id = create(&s, vec![set("a", "1"), flash("f", "1")]).await;
+        assert_eq!(server.client(0).keys("*").len(), 2);
+        let got = load(&s, &id).await.expect("exists");
+        assert_eq!(got.flash, fields(&[("f", "1")]));
+        assert_eq!(server.client(0).keys("*").len(), 1);
+        s.check_databases().await.expect("db 0 always works");
+        s.ping().await.expect("ping");
+    }
+
+    #[tokio::test]
+    async fn missing_database_is_reported() {
+        let server = RedisServer::start_with(&["--databases", "2"]);
+        let ok = store(server.port(), 1, 0, lifetimes());
+        ok.check_databases().await.expect("dbs 0 and 1 exist");
+        ok.ping().await.expect("ping");
+
+        let bad = store(server.port(), 1, 5, lifetimes());
+        let msg = match bad.check_databases().await {
+            Err(StoreError::Unavailable(msg)) => msg,
+            other => panic!("expected Unavailable, got {other:?}"),
+        };
+        assert!(
+            msg.starts_with("store.storage.db_notifications: 5 is not available on this Redis ("),
+            "{msg}"
+        );
+        assert!(msg.contains("`databases`"), "{msg}");
+        assert!(matches!(bad.ping().await, Err(StoreError::Unavailable(_))));
+        // Calls fail clearly too, and never write anything half-way.
+        let id = new_id();
+        match bad
+            .apply(&plan(Target::Create(id.clone()), vec![set("a", "1")]))
+            .await
+        {
+            Err(StoreError::Unavailable(msg)) => {
+                assert!(msg.contains("store.storage.db_notifications"), "{msg}")
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        for db in [0, 1] {
+            assert!(
+                server.client(db).keys("*").is_empty(),
+                "db {db}: half-written"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn construction_errors() {
+        let server_port = common::free_port();
+        let mut cfg = store_config(server_port, 0, 1);
+        cfg.storage.url = Some(session_sidecar::config::Secret(
+            "rediss://:hunter2@localhost:6380".into(),
+        ));
+        let msg = RedisStore::new(&cfg, lifetimes())
+            .expect_err("no TLS")
+            .to_string();
+        assert!(
+            msg.contains("rediss://") && !msg.contains("hunter2"),
+            "{msg}"
+        );
+        cfg.storage.url = Some(session_sidecar::config::Secret(
+            "http://:hunter2@localhost".into(),
+        ));
+        let msg = RedisStore::new(&cfg, lifetimes())
+            .expect_err("bad scheme")
+            .to_string();
+        assert!(
+            msg.contains("store.storage.url") && !msg.contains("hunter2"),
+            "{msg}"
+        );
+        cfg.storage.url = None;
+        cfg.storage.tls = true;
+        assert!(RedisStore::new(&cfg, lifetimes()).is_err());
+    }
+
+    #[tokio::test]
+    async fn url_settings_work() {
+        let server = RedisServer::start();
+        let mut cfg = store_config(1, 2, 3);
+        cfg.storage.url = Some(session_sidecar::config::Secret(server.url()));
+        let s = RedisStore::new(&cfg, lifetimes()).expect("store");
+        let id = create(&s, vec![set("a", "1")]).await;
+        assert!(load(&s, &id).await.is_some());
+        assert_eq!(server.client(2).keys("*").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn unix_socket_url_works() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sock = dir.path().join("redis.sock");
+        let sock = sock.to_str().expect("utf-8 path");
+        let server = RedisServer::start_with(&["--unixsocket", sock]);
+        let mut cfg = store_config(1, 2, 3);
+        cfg.storage.url = Some(session_sidecar::config::Secret(format!(
+            "redis+unix://{sock}"
+        )));
+        let s = RedisStore::new(&cfg, lifetimes()).expect("store");
+        let id = create(&s, vec![set("a", "1"), flash("f", "1")]).await;
+        assert_eq!(
+            load(&s, &id).await.expect("exists").flash,
+            fields(&[("f", "1")])
+        );
+        assert_eq!(server.client(2).keys("*").len(), 1);
+    }
+
+    /// Retry `f` until it succeeds or `within` passes.
+    async fn eventually<T, Fut: Future<Output = Result<T, StoreError>>>(
+        within: Duration,
+        mut f: impl FnMut() -> Fut,
+    ) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            match f().await {
+                Ok(v) => return v,
+                Err(e) if Instant::now() < deadline => {
+                    assert!(is_unavailable(&e), "{e:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("store did not recover: {e}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn starts_while_redis_is_down() {
+        let port = common::free_port();
+        let mut cfg = store_config(port, 0, 1);
+        cfg.timeout = Duration::from_millis(300);
+        let s = RedisStore::new(&cfg, lifetimes()).expect("no I/O at construction");
+        for _ in 0..3 {
+            let started = Instant::now();
+            let e = s.load(&new_id()).await.expect_err("nothing listens");
+            assert!(is_unavailable(&e), "{e:?}");
+            assert!(
+                started.elapsed() < Duration::from_millis(600),
+                "{:?}",
+                started.elapsed()
+            );
+            let e = s.ping().await.expect_err("nothing listens");
+            assert!(is_unavailable(&e), "{e:?}");
+        }
+        let _server = RedisServer::start_on(port, &[]);
+        let id = eventually(Duration::from_secs(5), || async {
+            let id = new_id();
+            s.apply(&plan(Target::Create(id.clone()), vec![set("a", "1")]))
+                .await
+                .map(|_| id)
+        })
+        .await;
+        assert!(load(&s, &id).await.is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survives_a_redis_outage() {
+        let mut server = RedisServer::start();
+        let mut cfg = store_config(server.port(), 0, 1);
+        cfg.timeout = Duration::from_millis(300);
+        let s = RedisStore::new(&cfg, lifetimes()).expect("store");
+        // Connect every slot before the outage.
+        for _ in 0..8 {
+            let id = create(&s, vec![set("a", "1")]).await;
+            assert!(load(&s, &id).await.is_some());
+        }
+
+        server.kill();
+        for _ in 0..6 {
+            let started = Instant::now();
+            let e = s.load(&new_id()).await.expect_err("redis is down");
+            assert!(is_unavailable(&e), "{e:?}");
+            let e = s
+                .apply(&plan(Target::Create(new_id()), vec![set("a", "1")]))
+                .await
+                .expect_err("redis is down");
+            assert!(is_unavailable(&e), "{e:?}");
+            assert!(
+                started.elapsed() < Duration::from_millis(1000),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+
+        server.restart();
+        // The same store object recovers by itself.
+        eventually(Duration::from_secs(5), || s.ping()).await;
+        for _ in 0..8 {
+            let id = eventually(Duration::from_secs(5), || async {
+                let id = new_id();
+                s.apply(&plan(Target::Create(id.clone()), vec![set("a", "1")]))
+                    .await
+                    .map(|_| id)
+            })
+            .await;
+            assert!(
+                eventually(Duration::from_secs(5), || s.load(&id))
+                    .await
+                    .is_some()
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frozen_redis_costs_at_most_the_timeout() {
+        let server = RedisServer::start();
+        let mut cfg = store_config(server.port(), 0, 1);
+        cfg.timeout = Duration::from_millis(300);
+        let s = RedisStore::new(&cfg, lifetimes()).expect("store");
+        let id = create(&s, vec![set("a", "1")]).await;
+
+        server.pause();
+        for _ in 0..3 {
+            let started = Instant::now();
+            let e = s.load(&id).await.expect_err("redis is frozen");
+            assert!(matches!(e, StoreError::Timeout), "{e:?}");
+            let e = s
+                .apply(&plan(
+                    Target::Existing(id.clone()),
+                    vec![Op::Incr(f("n"), 1)],
+                ))
+                .await
+                .expect_err("redis is frozen");
+            assert!(is_unavailable(&e), "{e:?}");
+            assert!(
+                started.elapsed() < Duration::from_millis(900),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        server.resume();
+        eventually(Duration::from_secs(5), || s.ping()).await;
+        // The Incrs sent while frozen may or may not have run (their outcome was unknown
+        // to the caller), but each ran at most once: never retried blindly.
+        let got = eventually(Duration::from_secs(5), || s.load(&id))
+            .await
+            .expect("exists");
+        let n: i64 = got
+            .data
+            .get(&f("n"))
+            .map_or(0, |v| v.parse().expect("integer"));
+        assert!((0..=3).contains(&n), "n = {n}");
+    }
+}
