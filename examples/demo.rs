@@ -25,8 +25,7 @@ use tokio::net::TcpListener;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
 
@@ -52,8 +51,8 @@ admin: {{ listen: null }}
 "#,
         secret = URL_SAFE_NO_PAD.encode(secret)
     );
-    let config = Config::from_yaml_str(&yaml, Path::new("<demo>"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config =
+        Config::from_yaml_str(&yaml, Path::new("<demo>")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let running = server::start(config).await?;
     println!();
     println!("  session-sidecar demo: open http://{}/", running.addr);
@@ -106,7 +105,10 @@ async fn app(req: Request<Incoming>) -> AppResponse {
             let body = page(visits, user.as_deref(), notice.as_deref(), &status);
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             let h = resp.headers_mut();
-            h.insert(header::CONTENT_TYPE, "text/html; charset=utf-8".parse().unwrap());
+            h.insert(
+                header::CONTENT_TYPE,
+                "text/html; charset=utf-8".parse().unwrap(),
+            );
             // Count this visit: atomic in the store, even with many tabs.
             h.insert("x-session-incr", r#"{"visits":1}"#.parse().unwrap());
             resp
@@ -116,19 +118,28 @@ async fn app(req: Request<Incoming>) -> AppResponse {
             let name = form_value(&form, "user").unwrap_or_default();
             let name = name.trim();
             if name.is_empty() || name.len() > 64 {
-                return redirect(&[("x-session-flash-set", json!({"notice": "Pick a name (1–64 characters)."}))]);
+                return redirect(&[(
+                    "x-session-flash-set",
+                    json!({"notice": "Pick a name (1–64 characters)."}),
+                )]);
             }
             redirect(&[
                 // A new session id on login defeats session fixation.
                 ("x-session-regenerate", json!(1)),
                 ("x-session-set", json!({ "user": name })),
-                ("x-session-flash-set", json!({ "notice": format!("Welcome, {name}!") })),
+                (
+                    "x-session-flash-set",
+                    json!({ "notice": format!("Welcome, {name}!") }),
+                ),
             ])
         }
         ("POST", "/logout") => redirect(&[
             // Destroy plus a flash: the old session is gone; a fresh one carries the note.
             ("x-session-destroy", json!(1)),
-            ("x-session-flash-set", json!({"notice": "You are logged out."})),
+            (
+                "x-session-flash-set",
+                json!({"notice": "You are logged out."}),
+            ),
         ]),
         _ => {
             let mut resp = Response::new(Full::new(Bytes::from_static(b"not found\n")));
@@ -220,4 +231,3 @@ answers with <code>X-Session-Incr</code>, <code>-Regenerate</code>, <code>-Destr
 "#
     )
 }
-

@@ -13,7 +13,11 @@ use crate::{
 };
 
 /// Answer one admin request.
-pub async fn handle(req: Request<Incoming>, store: Arc<AnyStore>, timeout: Duration) -> Response<Body> {
+pub async fn handle(
+    req: Request<Incoming>,
+    store: Arc<AnyStore>,
+    timeout: Duration,
+) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {

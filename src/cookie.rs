@@ -300,7 +300,12 @@ pub fn make_private(headers: &mut HeaderMap) {
         let Ok(v) = v.to_str() else { continue };
         for d in v.split(',') {
             let d = d.trim();
-            let name = d.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+            let name = d
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             if d.is_empty() || name == "public" || name == "s-maxage" || name == "private" {
                 continue;
             }
@@ -383,7 +388,7 @@ mod tests {
         let s = CookieSigner::new("session", &[A]);
         let id = SessionId::generate().unwrap();
         let good = s.sign(&id);
-        let h = hm(&[&format!("session=forged; a=1"), &format!("session={good}")]);
+        let h = hm(&["session=forged; a=1", &format!("session={good}")]);
         assert_eq!(
             read_session_cookie(&h, &s),
             CookieState::Valid(VerifiedCookie {
@@ -391,9 +396,18 @@ mod tests {
                 needs_resign: false
             })
         );
-        assert_eq!(read_session_cookie(&hm(&["session=x"]), &s), CookieState::Invalid);
-        assert_eq!(read_session_cookie(&hm(&["sessionx=1"]), &s), CookieState::Absent);
-        assert_eq!(read_session_cookie(&HeaderMap::new(), &s), CookieState::Absent);
+        assert_eq!(
+            read_session_cookie(&hm(&["session=x"]), &s),
+            CookieState::Invalid
+        );
+        assert_eq!(
+            read_session_cookie(&hm(&["sessionx=1"]), &s),
+            CookieState::Absent
+        );
+        assert_eq!(
+            read_session_cookie(&HeaderMap::new(), &s),
+            CookieState::Absent
+        );
     }
 
     #[test]
@@ -425,7 +439,13 @@ mod tests {
             assert!(v.contains(part), "{v}");
         }
         assert!(!v.contains("Max-Age") && !v.contains("Expires"), "{v}");
-        assert!(attrs.issue("x", Some(3600)).to_str().unwrap().ends_with("Max-Age=3600"));
+        assert!(
+            attrs
+                .issue("x", Some(3600))
+                .to_str()
+                .unwrap()
+                .ends_with("Max-Age=3600")
+        );
         let c = attrs.clear();
         assert!(c.to_str().unwrap().contains("Max-Age=0"));
     }

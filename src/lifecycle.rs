@@ -39,7 +39,10 @@ pub struct CookiePolicy {
 pub enum CookieAction {
     None,
     /// Send a cookie for `id`, with `Max-Age` when it has a lifetime.
-    Issue { id: SessionId, max_age: Option<u64> },
+    Issue {
+        id: SessionId,
+        max_age: Option<u64>,
+    },
     /// Remove the cookie.
     Clear,
 }
@@ -54,7 +57,11 @@ pub struct Decision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreUnavailable;
 
-fn cookie_max_age(policy: &CookiePolicy, session_max_age: Option<u64>, remaining: u64) -> Option<u64> {
+fn cookie_max_age(
+    policy: &CookiePolicy,
+    session_max_age: Option<u64>,
+    remaining: u64,
+) -> Option<u64> {
     session_max_age
         .or(policy.lifetime)
         .map(|secs| secs.min(remaining))
@@ -71,12 +78,17 @@ pub fn decide<E>(
     let writes = changes.writes();
     // Deleting keys of a session that does not exist is a no-op, not a reason to create
     // an empty session; every other write creates one (SPEC §3.3, lazy creation).
-    let creates = changes.max_age.is_some()
-        || changes.ops.iter().any(|op| !matches!(op, Op::Delete(_)));
-    if view.status == SessionStatus::Unavailable && (writes || changes.destroy || changes.regenerate) {
+    let creates =
+        changes.max_age.is_some() || changes.ops.iter().any(|op| !matches!(op, Op::Delete(_)));
+    if view.status == SessionStatus::Unavailable
+        && (writes || changes.destroy || changes.regenerate)
+    {
         return Ok(Err(StoreUnavailable));
     }
-    let active = view.id.clone().filter(|_| view.status == SessionStatus::Active);
+    let active = view
+        .id
+        .clone()
+        .filter(|_| view.status == SessionStatus::Active);
     let had_cookie = view.status != SessionStatus::None;
     let new_session = |id: SessionId| CookieAction::Issue {
         max_age: cookie_max_age(policy, changes.max_age, policy.absolute_ttl),
@@ -216,9 +228,11 @@ mod tests {
     }
 
     fn run(v: &SessionView, c: &ChangeSet) -> Decision {
-        decide(v, c, &POLICY, || Ok::<_, ()>(SessionId::from_trusted("new")))
-            .unwrap()
-            .unwrap()
+        decide(v, c, &POLICY, || {
+            Ok::<_, ()>(SessionId::from_trusted("new"))
+        })
+        .unwrap()
+        .unwrap()
     }
 
     fn new_cookie() -> CookieAction {
@@ -231,7 +245,13 @@ mod tests {
     #[test]
     fn nothing_written_nothing_created() {
         let d = run(&view(SessionStatus::None), &ChangeSet::default());
-        assert_eq!(d, Decision { plan: None, cookie: CookieAction::None });
+        assert_eq!(
+            d,
+            Decision {
+                plan: None,
+                cookie: CookieAction::None
+            }
+        );
         let d = run(&view(SessionStatus::Active), &ChangeSet::default());
         assert_eq!(d.cookie, CookieAction::None);
     }
@@ -239,14 +259,20 @@ mod tests {
     #[test]
     fn first_write_creates() {
         let d = run(&view(SessionStatus::None), &set());
-        assert_eq!(d.plan.unwrap().target, Target::Create(SessionId::from_trusted("new")));
+        assert_eq!(
+            d.plan.unwrap().target,
+            Target::Create(SessionId::from_trusted("new"))
+        );
         assert_eq!(d.cookie, new_cookie());
     }
 
     #[test]
     fn expired_or_invalid_cookie_is_cleared_or_replaced() {
         for s in [SessionStatus::Expired, SessionStatus::Invalid] {
-            assert_eq!(run(&view(s), &ChangeSet::default()).cookie, CookieAction::Clear);
+            assert_eq!(
+                run(&view(s), &ChangeSet::default()).cookie,
+                CookieAction::Clear
+            );
             let d = run(&view(s), &set());
             assert_eq!(d.cookie, new_cookie());
         }
@@ -255,7 +281,10 @@ mod tests {
     #[test]
     fn write_to_active_updates_in_place_without_cookie() {
         let d = run(&view(SessionStatus::Active), &set());
-        assert_eq!(d.plan.unwrap().target, Target::Existing(SessionId::from_trusted("old")));
+        assert_eq!(
+            d.plan.unwrap().target,
+            Target::Existing(SessionId::from_trusted("old"))
+        );
         assert_eq!(d.cookie, CookieAction::None);
     }
 
@@ -263,15 +292,27 @@ mod tests {
     fn destroy_variants() {
         let destroy = changes(|c| c.destroy = true);
         let d = run(&view(SessionStatus::Active), &destroy);
-        assert_eq!(d.plan.unwrap().target, Target::Destroy(SessionId::from_trusted("old")));
+        assert_eq!(
+            d.plan.unwrap().target,
+            Target::Destroy(SessionId::from_trusted("old"))
+        );
         assert_eq!(d.cookie, CookieAction::Clear);
         let mut both = set();
         both.destroy = true;
         let d = run(&view(SessionStatus::Active), &both);
-        assert!(matches!(d.plan.unwrap().target, Target::DestroyThenCreate { .. }));
+        assert!(matches!(
+            d.plan.unwrap().target,
+            Target::DestroyThenCreate { .. }
+        ));
         assert_eq!(d.cookie, new_cookie());
         let d = run(&view(SessionStatus::None), &destroy);
-        assert_eq!(d, Decision { plan: None, cookie: CookieAction::None });
+        assert_eq!(
+            d,
+            Decision {
+                plan: None,
+                cookie: CookieAction::None
+            }
+        );
     }
 
     #[test]
@@ -283,7 +324,10 @@ mod tests {
         assert!(matches!(d.plan.unwrap().target, Target::Move { .. }));
         assert_eq!(
             d.cookie,
-            CookieAction::Issue { id: SessionId::from_trusted("new"), max_age: Some(500) }
+            CookieAction::Issue {
+                id: SessionId::from_trusted("new"),
+                max_age: Some(500)
+            }
         );
         // without a session, Regenerate alone is nothing
         assert_eq!(run(&view(SessionStatus::None), &regen).plan, None);
@@ -295,29 +339,49 @@ mod tests {
         let d = run(&view(SessionStatus::Active), &ma);
         assert_eq!(
             d.cookie,
-            CookieAction::Issue { id: SessionId::from_trusted("old"), max_age: Some(100) }
+            CookieAction::Issue {
+                id: SessionId::from_trusted("old"),
+                max_age: Some(100)
+            }
         );
         let mut v = view(SessionStatus::Active);
         v.needs_resign = true;
         let d = run(&v, &ChangeSet::default());
-        assert_eq!(d.cookie, CookieAction::Issue { id: SessionId::from_trusted("old"), max_age: None });
+        assert_eq!(
+            d.cookie,
+            CookieAction::Issue {
+                id: SessionId::from_trusted("old"),
+                max_age: None
+            }
+        );
     }
 
     #[test]
     fn delete_alone_creates_nothing() {
         let del = changes(|c| c.ops.push(Op::Delete("\"a\"".into())));
         assert_eq!(run(&view(SessionStatus::None), &del).plan, None);
-        assert_eq!(run(&view(SessionStatus::Expired), &del).cookie, CookieAction::Clear);
+        assert_eq!(
+            run(&view(SessionStatus::Expired), &del).cookie,
+            CookieAction::Clear
+        );
         let d = run(&view(SessionStatus::Active), &del);
-        assert_eq!(d.plan.unwrap().target, Target::Existing(SessionId::from_trusted("old")));
+        assert_eq!(
+            d.plan.unwrap().target,
+            Target::Existing(SessionId::from_trusted("old"))
+        );
     }
 
     #[test]
     fn unavailable_store_refuses_writes_only() {
         let v = view(SessionStatus::Unavailable);
-        let r = decide(&v, &set(), &POLICY, || Ok::<_, ()>(SessionId::from_trusted("n"))).unwrap();
+        let r = decide(&v, &set(), &POLICY, || {
+            Ok::<_, ()>(SessionId::from_trusted("n"))
+        })
+        .unwrap();
         assert_eq!(r, Err(StoreUnavailable));
-        let r = decide(&v, &ChangeSet::default(), &POLICY, || Ok::<_, ()>(SessionId::from_trusted("n")));
+        let r = decide(&v, &ChangeSet::default(), &POLICY, || {
+            Ok::<_, ()>(SessionId::from_trusted("n"))
+        });
         assert_eq!(r.unwrap().unwrap().plan, None);
     }
 }

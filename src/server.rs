@@ -109,7 +109,9 @@ async fn report_store_at_start(store: &AnyStore) {
     if let AnyStore::Redis(redis) = store {
         match redis.check_databases().await {
             Ok(()) => tracing::info!("session store reachable"),
-            Err(e) => tracing::error!(error = %e, "session store check failed at start; requests that need it get 503 until it is fixed"),
+            Err(e) => {
+                tracing::error!(error = %e, "session store check failed at start; requests that need it get 503 until it is fixed")
+            }
         }
     }
 }

@@ -19,9 +19,18 @@ async fn memory(extra: Value) -> Sidecar {
 }
 
 fn assert_only_injected(r: &support::Resp) {
-    let mut names: Vec<String> = r.up_reserved().into_iter().map(|n| n.to_ascii_lowercase()).collect();
+    let mut names: Vec<String> = r
+        .up_reserved()
+        .into_iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect();
     names.sort();
-    assert_eq!(names, ["x-session", "x-session-flash", "x-session-status"], "{:?}", r.up_headers());
+    assert_eq!(
+        names,
+        ["x-session", "x-session-flash", "x-session-status"],
+        "{:?}",
+        r.up_headers()
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -49,7 +58,11 @@ async fn spoofed_reserved_headers_in_every_spelling_never_reach_the_app() {
     assert_only_injected(&r);
     assert_eq!(r.session(), json!({"user": "ann"}));
     assert_eq!(r.sstatus(), "active");
-    assert_eq!(c.get("/").await.session(), json!({"user": "ann"}), "a client's Set is never applied");
+    assert_eq!(
+        c.get("/").await.session(),
+        json!({"user": "ann"}),
+        "a client's Set is never applied"
+    );
 }
 
 #[tokio::test]
@@ -57,7 +70,13 @@ async fn connection_listed_reserved_header_cannot_remove_injected_ones() {
     let sc = memory(json!({})).await;
     let r = sc
         .client()
-        .get_with("/", &[("connection", "X-Session, x-session-status, keep-alive"), ("x-session", "{}")])
+        .get_with(
+            "/",
+            &[
+                ("connection", "X-Session, x-session-status, keep-alive"),
+                ("x-session", "{}"),
+            ],
+        )
         .await;
     assert_only_injected(&r);
     assert_eq!(r.sstatus(), "none");
@@ -79,7 +98,12 @@ async fn reserved_request_trailers_are_stripped() {
     let echo: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{resp}"));
     assert_eq!(echo["body_len"], 5);
     let trailers = echo["trailers"].as_array().unwrap();
-    assert!(trailers.iter().all(|t| !support::is_reserved(t[0].as_str().unwrap())), "{trailers:?}");
+    assert!(
+        trailers
+            .iter()
+            .all(|t| !support::is_reserved(t[0].as_str().unwrap())),
+        "{trailers:?}"
+    );
     assert!(trailers.iter().any(|t| t[0] == "x-other"), "{trailers:?}");
 }
 
@@ -89,13 +113,24 @@ async fn reserved_response_headers_and_trailers_never_reach_the_client() {
     let mut c = sc.client();
     let r = c
         .write_with(
-            &[("X_Session_Set", r#"{"u":1}"#), ("x-session-foo", "1"), ("X-Session", "{}"), ("x.session.id", "1")],
-            &[("x-test-trailers", r#"[["X-Session-Set","{\"t\":1}"],["x-other","1"]]"#)],
+            &[
+                ("X_Session_Set", r#"{"u":1}"#),
+                ("x-session-foo", "1"),
+                ("X-Session", "{}"),
+                ("x.session.id", "1"),
+            ],
+            &[(
+                "x-test-trailers",
+                r#"[["X-Session-Set","{\"t\":1}"],["x-other","1"]]"#,
+            )],
         )
         .await;
     assert_eq!(r.status, 200);
     assert!(r.reserved_in_response().is_empty(), "{:?}", r.headers);
-    assert!(r.cookie("session").is_none(), "spellings other than the exact instruction are not applied");
+    assert!(
+        r.cookie("session").is_none(),
+        "spellings other than the exact instruction are not applied"
+    );
     assert!(c.cookie.is_none());
 }
 
@@ -104,7 +139,12 @@ async fn custom_prefix_renames_the_whole_family() {
     let sc = memory(json!({"headers": {"prefix": "X-Auth-State"}})).await;
     let mut c = sc.client();
     c.write(&[("X-Auth-State-Set", r#"{"a":1}"#)]).await;
-    let r = c.get_with("/", &[("x_auth_state", "spoof"), ("X-Session", "not-reserved-now")]).await;
+    let r = c
+        .get_with(
+            "/",
+            &[("x_auth_state", "spoof"), ("X-Session", "not-reserved-now")],
+        )
+        .await;
     assert_eq!(r.up_one("x-auth-state"), r#"{"a":1}"#);
     assert_eq!(r.up_one("x-auth-state-status"), "active");
     assert_eq!(r.up_one("x-session"), "not-reserved-now");
@@ -142,7 +182,10 @@ async fn invalid_and_tossed_cookies() {
     let mut bare = Client::new(sc.addr);
     let tossed = format!("session=forged.value; session={good}");
     let r = bare.get_with("/", &[("cookie", tossed.as_str())]).await;
-    assert_eq!((r.sstatus(), r.session()), ("active".to_string(), json!({"a": 1})));
+    assert_eq!(
+        (r.sstatus(), r.session()),
+        ("active".to_string(), json!({"a": 1}))
+    );
     // A bad signature: status invalid, the cookie is cleared.
     let forged = format!("session={}.AAAA", good.split('.').next().unwrap());
     let r = bare.get_with("/", &[("cookie", forged.as_str())]).await;
@@ -153,7 +196,12 @@ async fn invalid_and_tossed_cookies() {
     let mut o = other.client();
     o.write(&[("x-session-set", r#"{"a":1}"#)]).await;
     let replay = format!("session={}", o.cookie.unwrap());
-    assert_eq!(bare.get_with("/", &[("cookie", replay.as_str())]).await.sstatus(), "invalid");
+    assert_eq!(
+        bare.get_with("/", &[("cookie", replay.as_str())])
+            .await
+            .sstatus(),
+        "invalid"
+    );
 }
 
 #[tokio::test]
@@ -165,15 +213,28 @@ async fn rotated_secret_still_verifies_and_is_resigned() {
     // Rotate in place (what SIGHUP does): A signs, B still verifies.
     let mut cfg = sc.config.clone();
     cfg["secrets"] = json!([SECRET_A, SECRET_B]);
-    let config = session_sidecar::config::Config::from_yaml_str(&cfg.to_string(), std::path::Path::new("t.yaml")).unwrap();
+    let config = session_sidecar::config::Config::from_yaml_str(
+        &cfg.to_string(),
+        std::path::Path::new("t.yaml"),
+    )
+    .unwrap();
     let running = sc.running.as_ref().unwrap();
-    running.proxy.replace_settings(session_sidecar::proxy::Settings::from_config(&config).unwrap());
+    running
+        .proxy
+        .replace_settings(session_sidecar::proxy::Settings::from_config(&config).unwrap());
     let r = c.get("/").await;
     assert_eq!(r.sstatus(), "active");
     let ck = r.cookie("session").expect("re-signed cookie");
     assert_ne!(ck.value, old_cookie);
-    assert_eq!(ck.value.split('.').next(), old_cookie.split('.').next(), "same id");
-    assert!(c.get("/").await.cookie("session").is_none(), "re-signed once");
+    assert_eq!(
+        ck.value.split('.').next(),
+        old_cookie.split('.').next(),
+        "same id"
+    );
+    assert!(
+        c.get("/").await.cookie("session").is_none(),
+        "re-signed once"
+    );
     sc.stop().await;
 }
 
@@ -182,11 +243,26 @@ async fn cache_control_becomes_private_when_the_cookie_is_set() {
     let sc = memory(json!({})).await;
     let mut c = sc.client();
     let r = c
-        .write(&[("x-session-set", r#"{"a":1}"#), ("cache-control", "public, max-age=60, s-maxage=600")])
+        .write(&[
+            ("x-session-set", r#"{"a":1}"#),
+            ("cache-control", "public, max-age=60, s-maxage=600"),
+        ])
         .await;
-    assert_eq!(r.header("cache-control").as_deref(), Some("private, max-age=60"));
-    let r = c.get_with("/", &[("x-test-reply", r#"[["cache-control","public, max-age=5"]]"#)]).await;
-    assert_eq!(r.header("cache-control").as_deref(), Some("public, max-age=5"), "untouched without Set-Cookie");
+    assert_eq!(
+        r.header("cache-control").as_deref(),
+        Some("private, max-age=60")
+    );
+    let r = c
+        .get_with(
+            "/",
+            &[("x-test-reply", r#"[["cache-control","public, max-age=5"]]"#)],
+        )
+        .await;
+    assert_eq!(
+        r.header("cache-control").as_deref(),
+        Some("public, max-age=5"),
+        "untouched without Set-Cookie"
+    );
 }
 
 #[tokio::test]
@@ -198,7 +274,10 @@ async fn configured_cookie_attributes_and_lifetime() {
     assert_eq!(ck.get("samesite").as_deref(), Some("Strict"));
     assert_eq!(ck.get("max-age").as_deref(), Some("172800"));
     assert!(!ck.has("domain"));
-    assert!(c.get("/").await.cookie("__Host-sid").is_some(), "rolling re-sends a persistent cookie");
+    assert!(
+        c.get("/").await.cookie("__Host-sid").is_some(),
+        "rolling re-sends a persistent cookie"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -210,14 +289,27 @@ async fn forwarded_headers_untrusted_and_trusted() {
     let sc = memory(json!({})).await;
     let r = sc
         .client()
-        .get_with("/", &[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-host", "evil"), ("forwarded", "for=6.6.6.6")])
+        .get_with(
+            "/",
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-host", "evil"),
+                ("forwarded", "for=6.6.6.6"),
+            ],
+        )
         .await;
     assert_eq!(r.up_one("x-forwarded-for"), "127.0.0.1");
     assert_eq!(r.up_one("x-forwarded-proto"), "http");
-    assert_eq!(r.up_one("x-forwarded-host"), format!("127.0.0.1:{}", sc.addr.port()));
+    assert_eq!(
+        r.up_one("x-forwarded-host"),
+        format!("127.0.0.1:{}", sc.addr.port())
+    );
     assert!(r.up_all("forwarded").is_empty());
     let trusted = memory(json!({"trusted_proxies": ["127.0.0.0/8"]})).await;
-    let r = trusted.client().get_with("/", &[("x-forwarded-for", "6.6.6.6")]).await;
+    let r = trusted
+        .client()
+        .get_with("/", &[("x-forwarded-for", "6.6.6.6")])
+        .await;
     assert_eq!(r.up_one("x-forwarded-for"), "6.6.6.6, 127.0.0.1");
 }
 
@@ -227,13 +319,25 @@ async fn bypass_routes_skip_sessions_but_still_strip() {
     let mut c = sc.client();
     c.write(&[("x-session-flash-set", r#"{"f":1}"#)]).await;
     let r = c
-        .request("GET", "/static/app.css", &[("x-session", "spoof"), ("x-test-reply", r#"[["x-session-set","{\"b\":1}"]]"#)], None)
+        .request(
+            "GET",
+            "/static/app.css",
+            &[
+                ("x-session", "spoof"),
+                ("x-test-reply", r#"[["x-session-set","{\"b\":1}"]]"#),
+            ],
+            None,
+        )
         .await;
     assert!(r.up_reserved().is_empty(), "{:?}", r.up_headers());
     assert!(r.reserved_in_response().is_empty());
     assert!(r.cookie("session").is_none());
     let r = c.get("/").await;
-    assert_eq!(r.flash(), json!({"f": 1}), "bypass routes never consume flash");
+    assert_eq!(
+        r.flash(),
+        json!({"f": 1}),
+        "bypass routes never consume flash"
+    );
     assert_eq!(r.session(), json!({}), "bypass routes never write");
 }
 
@@ -249,14 +353,20 @@ async fn upstream_down_is_502_with_request_id() {
     assert_eq!(r.status, 502);
     let body = String::from_utf8_lossy(&r.body);
     assert!(body.contains("request id"), "{body}");
-    assert_eq!(r.header("content-type").as_deref(), Some("text/plain; charset=utf-8"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
     running.shutdown().await;
 }
 
 #[tokio::test]
 async fn slow_upstream_is_504() {
     let sc = memory(json!({"timeouts": {"upstream_response": "300ms"}})).await;
-    let r = sc.client().get_with("/", &[("x-test-delay-ms", "2000")]).await;
+    let r = sc
+        .client()
+        .get_with("/", &[("x-test-delay-ms", "2000")])
+        .await;
     assert_eq!(r.status, 504);
 }
 
@@ -264,7 +374,18 @@ async fn slow_upstream_is_504() {
 async fn status_headers_and_bodies_pass_through() {
     let sc = memory(json!({})).await;
     let mut c = sc.client();
-    let r = c.get_with("/p?q=1", &[("x-test-status", "404"), ("x-test-reply", r#"[["x-app","yes"],["set-cookie","theme=dark"]]"#)]).await;
+    let r = c
+        .get_with(
+            "/p?q=1",
+            &[
+                ("x-test-status", "404"),
+                (
+                    "x-test-reply",
+                    r#"[["x-app","yes"],["set-cookie","theme=dark"]]"#,
+                ),
+            ],
+        )
+        .await;
     assert_eq!(r.status, 404);
     assert_eq!(r.header("x-app").as_deref(), Some("yes"));
     assert_eq!(r.all("set-cookie"), ["theme=dark"]);
@@ -303,9 +424,17 @@ async fn upgrade_passes_through_with_session_injected() {
     assert!(echoed.0.starts_with("HTTP/1.1 101"), "{}", echoed.0);
     assert_eq!(echoed.1, "ping-through-the-tunnel");
     let seen = upstream_seen.lock().unwrap().last().cloned().unwrap();
-    let session: Vec<_> = seen.headers.iter().filter(|(k, _)| support::is_reserved(k)).collect();
+    let session: Vec<_> = seen
+        .headers
+        .iter()
+        .filter(|(k, _)| support::is_reserved(k))
+        .collect();
     assert_eq!(session.len(), 3, "{:?}", seen.headers);
-    assert!(seen.headers.iter().any(|(k, v)| k == "x-session" && v == r#"{"user":"ann"}"#));
+    assert!(
+        seen.headers
+            .iter()
+            .any(|(k, v)| k == "x-session" && v == r#"{"user":"ann"}"#)
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -326,12 +455,19 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
     let (resp, closed) = tokio::task::block_in_place(|| {
         exchange(&sc, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
     });
-    assert!(closed, "the connection is closed after the ambiguous request: {resp}");
+    assert!(
+        closed,
+        "the connection is closed after the ambiguous request: {resp}"
+    );
     assert_eq!(resp.matches("HTTP/1.1 ").count(), 1, "{resp}");
     let seen = sc.upstream.requests();
     assert!(seen.iter().all(|r| r.path != "/smuggled"), "{seen:?}");
     for r in &seen {
-        assert!(!r.headers.iter().any(|(k, _)| k == "content-length"), "{:?}", r.headers);
+        assert!(
+            !r.headers.iter().any(|(k, _)| k == "content-length"),
+            "{:?}",
+            r.headers
+        );
     }
 }
 
@@ -350,9 +486,15 @@ async fn repeated_transfer_encoding_is_refused_and_closed() {
 async fn other_transfer_codings_are_501() {
     let sc = memory(json!({})).await;
     let (resp, closed) = tokio::task::block_in_place(|| {
-        exchange(&sc, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
+        exchange(
+            &sc,
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        )
     });
-    assert!(resp.starts_with("HTTP/1.1 501") || resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 501") || resp.starts_with("HTTP/1.1 400"),
+        "{resp}"
+    );
     assert!(closed);
     assert!(sc.upstream.requests().is_empty());
 }
@@ -360,8 +502,13 @@ async fn other_transfer_codings_are_501() {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_headers_get_431() {
     let sc = memory(json!({"limits": {"max_header_size": "8KiB"}})).await;
-    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(10_000));
-    let (resp, _) = tokio::task::block_in_place(|| raw_exchange(sc.addr, big.as_bytes(), Duration::from_secs(3)));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let (resp, _) = tokio::task::block_in_place(|| {
+        raw_exchange(sc.addr, big.as_bytes(), Duration::from_secs(3))
+    });
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
 }
 
@@ -387,6 +534,9 @@ async fn slowloris_connection_is_closed_after_header_read_timeout() {
     })
     .await
     .unwrap();
-    assert!(closed_after < Duration::from_secs(4), "held open for {closed_after:?}");
+    assert!(
+        closed_after < Duration::from_secs(4),
+        "held open for {closed_after:?}"
+    );
     assert!(sc.upstream.requests().is_empty());
 }

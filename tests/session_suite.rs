@@ -17,7 +17,10 @@ pub struct Store {
 }
 
 pub fn memory() -> Store {
-    Store { section: json!({"engine": "memory"}), redis: None }
+    Store {
+        section: json!({"engine": "memory"}),
+        redis: None,
+    }
 }
 
 pub fn redis() -> Store {

@@ -184,11 +184,17 @@ mod tests {
         assert!(check_framing(&map(&[("transfer-encoding", "chunked")])).is_ok());
         assert!(check_framing(&map(&[("transfer-encoding", " Chunked ")])).is_ok());
         assert!(matches!(
-            check_framing(&map(&[("transfer-encoding", "chunked"), ("content-length", "3")])),
+            check_framing(&map(&[
+                ("transfer-encoding", "chunked"),
+                ("content-length", "3")
+            ])),
             Err(ProxyError::BadFraming(_))
         ));
         assert!(matches!(
-            check_framing(&map(&[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")])),
+            check_framing(&map(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ])),
             Err(ProxyError::BadFraming(_))
         ));
         assert!(matches!(
@@ -222,7 +228,10 @@ mod tests {
     #[test]
     fn trailer_declaration_loses_reserved_names() {
         let prefix = ReservedPrefix::new("X-Session").unwrap();
-        let mut h = map(&[("trailer", "X-Session, x-other"), ("trailer", "x_session_set")]);
+        let mut h = map(&[
+            ("trailer", "X-Session, x-other"),
+            ("trailer", "x_session_set"),
+        ]);
         filter_trailer_declaration(&mut h, &prefix);
         assert_eq!(h["trailer"], "x-other");
         let mut h = map(&[("trailer", "X-Session")]);
@@ -253,7 +262,10 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(h.get("forwarded").is_none());
 
-        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ]);
         set_forwarded(&mut h, peer, true, "http");
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "https");

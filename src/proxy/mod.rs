@@ -217,7 +217,12 @@ impl Proxy {
         if let Some(proto) = upgrade.clone() {
             headers::restore_upgrade(req.headers_mut(), proto);
         }
-        headers::set_forwarded(req.headers_mut(), peer.ip(), settings.is_trusted(peer), "http");
+        headers::set_forwarded(
+            req.headers_mut(),
+            peer.ip(),
+            settings.is_trusted(peer),
+            "http",
+        );
         if !settings.forward_cookie {
             strip_session_cookie(req.headers_mut(), settings.signer.cookie_name());
         }
@@ -242,13 +247,18 @@ impl Proxy {
         let mut resp = resp.map(|b| strip_reserved_trailers(b, settings.prefix.clone()));
 
         if let Some(session) = session {
-            let mut changes = instructions.map_err(|m| ProxyError::BadInstruction(m.to_string()))?;
+            let mut changes =
+                instructions.map_err(|m| ProxyError::BadInstruction(m.to_string()))?;
             if !changes.ignored.is_empty() {
                 tracing::warn!(request_id, names = ?changes.ignored, "ignored reserved response headers that are not instructions");
             }
             if resp.status().is_server_error() && !changes.is_empty() {
                 // As Django: a failed request's session changes are not saved.
-                tracing::info!(request_id, status = resp.status().as_u16(), "session writes on a 5xx response not applied");
+                tracing::info!(
+                    request_id,
+                    status = resp.status().as_u16(),
+                    "session writes on a 5xx response not applied"
+                );
                 changes = ChangeSet::default();
             }
             let cookie = self.persist(settings, &session.view, &changes).await?;
@@ -289,7 +299,10 @@ impl Proxy {
             }
             CookieState::Valid(v) => v,
         };
-        match self.store_call(settings, self.store.load(&verified.id)).await {
+        match self
+            .store_call(settings, self.store.load(&verified.id))
+            .await
+        {
             Ok(Some(loaded)) => Ok(RequestSession {
                 view: SessionView {
                     status: SessionStatus::Active,
@@ -376,7 +389,9 @@ fn inject(
     // store is corruption, not something to pass on as a header.
     let value = |s: String| {
         HeaderValue::try_from(s).map_err(|_| {
-            ProxyError::Store(StoreError::Corrupt("stored session is not a valid header value".into()))
+            ProxyError::Store(StoreError::Corrupt(
+                "stored session is not a valid header value".into(),
+            ))
         })
     };
     headers.insert(p.session(), value(data)?);
@@ -393,9 +408,9 @@ fn inject(
 fn set_cookie(settings: &Settings, headers: &mut http::HeaderMap, action: CookieAction) {
     let value = match action {
         CookieAction::None => return,
-        CookieAction::Issue { id, max_age } => settings
-            .cookie
-            .issue(&settings.signer.sign(&id), max_age),
+        CookieAction::Issue { id, max_age } => {
+            settings.cookie.issue(&settings.signer.sign(&id), max_age)
+        }
         CookieAction::Clear => settings.cookie.clear(),
     };
     headers.append(header::SET_COOKIE, value);

@@ -7,6 +7,9 @@ use super::{
 };
 use crate::cookie::SessionId;
 
+// Built once per process and shared behind an `Arc`: the size of the largest variant
+// costs nothing on the request path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum AnyStore {
     Memory(MemoryStore),

@@ -11,8 +11,8 @@ use std::{
 };
 
 use super::{
-    FieldMap, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
-    WritePlan, apply_ops,
+    FieldMap, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome, WritePlan,
+    apply_ops,
 };
 use crate::cookie::SessionId;
 

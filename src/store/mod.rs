@@ -269,7 +269,16 @@ mod tests {
     fn integers_are_strict() {
         assert_eq!(parse_integer("0"), Some(0));
         assert_eq!(parse_integer("-12"), Some(-12));
-        for bad in ["", "-", "01", "-0x1", "1.0", "1e3", "\"1\"", "99999999999999999999"] {
+        for bad in [
+            "",
+            "-",
+            "01",
+            "-0x1",
+            "1.0",
+            "1e3",
+            "\"1\"",
+            "99999999999999999999",
+        ] {
             assert_eq!(parse_integer(bad), None, "{bad}");
         }
     }

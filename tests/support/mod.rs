@@ -50,7 +50,9 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
@@ -86,20 +88,34 @@ impl Upstream {
 
 type UpBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
-async fn answer(req: Request<hyper::body::Incoming>, log: Arc<Mutex<Vec<Seen>>>) -> Response<UpBody> {
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    log: Arc<Mutex<Vec<Seen>>>,
+) -> Response<UpBody> {
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let get = |name: &str| {
-        req.headers().get(name).and_then(|v| String::from_utf8(v.as_bytes().to_vec()).ok())
+        req.headers()
+            .get(name)
+            .and_then(|v| String::from_utf8(v.as_bytes().to_vec()).ok())
     };
     let reply: Vec<(String, String)> = get("x-test-reply")
         .and_then(|r| serde_json::from_str(&r).ok())
         .unwrap_or_default();
-    let status = get("x-test-status").and_then(|s| s.parse().ok()).unwrap_or(200u16);
-    let delay = get("x-test-delay-ms").and_then(|s| s.parse().ok()).unwrap_or(0u64);
+    let status = get("x-test-status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200u16);
+    let delay = get("x-test-delay-ms")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0u64);
     let trailers: Option<Vec<(String, String)>> =
         get("x-test-trailers").and_then(|t| serde_json::from_str(&t).ok());
     let method = req.method().to_string();
@@ -123,8 +139,10 @@ async fn answer(req: Request<hyper::body::Incoming>, log: Arc<Mutex<Vec<Seen>>>)
         });
         let mut resp = Response::new(Full::new(Bytes::new()).boxed_unsync());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        resp.headers_mut().insert("connection", HeaderValue::from_static("upgrade"));
-        resp.headers_mut().insert("upgrade", HeaderValue::from_static("echo"));
+        resp.headers_mut()
+            .insert("connection", HeaderValue::from_static("upgrade"));
+        resp.headers_mut()
+            .insert("upgrade", HeaderValue::from_static("echo"));
         add_headers(resp.headers_mut(), &reply);
         return resp;
     }
@@ -138,7 +156,10 @@ async fn answer(req: Request<hyper::body::Incoming>, log: Arc<Mutex<Vec<Seen>>>)
             body_len += d.len();
         } else if let Some(t) = frame.trailers_ref() {
             for (k, v) in t {
-                req_trailers.push((k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()));
+                req_trailers.push((
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                ));
             }
         }
     }
@@ -160,7 +181,8 @@ async fn answer(req: Request<hyper::body::Incoming>, log: Arc<Mutex<Vec<Seen>>>)
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
     add_headers(resp.headers_mut(), &reply);
     resp
 }
@@ -181,7 +203,10 @@ impl http_body::Body for FramesBody {
 
 fn add_headers(map: &mut HeaderMap, pairs: &[(String, String)]) {
     for (k, v) in pairs {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(v.as_bytes())) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(v.as_bytes()),
+        ) {
             map.append(k, v);
         }
     }
@@ -232,7 +257,13 @@ impl Resp {
 
     pub fn up_one(&self, name: &str) -> String {
         let all = self.up_all(name);
-        assert_eq!(all.len(), 1, "upstream saw {name} {} times: {:?}", all.len(), self.up_headers());
+        assert_eq!(
+            all.len(),
+            1,
+            "upstream saw {name} {} times: {:?}",
+            all.len(),
+            self.up_headers()
+        );
         all[0].clone()
     }
 
@@ -260,7 +291,11 @@ impl Resp {
 
     /// Reserved names that reached the client.
     pub fn reserved_in_response(&self) -> Vec<String> {
-        self.headers.iter().map(|(k, _)| k.clone()).filter(|n| is_reserved(n)).collect()
+        self.headers
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|n| is_reserved(n))
+            .collect()
     }
 
     /// The `Set-Cookie` for `name`, at most one.
@@ -277,7 +312,9 @@ impl Resp {
 }
 
 pub fn is_reserved(name: &str) -> bool {
-    name.to_ascii_lowercase().replace(['_', '.'], "-").starts_with("x-session")
+    name.to_ascii_lowercase()
+        .replace(['_', '.'], "-")
+        .starts_with("x-session")
 }
 
 /// A parsed `Set-Cookie`.
@@ -291,7 +328,11 @@ pub struct SetCookie {
 impl SetCookie {
     pub fn parse(raw: &str) -> SetCookie {
         let mut parts = raw.split(';').map(str::trim);
-        let (name, value) = parts.next().unwrap_or("").split_once('=').unwrap_or(("", ""));
+        let (name, value) = parts
+            .next()
+            .unwrap_or("")
+            .split_once('=')
+            .unwrap_or(("", ""));
         let attrs = parts
             .filter(|p| !p.is_empty())
             .map(|p| match p.split_once('=') {
@@ -299,11 +340,17 @@ impl SetCookie {
                 None => (p.to_ascii_lowercase(), None),
             })
             .collect();
-        SetCookie { name: name.to_owned(), value: value.to_owned(), attrs }
+        SetCookie {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            attrs,
+        }
     }
 
     pub fn has(&self, attr: &str) -> bool {
-        self.attrs.iter().any(|(k, _)| k == &attr.to_ascii_lowercase())
+        self.attrs
+            .iter()
+            .any(|(k, _)| k == &attr.to_ascii_lowercase())
     }
 
     pub fn get(&self, attr: &str) -> Option<String> {
@@ -314,7 +361,8 @@ impl SetCookie {
     }
 
     pub fn is_clearing(&self) -> bool {
-        self.get("max-age").is_some_and(|v| v.parse::<i64>().map(|n| n <= 0).unwrap_or(false))
+        self.get("max-age")
+            .is_some_and(|v| v.parse::<i64>().map(|n| n <= 0).unwrap_or(false))
     }
 }
 
@@ -328,12 +376,18 @@ pub struct Client {
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Client {
-        Client { addr, cookie_name: "session".into(), cookie: None }
+        Client {
+            addr,
+            cookie_name: "session".into(),
+            cookie: None,
+        }
     }
 
     /// The session id part of the jar's cookie.
     pub fn sid(&self) -> Option<String> {
-        self.cookie.as_ref().map(|c| c.split('.').next().unwrap_or("").to_owned())
+        self.cookie
+            .as_ref()
+            .map(|c| c.split('.').next().unwrap_or("").to_owned())
     }
 
     pub async fn request(
@@ -343,7 +397,9 @@ impl Client {
         headers: &[(&str, &str)],
         body: Option<Bytes>,
     ) -> Resp {
-        let stream = tokio::net::TcpStream::connect(self.addr).await.expect("connect to sidecar");
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect to sidecar");
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
                 .await
@@ -357,9 +413,14 @@ impl Client {
             req = req.header("cookie", format!("{}={c}", self.cookie_name));
         }
         for (k, v) in headers {
-            req = req.header(*k, HeaderValue::from_bytes(v.as_bytes()).expect("header value"));
+            req = req.header(
+                *k,
+                HeaderValue::from_bytes(v.as_bytes()).expect("header value"),
+            );
         }
-        let req = req.body(Full::new(body.unwrap_or_default())).expect("request");
+        let req = req
+            .body(Full::new(body.unwrap_or_default()))
+            .expect("request");
         let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
             .await
             .expect("response within 30 s")
@@ -368,12 +429,30 @@ impl Client {
         let headers = resp
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let resp = Resp { status, headers, body };
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let resp = Resp {
+            status,
+            headers,
+            body,
+        };
         if let Some(c) = resp.cookie(&self.cookie_name) {
-            self.cookie = if c.is_clearing() || c.value.is_empty() { None } else { Some(c.value) };
+            self.cookie = if c.is_clearing() || c.value.is_empty() {
+                None
+            } else {
+                Some(c.value)
+            };
         }
         resp
     }
@@ -391,7 +470,11 @@ impl Client {
         self.write_with(instructions, &[]).await
     }
 
-    pub async fn write_with(&mut self, instructions: &[(&str, &str)], headers: &[(&str, &str)]) -> Resp {
+    pub async fn write_with(
+        &mut self,
+        instructions: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Resp {
         let reply = serde_json::to_string(instructions).unwrap();
         let mut all = vec![("x-test-reply", reply.as_str())];
         all.extend_from_slice(headers);
@@ -458,7 +541,12 @@ impl Sidecar {
         });
         merge(&mut cfg, extra);
         let running = start_config(&cfg).await;
-        Sidecar { addr: running.addr, upstream, running: Some(running), config: cfg }
+        Sidecar {
+            addr: running.addr,
+            upstream,
+            running: Some(running),
+            config: cfg,
+        }
     }
 
     pub fn client(&self) -> Client {

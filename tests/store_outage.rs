@@ -1,0 +1,157 @@
+//! A real `redis-server` killed and restarted under a running sidecar: requests that need
+//! the store get 503 (or pass anonymously with `store.on_error: anonymous`), writes are
+//! never silently dropped, and service resumes without restarting the sidecar.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::Sidecar;
+
+fn redis_store(port: u16) -> serde_json::Value {
+    json!({"engine": "redis", "timeout": "300ms", "storage": {"host": "127.0.0.1", "port": port}})
+}
+
+async fn wait_until_active(c: &mut support::Client) -> support::Resp {
+    for _ in 0..50 {
+        let r = c.get("/").await;
+        if r.status == 200 && r.sstatus() == "active" {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the session did not come back after the store restarted");
+}
+
+#[tokio::test]
+async fn store_down_gives_503_and_recovers_after_restart() {
+    let mut redis = common::RedisServer::start();
+    let sc = Sidecar::start(redis_store(redis.port()), json!({})).await;
+    let mut c = sc.client();
+    c.write(&[("x-session-set", r#"{"user":"ann"}"#)]).await;
+    assert_eq!(c.get("/").await.sstatus(), "active");
+
+    redis.kill();
+    let r = c.get("/").await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(String::from_utf8_lossy(&r.body).contains("request id"));
+    let before = sc.upstream.requests().len();
+    let r = c.write(&[("x-session-set", r#"{"lost":1}"#)]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        sc.upstream.requests().len(),
+        before,
+        "nothing is forwarded without its session"
+    );
+    // An anonymous request needs no store.
+    assert_eq!(support::Client::new(sc.addr).get("/").await.status, 200);
+
+    // Data lives in Redis memory only (--save ""): after a restart the old session is
+    // gone, so the client's cookie now reads as expired; what matters is that the
+    // sidecar serves sessions again without being restarted.
+    redis.restart();
+    let mut fresh = sc.client();
+    for _ in 0..50 {
+        let r = fresh.write(&[("x-session-set", r#"{"back":1}"#)]).await;
+        if r.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = wait_until_active(&mut fresh).await;
+    assert_eq!(r.session(), json!({"back": 1}));
+}
+
+#[tokio::test]
+async fn anonymous_mode_forwards_without_a_session_but_refuses_writes() {
+    let mut redis = common::RedisServer::start();
+    let sc = Sidecar::start(
+        redis_store(redis.port()),
+        json!({"store": {"on_error": "anonymous"}}),
+    )
+    .await;
+    let mut c = sc.client();
+    c.write(&[("x-session-set", r#"{"user":"ann"}"#)]).await;
+    redis.kill();
+    let r = c.get("/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.sstatus(), "unavailable");
+    assert_eq!(r.session(), json!({}));
+    assert!(
+        r.cookie("session").is_none(),
+        "the cookie is kept for when the store is back"
+    );
+    let r = c.write(&[("x-session-set", r#"{"x":1}"#)]).await;
+    assert_eq!(r.status, 503, "a write is never silently dropped");
+    assert!(r.reserved_in_response().is_empty());
+}
+
+#[tokio::test]
+async fn sidecar_starts_while_the_store_is_down() {
+    let port = common::free_port();
+    let sc = Sidecar::start(redis_store(port), json!({})).await;
+    let mut c = sc.client();
+    assert_eq!(c.get("/").await.status, 200, "no cookie: no store needed");
+    assert_eq!(
+        c.write(&[("x-session-set", r#"{"a":1}"#)]).await.status,
+        503
+    );
+    let _redis = common::RedisServer::start_on(port, &[]);
+    for _ in 0..50 {
+        if c.write(&[("x-session-set", r#"{"a":1}"#)]).await.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(wait_until_active(&mut c).await.session(), json!({"a": 1}));
+}
+
+#[tokio::test]
+async fn readyz_follows_the_store() {
+    let mut redis = common::RedisServer::start();
+    let admin_port = common::free_port();
+    let sc = Sidecar::start(
+        redis_store(redis.port()),
+        json!({"admin": {"listen": format!("127.0.0.1:{admin_port}")}}),
+    )
+    .await;
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let mut probe = support::Client::new(admin);
+    assert_eq!(probe.get("/healthz").await.status, 200);
+    assert_eq!(probe.get("/readyz").await.status, 200);
+    redis.kill();
+    assert_eq!(probe.get("/readyz").await.status, 503);
+    assert_eq!(probe.get("/healthz").await.status, 200);
+    redis.restart();
+    let mut ready = false;
+    for _ in 0..50 {
+        if probe.get("/readyz").await.status == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready);
+    drop(sc);
+}
+
+#[tokio::test]
+async fn missing_redis_database_is_reported_by_readyz() {
+    let redis = common::RedisServer::start_with(&["--databases", "2"]);
+    let admin_port = common::free_port();
+    let mut store = redis_store(redis.port());
+    store["storage"]["db_notifications"] = json!(5);
+    let sc = Sidecar::start(
+        store,
+        json!({"admin": {"listen": format!("127.0.0.1:{admin_port}")}}),
+    )
+    .await;
+    let mut probe = support::Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], admin_port)));
+    let r = probe.get("/readyz").await;
+    assert_eq!(r.status, 503);
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("db_notifications"), "{body}");
+    drop(sc);
+}
