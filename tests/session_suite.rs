@@ -243,6 +243,15 @@ macro_rules! session_suite {
                 assert_eq!(r.status, 503);
                 assert!(r.reserved_in_response().is_empty() && r.cookie("session").is_none());
                 assert_eq!(c.get("/").await.session(), json!({"a": 1}));
+                // A logout is honoured even when the app then fails (SECURITY C8).
+                let mut other = sc.client();
+                write(&mut other, &[set(json!({"u": 1}))]).await;
+                let mut stale = other.clone();
+                let r = other.write_with(&[("x-session-destroy", "1"), ("x-session-set", r#"{"x":1}"#)],
+                    &[("x-test-status", "500")]).await;
+                assert_eq!(r.status, 500);
+                assert!(r.cookie("session").unwrap().is_clearing());
+                assert_eq!(stale.get("/").await.sstatus(), "expired");
                 let r = c.write_with(&[("x-session-flash-set", r#"{"err":"bad"}"#)], &[("x-test-status", "422")]).await;
                 assert_eq!(r.status, 422);
                 assert_eq!(c.get("/").await.flash(), json!({"err": "bad"}));

@@ -253,13 +253,18 @@ impl Proxy {
                 tracing::warn!(request_id, names = ?changes.ignored, "ignored reserved response headers that are not instructions");
             }
             if resp.status().is_server_error() && !changes.is_empty() {
-                // As Django: a failed request's session changes are not saved.
+                // As Django: a failed request's session changes are not saved. A Destroy
+                // is still honoured (SECURITY C8): a logout that fails halfway must not
+                // leave the session alive.
                 tracing::info!(
                     request_id,
                     status = resp.status().as_u16(),
                     "session writes on a 5xx response not applied"
                 );
-                changes = ChangeSet::default();
+                changes = ChangeSet {
+                    destroy: changes.destroy,
+                    ..ChangeSet::default()
+                };
             }
             let cookie = self.persist(settings, &session.view, &changes).await?;
             set_cookie(settings, resp.headers_mut(), cookie);
