@@ -232,6 +232,31 @@ pub fn strip_session_cookie(headers: &mut HeaderMap, name: &str) {
     }
 }
 
+/// Remove `Set-Cookie` fields from the upstream's response that would overwrite the
+/// sidecar's own cookie (an app framework with its own cookie called `session`, as
+/// Flask's default, would otherwise log every user out on each response). Returns how
+/// many were removed.
+pub fn strip_upstream_session_cookie(headers: &mut HeaderMap, name: &str) -> usize {
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    let is_ours = |v: &HeaderValue| {
+        let bytes = v.as_bytes();
+        let end = bytes.iter().position(|b| *b == b'=').unwrap_or(bytes.len());
+        trim_ows(&bytes[..end]) == name.as_bytes()
+    };
+    let removed = values.iter().filter(|v| is_ours(v)).count();
+    if removed > 0 {
+        headers.remove(header::SET_COOKIE);
+        for v in values.into_iter().filter(|v| !is_ours(v)) {
+            headers.append(header::SET_COOKIE, v);
+        }
+    }
+    removed
+}
+
 /// `SameSite` attribute values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -448,6 +473,22 @@ mod tests {
         );
         let c = attrs.clear();
         assert!(c.to_str().unwrap().contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn upstream_set_cookie_for_our_name_is_removed() {
+        let mut h = HeaderMap::new();
+        for v in [
+            "theme=dark; Path=/",
+            "session=app-owned; Path=/",
+            "sessionx=1",
+            " session =x",
+        ] {
+            h.append(header::SET_COOKIE, HeaderValue::from_static(v));
+        }
+        assert_eq!(strip_upstream_session_cookie(&mut h, "session"), 2);
+        let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(left, ["theme=dark; Path=/", "sessionx=1"]);
     }
 
     #[test]

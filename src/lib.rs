@@ -6,6 +6,7 @@ pub mod body;
 pub mod config;
 pub mod cookie;
 pub mod error;
+pub mod keepalive;
 pub mod lifecycle;
 pub mod logging;
 pub mod protocol;

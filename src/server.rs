@@ -13,7 +13,9 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
     admin,
+    body::Body,
     config::{Config, Engine},
+    keepalive::{Activity, InFlight, WatchedIo},
     proxy::{Proxy, Settings, forward::Upstream},
     store::{Lifetimes, any::AnyStore, memory::MemoryStore, redis::RedisStore},
 };
@@ -154,11 +156,24 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         // Without a timer hyper silently disables its header-read timeout and panics
         // if one is set (DEPENDENCIES pitfall 1): this is the slowloris guard.
         .timer(TokioTimer::new())
-        .header_read_timeout(config.timeouts.header_read)
+        // hyper's header-read timer also runs while a keep-alive connection is idle, so
+        // it gets the idle timeout; the shorter header-read deadline is enforced by the
+        // connection's watchdog (see `keepalive`). Whichever is shorter wins.
+        .header_read_timeout(config.timeouts.idle.max(config.timeouts.header_read))
         // Bounds the request line + headers; hyper answers 431 past it.
         .max_buf_size(config.limits.max_header_size)
         .keep_alive(true);
     builder
+}
+
+/// Keep `guard` alive as long as the response body.
+fn hold_until_sent(body: Body, guard: InFlight) -> Body {
+    use http_body_util::BodyExt as _;
+    body.map_frame(move |frame| {
+        let _ = &guard;
+        frame
+    })
+    .boxed_unsync()
 }
 
 async fn serve_proxy(
@@ -183,17 +198,33 @@ async fn serve_proxy(
                 };
                 let _ = stream.set_nodelay(true);
                 let proxy = proxy.clone();
+                let activity = Activity::new();
+                let io = TokioIo::new(WatchedIo::new(stream, activity.clone()));
+                let in_service = activity.clone();
                 let service = service_fn(move |req: hyper::Request<Incoming>| {
                     let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                    let in_flight = in_service.request();
+                    async move {
+                        let resp = proxy.handle(req, peer).await;
+                        // In flight until hyper drops the body, i.e. the response is sent.
+                        Ok::<_, Infallible>(resp.map(|body| hold_until_sent(body, in_flight)))
+                    }
                 });
                 let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(io, service)
                     .into_owned();
                 let conn = graceful.watch(conn);
+                let header_read = config.timeouts.header_read;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    tokio::select! {
+                        result = conn => {
+                            if let Err(e) = result {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        }
+                        _ = activity.head_deadline_passed(header_read) => {
+                            tracing::debug!("closing a connection whose request head did not arrive in time");
+                        }
                     }
                 });
             }

@@ -239,6 +239,24 @@ async fn rotated_secret_still_verifies_and_is_resigned() {
 }
 
 #[tokio::test]
+async fn the_app_cannot_overwrite_the_session_cookie() {
+    let sc = memory(json!({})).await;
+    let mut c = sc.client();
+    c.write(&[("x-session-set", r#"{"a":1}"#)]).await;
+    let r = c
+        .get_with(
+            "/",
+            &[(
+                "x-test-reply",
+                r#"[["set-cookie","session=flask-owned; Path=/"],["set-cookie","theme=dark"]]"#,
+            )],
+        )
+        .await;
+    assert_eq!(r.all("set-cookie"), ["theme=dark"]);
+    assert_eq!(c.get("/").await.session(), json!({"a": 1}));
+}
+
+#[tokio::test]
 async fn cache_control_becomes_private_when_the_cookie_is_set() {
     let sc = memory(json!({})).await;
     let mut c = sc.client();
@@ -539,4 +557,41 @@ async fn slowloris_connection_is_closed_after_header_read_timeout() {
         "held open for {closed_after:?}"
     );
     assert!(sc.upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keep_alive_outlives_header_read_but_not_idle() {
+    let sc = memory(json!({"timeouts": {"header_read": "1s", "idle": "3s"}})).await;
+    let addr = sc.addr;
+    let (second_ok, closed_after) = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let read_response = |s: &mut TcpStream| {
+            let mut buf = vec![0u8; 65536];
+            let n = s.read(&mut buf).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        s.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+        // Idle for longer than header_read: the connection stays usable.
+        std::thread::sleep(Duration::from_millis(1600));
+        s.write_all(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let second_ok = read_response(&mut s).starts_with("HTTP/1.1 200");
+        // Idle past `idle`: closed by the sidecar.
+        let idle_start = Instant::now();
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "expected EOF");
+        (second_ok, idle_start.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(
+        second_ok,
+        "an idle keep-alive connection was closed after header_read"
+    );
+    assert!(
+        closed_after >= Duration::from_secs(2) && closed_after < Duration::from_secs(6),
+        "{closed_after:?}"
+    );
 }

@@ -23,8 +23,8 @@ use crate::{
     body::{Body, strip_reserved_trailers},
     config::{Config, IpNet, OnError},
     cookie::{
-        CookieAttributes, CookieSigner, CookieState, SessionId, make_private, read_session_cookie,
-        strip_session_cookie,
+        self, CookieAttributes, CookieSigner, CookieState, SessionId, make_private,
+        read_session_cookie, strip_session_cookie,
     },
     error::ProxyError,
     lifecycle::{self, CookieAction, CookiePolicy, Decision, SessionView},
@@ -237,6 +237,14 @@ impl Proxy {
 
         // 5. Instructions out of the response (always stripped, also when bypassed).
         let instructions = settings.prefix.take_instructions(resp.headers_mut());
+        if cookie::strip_upstream_session_cookie(resp.headers_mut(), settings.signer.cookie_name())
+            > 0
+        {
+            tracing::warn!(
+                request_id,
+                "removed the upstream's own Set-Cookie for the session cookie's name"
+            );
+        }
         let resp_upgrade = headers::remove_hop_by_hop(resp.headers_mut());
         headers::filter_trailer_declaration(resp.headers_mut(), &settings.prefix);
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

@@ -70,8 +70,14 @@ use super::{
 };
 use crate::{config::StoreConfig, cookie::SessionId, protocol::Op};
 
-const LOAD_LUA: &str = include_str!("redis/load.lua");
-const APPLY_LUA: &str = include_str!("redis/apply.lua");
+const LOAD_LUA: &str = concat!(
+    include_str!("redis/common.lua"),
+    include_str!("redis/load.lua")
+);
+const APPLY_LUA: &str = concat!(
+    include_str!("redis/common.lua"),
+    include_str!("redis/apply.lua")
+);
 const CHECK_DBS_LUA: &str = include_str!("redis/check_dbs.lua");
 
 /// The Redis engine.

@@ -16,8 +16,6 @@
 -- Returns {'OK'} | {'GONE'} | {'CORRUPT'} | {'NOT_INTEGER', field} | {'OVERFLOW', field}
 --         | {'TOO_LARGE', size} | {'FLASH_TOO_LARGE', size}
 
-if redis.replicate_commands then redis.replicate_commands() end
-
 local mode = ARGV[1]
 local db_sessions = tonumber(ARGV[2])
 local db_notifications = tonumber(ARGV[3])
@@ -25,21 +23,7 @@ local ttl_ms = tonumber(ARGV[4])
 local absolute_ms = tonumber(ARGV[5])
 local max_size = tonumber(ARGV[6])
 
--- See load.lua: the caller's db (0) is restored by Redis after the script.
-local current_db = 0
-local function use_db(n)
-  if n ~= current_db then
-    redis.call('SELECT', n)
-    current_db = n
-  end
-end
-
-local function int_text(x)
-  return string.format('%.0f', x)
-end
-
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 
 -- Select both dbs before anything is written: a db the server lacks must fail the script
 -- while nothing is written yet (Redis would keep the writes made before the error).
