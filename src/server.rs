@@ -203,9 +203,9 @@ async fn serve_proxy(
                 let in_service = activity.clone();
                 let service = service_fn(move |req: hyper::Request<Incoming>| {
                     let proxy = proxy.clone();
-                    let in_flight = in_service.request();
+                    let (in_flight, ambiguous_framing) = in_service.request();
                     async move {
-                        let resp = proxy.handle(req, peer).await;
+                        let resp = proxy.handle(req, peer, ambiguous_framing).await;
                         // In flight until hyper drops the body, i.e. the response is sent.
                         Ok::<_, Infallible>(resp.map(|body| hold_until_sent(body, in_flight)))
                     }

@@ -141,7 +141,14 @@ impl Proxy {
     }
 
     /// Serve one request; never fails (errors become short plain-text responses).
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// `ambiguous_framing`: the raw head carried both `Content-Length` and
+    /// `Transfer-Encoding` (see [`crate::keepalive`]; hyper hides it from the headers).
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        ambiguous_framing: bool,
+    ) -> Response<Body> {
         let started = Instant::now();
         let request_id = self.request_ids.next();
         let settings = self.settings();
@@ -151,7 +158,14 @@ impl Proxy {
         let has_body = request_has_body(&req);
         let mut session_status = SessionStatus::None;
         let response = match self
-            .process(&settings, req, peer, &request_id, &mut session_status)
+            .process(
+                &settings,
+                req,
+                peer,
+                ambiguous_framing,
+                &request_id,
+                &mut session_status,
+            )
             .await
         {
             Ok(resp) => resp,
@@ -189,10 +203,16 @@ impl Proxy {
         settings: &Settings,
         mut req: Request<Incoming>,
         peer: SocketAddr,
+        ambiguous_framing: bool,
         request_id: &str,
         session_status: &mut SessionStatus,
     ) -> Result<Response<Body>, ProxyError> {
         // 1. Framing and the client's reserved headers, before anything reads them.
+        if ambiguous_framing {
+            return Err(ProxyError::BadFraming(
+                "Content-Length together with Transfer-Encoding",
+            ));
+        }
         headers::check_framing(req.headers())?;
         settings.prefix.strip(req.headers_mut());
         if headers::cookie_bytes(req.headers()) > settings.max_header_size {
