@@ -1297,7 +1297,7 @@ impl Ctx<'_> {
         out: &mut StorageConfig,
     ) -> Result<(), ConfigError> {
         // Which engine each present key belongs to, with where it was written.
-        let present: [(&str, Engine, Option<&Location>); 11] = [
+        let present: [(&str, Engine, Option<&Location>); 10] = [
             (
                 "url",
                 Engine::Redis,
@@ -1334,11 +1334,6 @@ impl Ctx<'_> {
                 raw.db_notifications.as_ref().map(|v| &v.referenced),
             ),
             (
-                "max_connections",
-                Engine::Redis,
-                raw.max_connections.as_ref().map(|v| &v.referenced),
-            ),
-            (
                 "tls",
                 Engine::Redis,
                 raw.tls.as_ref().map(|v| &v.referenced),
@@ -1371,6 +1366,18 @@ impl Ctx<'_> {
                     )),
                 ));
             }
+        }
+        // Both network engines pool connections (per Redis, per memcached server).
+        if let Some(v) = &raw.max_connections
+            && engine == Engine::Memory
+        {
+            return Err(self.err(
+                &v.referenced,
+                "`store.storage.max_connections` is a redis or memcached setting, but \
+                 `store.engine` is memory"
+                    .to_owned(),
+                Some("remove it, or set `store.engine: redis` or `memcached`".to_owned()),
+            ));
         }
         for (key, v) in [("sentinel", &raw.sentinel), ("cluster", &raw.cluster)] {
             if let Some(v) = v {
@@ -2318,6 +2325,7 @@ impl Config {
             },
             Engine::Memcached => ViewStorage {
                 servers: Some(s.servers.iter().map(|v| escape_vars(v)).collect()),
+                max_connections: Some(s.max_connections),
                 ..ViewStorage::default()
             },
             Engine::Redis => {
@@ -3402,5 +3410,20 @@ mod tests {
         assert_eq!(back.store.key_prefix, "s6380:");
         assert!(back.admin.listen.is_none());
         assert_eq!(back.cookies.lifetime, c.cookies.lifetime);
+    }
+
+    #[test]
+    fn max_connections_belongs_to_both_network_engines() {
+        let c = ok("store: {engine: memcached, storage: {max_connections: 4}}\n");
+        assert_eq!(c.store.storage.max_connections, 4);
+        assert!(c.redacted_yaml().contains("max_connections: 4"));
+        let c = ok("store: {engine: redis, storage: {max_connections: 3}}\n");
+        assert_eq!(c.store.storage.max_connections, 3);
+        assert_err(
+            "store: {engine: memory, storage: {max_connections: 4}}\n",
+            3,
+            52,
+            "redis or memcached setting",
+        );
     }
 }

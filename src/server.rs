@@ -17,7 +17,9 @@ use crate::{
     config::{Config, Engine},
     keepalive::{Activity, InFlight, WatchedIo},
     proxy::{Proxy, Settings, forward::Upstream},
-    store::{Lifetimes, any::AnyStore, memory::MemoryStore, redis::RedisStore},
+    store::{
+        Lifetimes, any::AnyStore, memcached::MemcachedStore, memory::MemoryStore, redis::RedisStore,
+    },
 };
 
 /// A started sidecar: its bound addresses and a handle to stop it.
@@ -56,9 +58,10 @@ pub fn build_store(config: &Config) -> anyhow::Result<AnyStore> {
             lifetimes,
         ))),
         Engine::Redis => Ok(AnyStore::Redis(RedisStore::new(&config.store, lifetimes)?)),
-        Engine::Memcached => anyhow::bail!(
-            "store.engine: memcached is not available in this build yet; use memory or redis"
-        ),
+        Engine::Memcached => Ok(AnyStore::Memcached(MemcachedStore::new(
+            &config.store,
+            lifetimes,
+        )?)),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The behavioural suite: SPEC §3–§6 as a client and an app see them, written once and
-//! run against every store engine (`memory`, `redis`) through the real proxy, a real
-//! upstream HTTP server and, for Redis, a real `redis-server` per test.
+//! run against every store engine (`memory`, `redis`, `memcached`) through the real proxy,
+//! a real upstream HTTP server and, for Redis and memcached, a real server per test.
 
 mod common;
 mod support;
@@ -14,12 +14,14 @@ use support::{Client, Sidecar};
 pub struct Store {
     pub section: Value,
     pub redis: Option<common::RedisServer>,
+    pub memcached: Option<common::MemcachedServer>,
 }
 
 pub fn memory() -> Store {
     Store {
         section: json!({"engine": "memory"}),
         redis: None,
+        memcached: None,
     }
 }
 
@@ -28,6 +30,16 @@ pub fn redis() -> Store {
     Store {
         section: json!({"engine": "redis", "storage": {"host": "127.0.0.1", "port": server.port()}}),
         redis: Some(server),
+        memcached: None,
+    }
+}
+
+pub fn memcached() -> Store {
+    let server = common::MemcachedServer::start();
+    Store {
+        section: json!({"engine": "memcached", "storage": {"servers": [server.addr()]}}),
+        redis: None,
+        memcached: Some(server),
     }
 }
 
@@ -79,6 +91,9 @@ macro_rules! session_suite {
                 if let Some(redis) = &s.redis {
                     assert!(common::keys(redis.port(), 0, "*").is_empty());
                     assert!(common::keys(redis.port(), 1, "*").is_empty());
+                }
+                if let Some(memcached) = &s.memcached {
+                    assert_eq!(memcached.items(), 0);
                 }
             }
 
@@ -392,3 +407,4 @@ macro_rules! session_suite {
 
 session_suite!(memory);
 session_suite!(redis);
+session_suite!(memcached);

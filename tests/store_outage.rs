@@ -155,3 +155,39 @@ async fn missing_redis_database_is_reported_by_readyz() {
     assert!(body.contains("db_notifications"), "{body}");
     drop(sc);
 }
+
+#[tokio::test]
+async fn memcached_down_gives_503_and_recovers_after_restart() {
+    let mut mc = common::MemcachedServer::start();
+    let sc = Sidecar::start(
+        json!({"engine": "memcached", "timeout": "300ms", "storage": {"servers": [mc.addr()]}}),
+        json!({}),
+    )
+    .await;
+    let mut c = sc.client();
+    c.write(&[("x-session-set", r#"{"user":"ann"}"#)]).await;
+    assert_eq!(c.get("/").await.sstatus(), "active");
+    mc.kill();
+    assert_eq!(c.get("/").await.status, 503);
+    assert_eq!(
+        c.write(&[("x-session-set", r#"{"x":1}"#)]).await.status,
+        503
+    );
+    mc.restart();
+    let mut fresh = sc.client();
+    for _ in 0..50 {
+        if fresh
+            .write(&[("x-session-set", r#"{"back":1}"#)])
+            .await
+            .status
+            == 200
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        wait_until_active(&mut fresh).await.session(),
+        json!({"back": 1})
+    );
+}

@@ -1,6 +1,6 @@
 //! One behavioural suite for every store engine (`store_suite!`), run against the memory
-//! store and a real `redis-server`, plus Redis-specific checks (key layout, TTLs, dbs,
-//! outages).
+//! store, a real `redis-server` and a real `memcached`, plus engine-specific checks (key
+//! layout, TTLs, dbs, hashing, outages, CAS contention).
 
 mod common;
 
@@ -10,14 +10,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::RedisServer;
+use common::{MemcachedServer, RedisServer};
 use session_sidecar::{
     config::{Engine, OnError, StorageConfig, StoreConfig},
     cookie::SessionId,
     protocol::Op,
     store::{
         ApplyError, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
-        WritePlan, memory::MemoryStore, redis::RedisStore,
+        WritePlan, memcached::MemcachedStore, memory::MemoryStore, redis::RedisStore,
     },
 };
 
@@ -25,6 +25,10 @@ use session_sidecar::{
 pub struct Fixture<S> {
     pub store: Arc<S>,
     pub server: Option<RedisServer>,
+    pub memcached: Vec<MemcachedServer>,
+    /// How late past its idle lifetime an unused session may still load: memcached's
+    /// clock ticks once a second, so its items expire up to a second after their TTL.
+    pub expiry_slack: Duration,
 }
 
 type Make<S> = fn(Lifetimes) -> Fixture<S>;
@@ -41,6 +45,8 @@ fn make_memory_store(l: Lifetimes) -> Fixture<MemoryStore> {
     Fixture {
         store: Arc::new(MemoryStore::new(100_000, l)),
         server: None,
+        memcached: Vec::new(),
+        expiry_slack: Duration::ZERO,
     }
 }
 
@@ -72,6 +78,26 @@ fn make_redis_store(l: Lifetimes) -> Fixture<RedisStore> {
     Fixture {
         store: Arc::new(store),
         server: Some(server),
+        memcached: Vec::new(),
+        expiry_slack: Duration::ZERO,
+    }
+}
+
+fn memcached_config(servers: &[&MemcachedServer]) -> StoreConfig {
+    let mut cfg = store_config(0, 0, 0);
+    cfg.engine = Engine::Memcached;
+    cfg.storage.servers = servers.iter().map(|s| s.addr()).collect();
+    cfg
+}
+
+fn make_memcached_store(l: Lifetimes) -> Fixture<MemcachedStore> {
+    let server = MemcachedServer::start();
+    let store = MemcachedStore::new(&memcached_config(&[&server]), l).expect("memcached store");
+    Fixture {
+        store: Arc::new(store),
+        server: None,
+        memcached: vec![server],
+        expiry_slack: Duration::from_secs(1),
     }
 }
 
@@ -575,6 +601,7 @@ mod cases {
                 "a load refreshes the idle lifetime"
             );
         }
+        tokio::time::sleep(fx.expiry_slack).await;
         assert_eq!(load(s, &idle).await, None);
         assert!(
             load(s, &remember).await.is_some(),
@@ -692,6 +719,7 @@ macro_rules! store_suite {
 
 store_suite!(memory, make_memory_store);
 store_suite!(redis, make_redis_store);
+store_suite!(memcached, make_memcached_store);
 
 /// Redis-specific behaviour: layout, expiries, databases, outages.
 mod redis_only {
@@ -1060,5 +1088,372 @@ mod redis_only {
             .get(&f("n"))
             .map_or(0, |v| v.parse().expect("integer"));
         assert!((0..=3).contains(&n), "n = {n}");
+    }
+}
+
+/// Memcached-specific behaviour: layout, long TTLs, hashing over servers, outages, CAS.
+mod memcached_only {
+    use super::*;
+
+    fn store(servers: &[&MemcachedServer], l: Lifetimes) -> MemcachedStore {
+        MemcachedStore::new(&memcached_config(servers), l).expect("memcached store")
+    }
+
+    fn is_unavailable(e: &StoreError) -> bool {
+        matches!(e, StoreError::Unavailable(_) | StoreError::Timeout)
+    }
+
+    #[tokio::test]
+    async fn key_layout_and_ttls() {
+        let server = MemcachedServer::start();
+        let l = Lifetimes {
+            ttl: Duration::from_secs(60),
+            absolute_ttl: Duration::from_secs(5),
+            max_size: 8192,
+        };
+        let s = store(&[&server], l);
+        let id = new_id();
+        let p = WritePlan {
+            target: Target::Create(id.clone()),
+            ops: vec![set("user", "\"ann\""), flash("msg", "\"hi\"")],
+            max_age: Some(600),
+        };
+        assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
+
+        let sk = id.store_key();
+        let data_key = format!("test:{sk}");
+        let flash_key = format!("test:{sk}:flash");
+        assert_eq!(server.items(), 2);
+        let value = String::from_utf8(server.get(&data_key).expect("session item")).unwrap();
+        let (header, pairs) = value.split_once('\n').expect("header line");
+        let mut parts = header.split(' ');
+        assert_eq!(parts.next(), Some("S1"));
+        let created: u64 = parts.next().unwrap().parse().expect("unix ms");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(created.abs_diff(now_ms) < 5_000);
+        assert_eq!(parts.next(), Some("600"));
+        assert_eq!(pairs, "6:\"user\",5:\"ann\",");
+        assert!(!value.contains(id.as_str()), "raw id stored");
+        assert_eq!(
+            server.get(&flash_key).expect("flash item"),
+            b"F1\n5:\"msg\",4:\"hi\","
+        );
+        // TTL = min(600 s idle, 5 s absolute) + one tick of slack.
+        for key in [&data_key, &flash_key] {
+            let ttl = server.ttl(key).expect("exists");
+            assert!((4..=6).contains(&ttl), "{ttl}");
+        }
+
+        let got = load(&s, &id).await.expect("exists");
+        assert_eq!(got.flash, fields(&[("msg", "\"hi\"")]));
+        assert_eq!(server.get(&flash_key), None, "flash consumed");
+        let ttl = server.ttl(&data_key).expect("exists");
+        assert!(
+            (1..=6).contains(&ttl),
+            "load keeps the absolute bound: {ttl}"
+        );
+        s.ping().await.expect("ping");
+    }
+
+    #[tokio::test]
+    async fn forty_five_day_ttl_is_sent_as_a_unix_time() {
+        let server = MemcachedServer::start();
+        let day = 86_400;
+        let l = Lifetimes {
+            ttl: Duration::from_secs(45 * day),
+            absolute_ttl: Duration::from_secs(90 * day),
+            max_size: 8192,
+        };
+        let s = store(&[&server], l);
+        let id = create(&s, vec![set("remember", "true"), flash("f", "1")]).await;
+        let key = format!("test:{}", id.store_key());
+        // Sent as a relative 3 888 001 s, memcached would read a date in 1970 and drop
+        // the item at once.
+        for k in [key.clone(), format!("{key}:flash")] {
+            let ttl = server.ttl(&k).expect("stored");
+            assert!(
+                (45 * day as i64 - 5..=45 * day as i64 + 2).contains(&ttl),
+                "{ttl}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        let got = load(&s, &id).await.expect("still there after seconds");
+        assert_eq!(got.data, fields(&[("remember", "true")]));
+        assert!(got.remaining > 89 * day, "{}", got.remaining);
+        let ttl = server.ttl(&key).expect("touched, still there");
+        assert!(ttl > 45 * day as i64 - 5, "{ttl}");
+        // A max_age above 30 days takes the same path.
+        let p = WritePlan {
+            target: Target::Existing(id.clone()),
+            ops: vec![],
+            max_age: Some(40 * day),
+        };
+        assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
+        assert!(load(&s, &id).await.is_some());
+        let ttl = server.ttl(&key).expect("still there");
+        assert!(
+            (40 * day as i64 - 5..=40 * day as i64 + 2).contains(&ttl),
+            "{ttl}"
+        );
+    }
+
+    #[tokio::test]
+    async fn sessions_spread_over_three_servers_with_their_flash() {
+        let servers = [
+            MemcachedServer::start(),
+            MemcachedServer::start(),
+            MemcachedServer::start(),
+        ];
+        let refs: Vec<&MemcachedServer> = servers.iter().collect();
+        let s = store(&refs, lifetimes());
+        let mut per_server = [0u64; 3];
+        for _ in 0..90 {
+            let id = create(&s, vec![set("a", "1"), flash("f", "1")]).await;
+            let i = s.server_for(&id);
+            per_server[i] += 1;
+            let key = format!("test:{}", id.store_key());
+            assert!(servers[i].get(&key).is_some(), "session on its server");
+            assert!(
+                servers[i].get(&format!("{key}:flash")).is_some(),
+                "flash beside it"
+            );
+        }
+        for (i, server) in servers.iter().enumerate() {
+            assert!(per_server[i] >= 15, "unbalanced: {per_server:?}");
+            assert_eq!(server.items(), 2 * per_server[i]);
+        }
+        s.ping().await.expect("every server answers");
+    }
+
+    /// Create sessions until each server holds at least `n`; returned by server.
+    async fn sessions_on_each(s: &MemcachedStore, servers: usize, n: usize) -> Vec<Vec<SessionId>> {
+        let mut by_server = vec![Vec::new(); servers];
+        while by_server.iter().any(|v| v.len() < n) {
+            let id = create(s, vec![set("a", "1")]).await;
+            by_server[s.server_for(&id)].push(id);
+        }
+        by_server
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_server_fails_only_its_sessions_and_is_used_again_when_back() {
+        let mut servers = [
+            MemcachedServer::start(),
+            MemcachedServer::start(),
+            MemcachedServer::start(),
+        ];
+        let refs: Vec<&MemcachedServer> = servers.iter().collect();
+        let mut cfg = memcached_config(&refs);
+        cfg.timeout = Duration::from_millis(300);
+        let s = MemcachedStore::new(&cfg, lifetimes()).expect("store");
+        let by_server = sessions_on_each(&s, 3, 3).await;
+
+        servers[1].kill();
+        for id in &by_server[1] {
+            let started = Instant::now();
+            let e = s.load(id).await.expect_err("its server is down");
+            assert!(is_unavailable(&e), "{e:?}");
+            let e = s
+                .apply(&plan(Target::Existing(id.clone()), vec![set("b", "2")]))
+                .await
+                .expect_err("its server is down");
+            assert!(is_unavailable(&e), "{e:?}");
+            assert!(
+                started.elapsed() < Duration::from_millis(700),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        assert!(s.ping().await.is_err(), "readiness reports the dead server");
+        for i in [0, 2] {
+            for id in &by_server[i] {
+                assert!(load(&s, id).await.is_some(), "server {i} unaffected");
+                let p = plan(Target::Existing(id.clone()), vec![Op::Incr(f("n"), 1)]);
+                assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
+            }
+        }
+        // New sessions routed to the live servers are created; those routed to the dead
+        // one fail (no silent re-routing: another sidecar would not find them).
+        let mut created = 0;
+        let mut refused = 0;
+        for _ in 0..30 {
+            match s
+                .apply(&plan(Target::Create(new_id()), vec![set("a", "1")]))
+                .await
+            {
+                Ok(WriteOutcome::Applied) => created += 1,
+                Err(e) if is_unavailable(&e) => refused += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            created > 0 && refused > 0,
+            "{created} created, {refused} refused"
+        );
+
+        servers[1].restart();
+        // Used again at once: its old sessions are gone (memory only), new ones work.
+        for id in &by_server[1] {
+            assert_eq!(load(&s, id).await, None);
+        }
+        let again = sessions_on_each(&s, 3, 2).await;
+        for id in &again[1] {
+            assert!(load(&s, id).await.is_some());
+        }
+        s.ping().await.expect("all three answer again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn starts_while_memcached_is_down() {
+        let port = common::free_port();
+        let mut cfg = memcached_config(&[]);
+        cfg.storage.servers = vec![format!("127.0.0.1:{port}")];
+        cfg.timeout = Duration::from_millis(300);
+        let s = MemcachedStore::new(&cfg, lifetimes()).expect("no I/O at construction");
+        let e = s.load(&new_id()).await.expect_err("nothing listens");
+        assert!(is_unavailable(&e), "{e:?}");
+        assert!(s.ping().await.is_err());
+        let _server = MemcachedServer::start_on(port);
+        let id = create(&s, vec![set("a", "1")]).await;
+        assert!(load(&s, &id).await.is_some());
+    }
+
+    #[test]
+    fn key_prefix_must_make_valid_memcached_keys() {
+        let mut cfg = memcached_config(&[]);
+        cfg.storage.servers = vec!["127.0.0.1:11211".into()];
+        // 250 - 43 (store key) - 6 (":flash") = 201 bytes is the longest prefix.
+        cfg.key_prefix = "p".repeat(201);
+        assert!(MemcachedStore::new(&cfg, lifetimes()).is_ok());
+        for bad in ["p".repeat(202), "a b".into(), "a\tb".into(), String::new()] {
+            cfg.key_prefix = bad;
+            let msg = MemcachedStore::new(&cfg, lifetimes())
+                .expect_err("invalid prefix")
+                .to_string();
+            assert!(msg.contains("store.key_prefix"), "{msg}");
+        }
+        cfg.key_prefix = "ok:".into();
+        cfg.storage.servers = vec!["no-port".into()];
+        let msg = MemcachedStore::new(&cfg, lifetimes())
+            .expect_err("bad server")
+            .to_string();
+        assert!(msg.contains("store.storage.servers"), "{msg}");
+        cfg.storage.servers = Vec::new();
+        assert!(MemcachedStore::new(&cfg, lifetimes()).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn cas_contention_200_increments() {
+        let server = MemcachedServer::start();
+        // 4 connections as the other tests, then 16: the default `max_connections`.
+        for max_connections in [4, 16] {
+            let mut cfg = memcached_config(&[&server]);
+            cfg.storage.max_connections = max_connections;
+            let s = Arc::new(MemcachedStore::new(&cfg, lifetimes()).expect("store"));
+            let id = create(&*s, vec![]).await;
+            s.reset_cas_retries();
+            let tasks: Vec<_> = (0..200)
+                .map(|_| {
+                    let s = s.clone();
+                    let id = id.clone();
+                    tokio::spawn(async move {
+                        let p = plan(Target::Existing(id), vec![Op::Incr(f("n"), 1)]);
+                        s.apply(&p).await.expect("apply")
+                    })
+                })
+                .collect();
+            for t in tasks {
+                assert_eq!(t.await.expect("task"), WriteOutcome::Applied);
+            }
+            let stats = s.cas_retries();
+            println!(
+                "memcached 200-way Incr (max_connections {max_connections}): {} writes, {} CAS \
+                 retries, max {} per write, mean {:.2}",
+                stats.writes,
+                stats.retries,
+                stats.max_retries,
+                stats.mean()
+            );
+            assert_eq!(stats.writes, 200);
+            assert_eq!(
+                load(&*s, &id).await.expect("exists").data,
+                fields(&[("n", "200")])
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn destroy_is_never_undone_by_concurrent_writers() {
+        let server = MemcachedServer::start();
+        let s = Arc::new(store(&[&server], lifetimes()));
+        for _ in 0..5 {
+            let id = create(&*s, vec![set("a", "1")]).await;
+            let writers: Vec<_> = (0..20)
+                .map(|i| {
+                    let s = s.clone();
+                    let id = id.clone();
+                    tokio::spawn(async move {
+                        let p = plan(Target::Existing(id), vec![Op::Incr(f(&format!("k{i}")), 1)]);
+                        s.apply(&p).await.expect("apply")
+                    })
+                })
+                .collect();
+            tokio::task::yield_now().await;
+            assert_eq!(
+                apply(&*s, plan(Target::Destroy(id.clone()), vec![])).await,
+                WriteOutcome::Applied
+            );
+            for w in writers {
+                w.await.expect("task");
+            }
+            assert_eq!(load(&*s, &id).await, None, "revived");
+        }
+        assert_eq!(server.items(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn move_under_concurrent_writes_loses_nothing() {
+        let servers = [MemcachedServer::start(), MemcachedServer::start()];
+        let refs: Vec<&MemcachedServer> = servers.iter().collect();
+        let s = Arc::new(store(&refs, lifetimes()));
+        let from = create(&*s, vec![set("a", "1"), flash("old", "1")]).await;
+        let writers: Vec<_> = (0..20)
+            .map(|i| {
+                let s = s.clone();
+                let id = from.clone();
+                tokio::spawn(async move {
+                    let p = plan(Target::Existing(id), vec![set(&format!("k{i}"), "1")]);
+                    s.apply(&p).await.expect("apply")
+                })
+            })
+            .collect();
+        let to = new_id();
+        let p = plan(
+            Target::Move {
+                from: from.clone(),
+                to: to.clone(),
+            },
+            vec![flash("new", "2")],
+        );
+        assert_eq!(apply(&*s, p).await, WriteOutcome::Applied);
+        let mut applied = Vec::new();
+        for (i, w) in writers.into_iter().enumerate() {
+            if w.await.expect("task") == WriteOutcome::Applied {
+                applied.push(f(&format!("k{i}")));
+            }
+        }
+        let got = load(&*s, &to).await.expect("moved");
+        // Every write that reported success is in the new session; none after the move.
+        for k in &applied {
+            assert!(got.data.contains_key(k), "{k} lost");
+        }
+        assert_eq!(got.data.len(), applied.len() + 1);
+        assert_eq!(got.flash, fields(&[("old", "1"), ("new", "2")]));
+        assert_eq!(load(&*s, &from).await, None);
+        let items: u64 = servers.iter().map(|m| m.items()).sum();
+        assert_eq!(items, 1, "only the new session's data item is left");
     }
 }

@@ -2,8 +2,8 @@
 //! `dyn` on the request path).
 
 use super::{
-    LoadedSession, SessionStore, StoreError, WriteOutcome, WritePlan, memory::MemoryStore,
-    redis::RedisStore,
+    LoadedSession, SessionStore, StoreError, WriteOutcome, WritePlan, memcached::MemcachedStore,
+    memory::MemoryStore, redis::RedisStore,
 };
 use crate::cookie::SessionId;
 
@@ -14,6 +14,7 @@ use crate::cookie::SessionId;
 pub enum AnyStore {
     Memory(MemoryStore),
     Redis(RedisStore),
+    Memcached(MemcachedStore),
 }
 
 impl SessionStore for AnyStore {
@@ -21,6 +22,7 @@ impl SessionStore for AnyStore {
         match self {
             AnyStore::Memory(s) => s.load(id).await,
             AnyStore::Redis(s) => s.load(id).await,
+            AnyStore::Memcached(s) => s.load(id).await,
         }
     }
 
@@ -28,6 +30,7 @@ impl SessionStore for AnyStore {
         match self {
             AnyStore::Memory(s) => s.apply(plan).await,
             AnyStore::Redis(s) => s.apply(plan).await,
+            AnyStore::Memcached(s) => s.apply(plan).await,
         }
     }
 
@@ -35,6 +38,7 @@ impl SessionStore for AnyStore {
         match self {
             AnyStore::Memory(s) => s.ping().await,
             AnyStore::Redis(s) => s.ping().await,
+            AnyStore::Memcached(s) => s.ping().await,
         }
     }
 }

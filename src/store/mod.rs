@@ -9,6 +9,7 @@
 //! what a write means) are made by the pipeline and expressed as a [`WritePlan`].
 
 pub mod any;
+pub mod memcached;
 pub mod memory;
 pub mod redis;
 

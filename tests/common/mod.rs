@@ -265,3 +265,224 @@ pub fn keys(port: u16, db: i64, pattern: &str) -> Vec<String> {
 pub fn pttl(port: u16, db: i64, key: &str) -> i64 {
     RawClient::connect(port, db).pttl(key)
 }
+
+/// The message a missing memcached binary fails with (never a silent skip).
+pub const MEMCACHED_MISSING: &str =
+    "memcached not found on PATH: install it with `apt-get install -y memcached`";
+
+/// A `memcached` child on 127.0.0.1 (UDP off). Killed on drop.
+pub struct MemcachedServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl MemcachedServer {
+    /// Start on a free port and wait until it answers `version`.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Start on a given port (e.g. one a store was configured with while nothing ran).
+    pub fn start_on(port: u16) -> Self {
+        let mut server = MemcachedServer { port, child: None };
+        server.spawn();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:<port>`, as `store.storage.servers` lists it.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kill the server (SIGKILL) and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same port (data is gone).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut cmd = Command::new("memcached");
+            cmd.args(["-l", "127.0.0.1", "-U", "0", "-p"])
+                .arg(self.port.to_string());
+            // memcached refuses to run as root without a user to switch to.
+            if is_root() {
+                cmd.args(["-u", "root"]);
+            }
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let mut child = match child {
+                Ok(child) => child,
+                Err(e) if e.kind() == ErrorKind::NotFound => panic!("{MEMCACHED_MISSING}"),
+                Err(e) => panic!("cannot start memcached: {e}"),
+            };
+            loop {
+                // `stats` names the pid: make sure it is *our* child that answers, not
+                // another test's server that grabbed the same free port.
+                if mc_stats(self.port)
+                    .get("pid")
+                    .is_some_and(|pid| *pid == child.id().to_string())
+                {
+                    self.child = Some(child);
+                    return;
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    if Instant::now() > deadline {
+                        panic!("memcached exited ({status}) on port {}", self.port);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("memcached on port {} did not answer", self.port);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// `stats` as a map.
+    pub fn stats(&self) -> std::collections::BTreeMap<String, String> {
+        mc_stats(self.port)
+    }
+
+    /// Items currently stored (`curr_items`).
+    pub fn items(&self) -> u64 {
+        self.stats()
+            .get("curr_items")
+            .and_then(|n| n.parse().ok())
+            .expect("curr_items in stats")
+    }
+
+    /// The raw value of `key` (`mg key v`), `None` on a miss.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let reply = mc_raw(self.port, &format!("mg {key} v\r\n"), |b| {
+            b.starts_with(b"EN\r\n") || value_reply_len(b).is_some_and(|n| b.len() >= n)
+        });
+        if reply.starts_with(b"EN") {
+            return None;
+        }
+        let header_end = reply
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("reply header");
+        let header = String::from_utf8_lossy(&reply[..header_end]).to_string();
+        let len: usize = header
+            .split(' ')
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("bad reply {header}"));
+        Some(reply[header_end + 2..header_end + 2 + len].to_vec())
+    }
+
+    /// Seconds left to `key`'s expiry as memcached sees it (`mg key t`): `None` on a
+    /// miss, `Some(-1)` for an item that never expires.
+    pub fn ttl(&self, key: &str) -> Option<i64> {
+        let reply = mc_raw(self.port, &format!("mg {key} t\r\n"), |b| {
+            b.ends_with(b"\r\n")
+        });
+        let text = String::from_utf8_lossy(&reply).trim().to_string();
+        if text == "EN" {
+            return None;
+        }
+        let t = text
+            .split(' ')
+            .find_map(|f| f.strip_prefix('t'))
+            .unwrap_or_else(|| panic!("bad reply {text}"));
+        Some(t.parse().expect("ttl"))
+    }
+}
+
+impl Drop for MemcachedServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Total length of a complete `VA <len> …\r\n<data>\r\n` reply, once its header is in.
+fn value_reply_len(b: &[u8]) -> Option<usize> {
+    let end = b.windows(2).position(|w| w == b"\r\n")?;
+    let header = std::str::from_utf8(&b[..end]).ok()?;
+    let len: usize = header
+        .strip_prefix("VA ")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()?;
+    Some(end + 2 + len + 2)
+}
+
+/// Send `request` to memcached on `port` and read until `done(reply so far)`.
+fn mc_raw(port: u16, request: &str, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to memcached");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("read timeout");
+    s.write_all(request.as_bytes()).expect("write to memcached");
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&reply) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+    reply
+}
+
+/// `stats` of the memcached on `port` (empty when nothing answers).
+pub fn mc_stats(port: u16) -> std::collections::BTreeMap<String, String> {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return Default::default();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"stats\r\n").is_err() {
+        return Default::default();
+    }
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !reply.ends_with(b"END\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&reply)
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split(' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("STAT"), Some(k), Some(v)) => Some((k.to_owned(), v.to_owned())),
+                _ => None,
+            }
+        })
+        .collect()
+}

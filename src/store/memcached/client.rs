@@ -150,7 +150,10 @@ pub(crate) fn encode(cmd: &Cmd<'_>, out: &mut Vec<u8>) {
             Ok(())
         }
         Cmd::Delete { key, cas: None } => write!(out, "md {key}\r\n"),
-        Cmd::Delete { key, cas: Some(cas) } => write!(out, "md {key} C{cas}\r\n"),
+        Cmd::Delete {
+            key,
+            cas: Some(cas),
+        } => write!(out, "md {key} C{cas}\r\n"),
         Cmd::Version => write!(out, "version\r\n"),
     };
 }
@@ -159,7 +162,10 @@ pub(crate) fn encode(cmd: &Cmd<'_>, out: &mut Vec<u8>) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Header {
     /// `VA <len> <flags>`: `len` data bytes plus `\r\n` follow.
-    Value { len: usize, cas: Option<u64> },
+    Value {
+        len: usize,
+        cas: Option<u64>,
+    },
     Other(Reply),
     /// `ERROR`, `CLIENT_ERROR …`, `SERVER_ERROR …` (e.g. out of memory).
     Error(String),
@@ -290,10 +296,6 @@ impl Server {
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(max_connections.max(1)),
         }
-    }
-
-    pub(crate) fn addr(&self) -> &str {
-        &self.addr
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<Conn>> {
@@ -430,7 +432,13 @@ mod tests {
 
     #[test]
     fn encodes_meta_commands() {
-        assert_eq!(wire(Cmd::Get { key: "k", touch: None }), "mg k v c\r\n");
+        assert_eq!(
+            wire(Cmd::Get {
+                key: "k",
+                touch: None
+            }),
+            "mg k v c\r\n"
+        );
         assert_eq!(
             wire(Cmd::Get {
                 key: "k",
@@ -459,7 +467,13 @@ mod tests {
             }),
             "ms k 1 T9 ME\r\nx\r\n"
         );
-        assert_eq!(wire(Cmd::Delete { key: "k", cas: None }), "md k\r\n");
+        assert_eq!(
+            wire(Cmd::Delete {
+                key: "k",
+                cas: None
+            }),
+            "md k\r\n"
+        );
         assert_eq!(
             wire(Cmd::Delete {
                 key: "k",
@@ -496,9 +510,14 @@ mod tests {
         }
         assert_eq!(
             parse_header(b"SERVER_ERROR out of memory storing object\r\n"),
-            Ok(Header::Error("SERVER_ERROR out of memory storing object".into()))
+            Ok(Header::Error(
+                "SERVER_ERROR out of memory storing object".into()
+            ))
         );
-        assert_eq!(parse_header(b"ERROR\r\n"), Ok(Header::Error("ERROR".into())));
+        assert_eq!(
+            parse_header(b"ERROR\r\n"),
+            Ok(Header::Error("ERROR".into()))
+        );
         assert!(parse_header(b"VA x\r\n").is_err());
         assert!(parse_header(b"VA 3 cX\r\n").is_err());
         assert!(parse_header(b"VA 99999999999\r\n").is_err());

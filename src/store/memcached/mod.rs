@@ -1,0 +1,1136 @@
+//! The memcached engine (SPEC §7 `memcached`): N servers, consistent hashing, CAS merges.
+//!
+//! # Client
+//!
+//! A small in-house async client for the meta protocol ([`client`]): `mg`/`ms`/`md`
+//! on `tokio::net::TcpStream`, a bounded pool per server, several commands per write.
+//! Not the `memcache` crate: its async client (`exp`) is experimental (API may change in
+//! any minor release), cannot route a session's two items by the *session's* key, has
+//! no CAS-conditional delete in its high-level API and no pipelining of two reads; its
+//! stable client blocks the runtime (DEPENDENCIES §4, Pitfall 14).
+//!
+//! # Key layout
+//!
+//! For a session id `id`, `sk = id.store_key()` (base64url of SHA-256 of the id, 43
+//! characters) and `p = store.key_prefix`:
+//!
+//! | item | content |
+//! |---|---|
+//! | `<p><sk>` | the session: creation time, max-age and data |
+//! | `<p><sk>:flash` | pending flash (notifications); absent when there is none |
+//!
+//! Both items of a session are on the same server: the server is chosen from `sk`, not
+//! from the item key ([`ring`]: rendezvous hashing over SHA-256, stable across builds).
+//! Keys are checked against memcached's rules (≤ 250 bytes, no spaces or control
+//! characters) at construction, for the longest key the prefix can produce.
+//!
+//! # Value encoding
+//!
+//! ASCII text, never a language-specific serialization, never empty (memcached clients
+//! reserve empty values as lease placeholders):
+//!
+//! ```text
+//! session: "S1 <created unix ms> <max_age seconds or ->\n" then pairs
+//! flash:   "F1\n" then pairs
+//! pairs:   <field netstring><value netstring>...   netstring = "<len>:<bytes>,"
+//! ```
+//!
+//! A field is the JSON string literal of the user key (quotes included), a value its JSON
+//! text, exactly as in [`crate::store`]'s field maps: e.g. `S1 1700000000000 -\n6:"user",5:"ann",`.
+//! Length prefixes make decoding exact without a JSON parser, and bytes read from the
+//! store are validated as untrusted input (SECURITY H1).
+//!
+//! # Lifetimes
+//!
+//! Every item carries exptime = ⌈min(idle, time left to `absolute_ttl`)⌉ + 1 s, where idle
+//! is `max_age` or `session.ttl`. memcached's clock ticks once a second, so a TTL of n
+//! ends between n − 1 and n seconds later; the extra second makes an item never expire
+//! before its logical TTL (so an idle session may live up to ~1 s longer). The absolute
+//! limit is enforced exactly on every access from the stored creation time (the sidecar's
+//! clock: sidecars sharing the servers need synchronised clocks). memcached reads
+//! exptime > 30 days (2 592 000 s) as a Unix time: larger TTLs are sent as `now + ttl`.
+//!
+//! A load is one round trip: `mg <p><sk> v c T<exp>` (read + refresh with `session.ttl`)
+//! and `mg <p><sk>:flash v c`, pipelined. A second round trip follows only when needed:
+//! to consume pending flash, or to correct the refresh when the session has its own
+//! `max_age` or is closer to its absolute limit than `session.ttl` (the right TTL is only
+//! known after reading the item).
+//!
+//! # Atomicity (no server-side scripts)
+//!
+//! - **Existing**: `mg` (value + CAS) → [`apply_ops`] in Rust → `ms … C<cas>`; on `EX`
+//!   (someone else wrote) retry from the read, at most [`MAX_CAS_ATTEMPTS`] times with a
+//!   small jittered backoff, then `Unavailable("too much contention")` (503). A miss on
+//!   read or `NF` on write is [`WriteOutcome::Gone`]: a destroyed session is never
+//!   revived. Flash set by the plan is merged afterwards into the flash item with its own
+//!   CAS loop (`ms … C<cas>`, or `ME` add when absent): the session item is the commit
+//!   point, so a rejected or `Gone` write changes nothing; if the store fails between the
+//!   two steps the data change stands and the call reports the error.
+//! - **Create**: `ms … ME` (add).
+//! - **Destroy**: `md` of both items, unconditionally: destroy wins; a concurrent writer's
+//!   CAS then fails with `NF` and it answers `Gone`.
+//! - **Move** (regenerate): read the old session, `ME`-add the new items, then `md old
+//!   C<cas>`. If the old session changed meanwhile (`EX`) the new items are deleted and
+//!   the move retries from the read; if it is gone (`NF`) they are deleted and the move is
+//!   `Gone`. Then the old flash is deleted with CAS: if a concurrent load of the old id
+//!   consumed it first, it is removed from the new session (no double delivery); if flash
+//!   was added to the old id meanwhile it is carried over. Window: between the add and
+//!   the delete (one round trip) both ids answer a load.
+//! - **Flash delivery**: `md <p><sk>:flash C<cas>` of the version read; only the request
+//!   whose delete succeeds delivers it (exactly once). If flash was added meanwhile (`EX`)
+//!   this load delivers nothing and the next one delivers everything.
+
+mod client;
+mod ring;
+
+use std::{
+    hash::BuildHasher,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use self::{
+    client::{ClientError, Cmd, Lease, Mode, Reply, Server, valid_key},
+    ring::Ring,
+};
+use super::{
+    FieldMap, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome, WritePlan,
+    apply_ops,
+};
+use crate::{config::StoreConfig, cookie::SessionId, protocol::Op};
+
+/// CAS attempts per write before giving up with 503.
+pub const MAX_CAS_ATTEMPTS: u64 = 32;
+/// memcached reads an exptime above this (30 days) as an absolute Unix time.
+pub const MAX_RELATIVE_EXPTIME: u64 = 2_592_000;
+/// Length of `SessionId::store_key()`: base64url without padding of 32 bytes.
+const STORE_KEY_LEN: usize = 43;
+const FLASH_SUFFIX: &str = ":flash";
+
+/// CAS retry counters (conflicts that forced a re-read), for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CasStats {
+    /// Writes that went through a CAS loop (updates and moves).
+    pub writes: u64,
+    /// Conflicts over all of them.
+    pub retries: u64,
+    /// Most conflicts a single write met.
+    pub max_retries: u64,
+}
+
+impl CasStats {
+    /// Mean conflicts per write.
+    pub fn mean(&self) -> f64 {
+        if self.writes == 0 {
+            0.0
+        } else {
+            self.retries as f64 / self.writes as f64
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    writes: AtomicU64,
+    retries: AtomicU64,
+    max_retries: AtomicU64,
+}
+
+impl Counters {
+    fn record(&self, retries: u64) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.retries.fetch_add(retries, Ordering::Relaxed);
+        self.max_retries.fetch_max(retries, Ordering::Relaxed);
+    }
+}
+
+/// The memcached engine.
+#[derive(Debug)]
+pub struct MemcachedStore {
+    servers: Box<[Server]>,
+    ring: Ring,
+    key_prefix: String,
+    lifetimes: Lifetimes,
+    timeout: Duration,
+    counters: Counters,
+}
+
+/// The items of one session and the server that holds them.
+struct Keys {
+    server: usize,
+    data: String,
+    flash: String,
+}
+
+/// A decoded session item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stored {
+    created_ms: u64,
+    max_age: Option<u64>,
+    data: FieldMap,
+}
+
+/// The flash item as read: its CAS and content.
+type FlashRead = Option<(u64, FieldMap)>;
+
+impl MemcachedStore {
+    /// Build the store from `store.*`. No I/O: connections are opened on first use, so
+    /// the sidecar starts while memcached is down.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] naming the setting when it cannot work: no servers, a
+    /// server that is not `host:port`, or a `store.key_prefix` that would make keys
+    /// memcached refuses.
+    pub fn new(cfg: &StoreConfig, lifetimes: Lifetimes) -> Result<MemcachedStore, StoreError> {
+        let bad = |msg: String| StoreError::Unavailable(msg);
+        let servers = &cfg.storage.servers;
+        if servers.is_empty() {
+            return Err(bad("store.storage.servers: needs at least one memcached \
+                 server, e.g. [\"127.0.0.1:11211\"]"
+                .into()));
+        }
+        for s in servers {
+            let port_ok = s
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(bad(format!(
+                    "store.storage.servers: {s:?} is not host:port (e.g. 10.0.0.5:11211)"
+                )));
+            }
+        }
+        let longest = format!(
+            "{}{}{FLASH_SUFFIX}",
+            cfg.key_prefix,
+            "x".repeat(STORE_KEY_LEN)
+        );
+        if cfg.key_prefix.is_empty() || !valid_key(&longest) {
+            return Err(bad(format!(
+                "store.key_prefix: memcached keys must be at most {} bytes of printable \
+                 ASCII without spaces; use a prefix of at most {} such characters",
+                client::MAX_KEY_LEN,
+                client::MAX_KEY_LEN - STORE_KEY_LEN - FLASH_SUFFIX.len()
+            )));
+        }
+        Ok(MemcachedStore {
+            servers: servers
+                .iter()
+                .map(|s| Server::new(s.clone(), cfg.storage.max_connections))
+                .collect(),
+            ring: Ring::new(servers.clone()),
+            key_prefix: cfg.key_prefix.clone(),
+            lifetimes,
+            timeout: cfg.timeout,
+            counters: Counters::default(),
+        })
+    }
+
+    /// CAS conflicts met by writes so far.
+    pub fn cas_retries(&self) -> CasStats {
+        CasStats {
+            writes: self.counters.writes.load(Ordering::Relaxed),
+            retries: self.counters.retries.load(Ordering::Relaxed),
+            max_retries: self.counters.max_retries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Start counting CAS conflicts from zero.
+    pub fn reset_cas_retries(&self) {
+        self.counters.writes.store(0, Ordering::Relaxed);
+        self.counters.retries.store(0, Ordering::Relaxed);
+        self.counters.max_retries.store(0, Ordering::Relaxed);
+    }
+
+    /// Index of the server (in `store.storage.servers`) that holds `id`'s items.
+    pub fn server_for(&self, id: &SessionId) -> usize {
+        self.ring.pick(&id.store_key())
+    }
+
+    fn keys(&self, id: &SessionId) -> Keys {
+        let sk = id.store_key();
+        Keys {
+            server: self.ring.pick(&sk),
+            flash: format!("{}{sk}{FLASH_SUFFIX}", self.key_prefix),
+            data: format!("{}{sk}", self.key_prefix),
+        }
+    }
+
+    async fn lease(&self, server: usize) -> Result<Lease<'_>, StoreError> {
+        let server = self
+            .servers
+            .get(server)
+            .ok_or_else(|| StoreError::Unavailable("memcached: no server configured".into()))?;
+        server.lease().await.map_err(unavailable)
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(StoreError::Timeout))
+    }
+
+    fn idle_ms(&self, max_age: Option<u64>) -> u64 {
+        max_age.map_or_else(
+            || millis(self.lifetimes.ttl),
+            |secs| secs.saturating_mul(1000),
+        )
+    }
+
+    /// Milliseconds left to the absolute limit, `None` when it has passed.
+    fn remaining_ms(&self, created_ms: u64, now_ms: u64) -> Option<u64> {
+        let deadline = created_ms.saturating_add(millis(self.lifetimes.absolute_ttl));
+        deadline.checked_sub(now_ms).filter(|&left| left > 0)
+    }
+
+    /// The exptime every item of a session gets now.
+    fn exptime_for(&self, max_age: Option<u64>, remaining_ms: u64, now_ms: u64) -> u64 {
+        exptime(self.idle_ms(max_age).min(remaining_ms), now_ms / 1000)
+    }
+
+    async fn load_unbounded(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+        let keys = self.keys(id);
+        let mut lease = self.lease(keys.server).await?;
+        let now = now_ms();
+        // The usual refresh; corrected below when this session needs another TTL.
+        let guess = exptime(millis(self.lifetimes.ttl), now / 1000);
+        let replies = lease
+            .run(
+                &[
+                    Cmd::Get {
+                        key: &keys.data,
+                        touch: Some(guess),
+                    },
+                    Cmd::Get {
+                        key: &keys.flash,
+                        touch: None,
+                    },
+                ],
+                true,
+            )
+            .await
+            .map_err(unavailable)?;
+        let [session, flash] = two(replies)?;
+        let stored = match session {
+            Reply::Value { data, .. } => decode_session(&data)?,
+            Reply::Miss => return Ok(None),
+            _ => return Err(unexpected("session read")),
+        };
+        let Some(remaining) = self.remaining_ms(stored.created_ms, now) else {
+            // Past the absolute limit: memcached may keep it up to a tick longer; make
+            // sure it is gone.
+            lease
+                .run(
+                    &[
+                        Cmd::Delete {
+                            key: &keys.data,
+                            cas: None,
+                        },
+                        Cmd::Delete {
+                            key: &keys.flash,
+                            cas: None,
+                        },
+                    ],
+                    false,
+                )
+                .await
+                .map_err(unavailable)?;
+            return Ok(None);
+        };
+
+        let right = self.exptime_for(stored.max_age, remaining, now);
+        let mut cmds = Vec::new();
+        if right != guess {
+            cmds.push(Cmd::Touch {
+                key: &keys.data,
+                exp: right,
+            });
+        }
+        let pending = match flash {
+            Reply::Value { cas, data } => {
+                cmds.push(Cmd::Delete {
+                    key: &keys.flash,
+                    cas: Some(cas),
+                });
+                Some(decode_flash(&data)?)
+            }
+            Reply::Miss => None,
+            _ => return Err(unexpected("flash read")),
+        };
+        let mut delivered = FieldMap::new();
+        if !cmds.is_empty() {
+            let replies = lease.run(&cmds, false).await.map_err(unavailable)?;
+            if let (Some(flash), Some(reply)) = (pending, replies.last()) {
+                match reply {
+                    // This request consumed exactly the version it read.
+                    Reply::Done => delivered = flash,
+                    // Consumed by a concurrent load (NF), or more flash was added (EX):
+                    // deliver nothing now; the next load gets the current set.
+                    Reply::NotFound | Reply::Exists => {}
+                    _ => return Err(unexpected("flash delete")),
+                }
+            }
+        }
+        Ok(Some(LoadedSession {
+            data: stored.data,
+            flash: delivered,
+            max_age: stored.max_age,
+            remaining: remaining / 1000,
+        }))
+    }
+
+    async fn apply_unbounded(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
+        match &plan.target {
+            Target::Existing(id) => self.update(id, plan).await,
+            Target::Create(id) => {
+                let (data, flash) = apply_ops(
+                    &FieldMap::new(),
+                    &FieldMap::new(),
+                    &plan.ops,
+                    self.lifetimes.max_size,
+                )?;
+                self.create(id, plan.max_age, &data, &flash).await?;
+                Ok(WriteOutcome::Applied)
+            }
+            Target::Destroy(id) => {
+                self.destroy(id).await?;
+                Ok(WriteOutcome::Applied)
+            }
+            Target::DestroyThenCreate { old, new } => {
+                // Validate first: a rejected change set leaves the old session untouched.
+                let (data, flash) = apply_ops(
+                    &FieldMap::new(),
+                    &FieldMap::new(),
+                    &plan.ops,
+                    self.lifetimes.max_size,
+                )?;
+                self.destroy(old).await?;
+                self.create(new, plan.max_age, &data, &flash).await?;
+                Ok(WriteOutcome::Applied)
+            }
+            Target::Move { from, to } => self.move_session(from, to, plan).await,
+        }
+    }
+
+    /// Write a brand-new session (add: never overwrites).
+    async fn create(
+        &self,
+        id: &SessionId,
+        max_age: Option<u64>,
+        data: &FieldMap,
+        flash: &FieldMap,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let stored = Stored {
+            created_ms: now,
+            max_age,
+            data: data.clone(),
+        };
+        let exp = self.exptime_for(max_age, millis(self.lifetimes.absolute_ttl).max(1), now);
+        let keys = self.keys(id);
+        self.add_items(&keys, &stored, flash, exp).await
+    }
+
+    async fn add_items(
+        &self,
+        keys: &Keys,
+        stored: &Stored,
+        flash: &FieldMap,
+        exp: u64,
+    ) -> Result<(), StoreError> {
+        let value = encode_session(stored);
+        let flash_value = encode_flash(flash);
+        let mut cmds = vec![Cmd::Set {
+            key: &keys.data,
+            value: &value,
+            exp,
+            cas: None,
+            mode: Mode::Add,
+        }];
+        if !flash.is_empty() {
+            cmds.push(Cmd::Set {
+                key: &keys.flash,
+                value: &flash_value,
+                exp,
+                cas: None,
+                mode: Mode::Set,
+            });
+        }
+        let mut lease = self.lease(keys.server).await?;
+        let replies = lease.run(&cmds, false).await.map_err(unavailable)?;
+        for (i, reply) in replies.iter().enumerate() {
+            match reply {
+                Reply::Done => {}
+                // Ids are 128 random bits: this is a bug or a replayed write, never a
+                // reason to overwrite someone's session.
+                Reply::NotStored if i == 0 => {
+                    return Err(StoreError::Unavailable(
+                        "memcached: a new session id is already in use".into(),
+                    ));
+                }
+                _ => return Err(unexpected("store reply")),
+            }
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, id: &SessionId) -> Result<(), StoreError> {
+        let keys = self.keys(id);
+        let mut lease = self.lease(keys.server).await?;
+        let replies = lease
+            .run(
+                &[
+                    Cmd::Delete {
+                        key: &keys.data,
+                        cas: None,
+                    },
+                    Cmd::Delete {
+                        key: &keys.flash,
+                        cas: None,
+                    },
+                ],
+                false,
+            )
+            .await
+            .map_err(unavailable)?;
+        if replies
+            .iter()
+            .all(|r| matches!(r, Reply::Done | Reply::NotFound))
+        {
+            Ok(())
+        } else {
+            Err(unexpected("delete reply"))
+        }
+    }
+
+    /// Read the session (and its flash when `with_flash`): `None` when gone or past its
+    /// absolute limit.
+    async fn read(
+        &self,
+        lease: &mut Lease<'_>,
+        keys: &Keys,
+        with_flash: bool,
+    ) -> Result<Option<(u64, Stored, FlashRead)>, StoreError> {
+        let mut cmds = vec![Cmd::Get {
+            key: &keys.data,
+            touch: None,
+        }];
+        if with_flash {
+            cmds.push(Cmd::Get {
+                key: &keys.flash,
+                touch: None,
+            });
+        }
+        let mut replies = lease
+            .run(&cmds, true)
+            .await
+            .map_err(unavailable)?
+            .into_iter();
+        let (cas, stored) = match replies.next() {
+            Some(Reply::Value { cas, data }) => (cas, decode_session(&data)?),
+            Some(Reply::Miss) => return Ok(None),
+            _ => return Err(unexpected("session read")),
+        };
+        if self.remaining_ms(stored.created_ms, now_ms()).is_none() {
+            return Ok(None);
+        }
+        let flash = match replies.next() {
+            None => None,
+            Some(reply) => flash_read(reply)?,
+        };
+        Ok(Some((cas, stored, flash)))
+    }
+
+    /// `Target::Existing`: CAS merge of the session, then of its flash.
+    async fn update(&self, id: &SessionId, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
+        let keys = self.keys(id);
+        let with_flash = plan.ops.iter().any(|op| matches!(op, Op::FlashSet(..)));
+        let mut lease = self.lease(keys.server).await?;
+        let mut retries = 0;
+        let (flash_seen, exp) = loop {
+            let Some((cas, stored, flash_seen)) = self.read(&mut lease, &keys, with_flash).await?
+            else {
+                return Ok(WriteOutcome::Gone);
+            };
+            let now = now_ms();
+            let Some(remaining) = self.remaining_ms(stored.created_ms, now) else {
+                return Ok(WriteOutcome::Gone);
+            };
+            let empty = FieldMap::new();
+            let current_flash = flash_seen.as_ref().map_or(&empty, |(_, f)| f);
+            // Both maps are validated here, before anything is written.
+            let (data, _) = apply_ops(
+                &stored.data,
+                current_flash,
+                &plan.ops,
+                self.lifetimes.max_size,
+            )?;
+            let max_age = plan.max_age.or(stored.max_age);
+            let exp = self.exptime_for(max_age, remaining, now);
+            let value = encode_session(&Stored {
+                created_ms: stored.created_ms,
+                max_age,
+                data,
+            });
+            let reply = lease
+                .run(
+                    &[Cmd::Set {
+                        key: &keys.data,
+                        value: &value,
+                        exp,
+                        cas: Some(cas),
+                        mode: Mode::Set,
+                    }],
+                    false,
+                )
+                .await
+                .map_err(unavailable)?;
+            match one(reply)? {
+                Reply::Done => break (flash_seen, exp),
+                // Deleted since the read (destroyed, moved, evicted): never revive.
+                Reply::NotFound => return Ok(WriteOutcome::Gone),
+                Reply::Exists => self.conflict(&mut retries).await?,
+                _ => return Err(unexpected("store reply")),
+            }
+        };
+        if with_flash {
+            self.merge_flash(
+                &mut lease,
+                &keys.flash,
+                flash_seen,
+                &plan.ops,
+                exp,
+                &mut retries,
+            )
+            .await?;
+        }
+        self.counters.record(retries);
+        Ok(WriteOutcome::Applied)
+    }
+
+    /// Count a CAS conflict and back off, or give up after [`MAX_CAS_ATTEMPTS`].
+    async fn conflict(&self, retries: &mut u64) -> Result<(), StoreError> {
+        *retries += 1;
+        if *retries >= MAX_CAS_ATTEMPTS {
+            self.counters.record(*retries);
+            return Err(StoreError::Unavailable("too much contention".into()));
+        }
+        backoff(*retries).await;
+        Ok(())
+    }
+
+    /// Add the plan's flash to the flash item at `key` (CAS loop; `add` when absent).
+    async fn merge_flash(
+        &self,
+        lease: &mut Lease<'_>,
+        key: &str,
+        mut current: FlashRead,
+        ops: &[Op],
+        exp: u64,
+        retries: &mut u64,
+    ) -> Result<(), StoreError> {
+        let flash_ops: Vec<Op> = ops
+            .iter()
+            .filter(|op| matches!(op, Op::FlashSet(..)))
+            .cloned()
+            .collect();
+        let empty = FieldMap::new();
+        loop {
+            let base = current.as_ref().map_or(&empty, |(_, f)| f);
+            // Flash ops depend on the flash only: same result as the full apply_ops.
+            let (_, merged) = apply_ops(&empty, base, &flash_ops, self.lifetimes.max_size)?;
+            let value = encode_flash(&merged);
+            let (cas, mode) = match &current {
+                Some((cas, _)) => (Some(*cas), Mode::Set),
+                None => (None, Mode::Add),
+            };
+            let reply = lease
+                .run(
+                    &[Cmd::Set {
+                        key,
+                        value: &value,
+                        exp,
+                        cas,
+                        mode,
+                    }],
+                    false,
+                )
+                .await
+                .map_err(unavailable)?;
+            match one(reply)? {
+                Reply::Done => return Ok(()),
+                // Changed, consumed or created meanwhile: merge into what is there now.
+                Reply::Exists | Reply::NotFound | Reply::NotStored => {
+                    self.conflict(retries).await?;
+                    let reply = lease
+                        .run(&[Cmd::Get { key, touch: None }], true)
+                        .await
+                        .map_err(unavailable)?;
+                    current = flash_read(one(reply)?)?;
+                }
+                _ => return Err(unexpected("flash store reply")),
+            }
+        }
+    }
+
+    /// `Target::Move` (regenerate); see the module docs.
+    async fn move_session(
+        &self,
+        from: &SessionId,
+        to: &SessionId,
+        plan: &WritePlan,
+    ) -> Result<WriteOutcome, StoreError> {
+        let old = self.keys(from);
+        let new = self.keys(to);
+        let mut retries = 0;
+        let (seen, flash) = loop {
+            let mut lease = self.lease(old.server).await?;
+            let Some((cas, stored, seen)) = self.read(&mut lease, &old, true).await? else {
+                return Ok(WriteOutcome::Gone);
+            };
+            // One connection at a time: holding one per server while waiting for another
+            // could deadlock two moves between the same two servers.
+            drop(lease);
+            let now = now_ms();
+            let Some(remaining) = self.remaining_ms(stored.created_ms, now) else {
+                return Ok(WriteOutcome::Gone);
+            };
+            let empty = FieldMap::new();
+            let current_flash = seen.as_ref().map_or(&empty, |(_, f)| f);
+            let (data, flash) = apply_ops(
+                &stored.data,
+                current_flash,
+                &plan.ops,
+                self.lifetimes.max_size,
+            )?;
+            let max_age = plan.max_age.or(stored.max_age);
+            let exp = self.exptime_for(max_age, remaining, now);
+            let moved = Stored {
+                created_ms: stored.created_ms,
+                max_age,
+                data,
+            };
+            self.add_items(&new, &moved, &flash, exp).await?;
+
+            let mut lease = self.lease(old.server).await?;
+            let reply = lease
+                .run(
+                    &[Cmd::Delete {
+                        key: &old.data,
+                        cas: Some(cas),
+                    }],
+                    false,
+                )
+                .await
+                .map_err(unavailable)?;
+            drop(lease);
+            match one(reply)? {
+                Reply::Done => break (seen, (flash, exp)),
+                Reply::NotFound => {
+                    self.destroy(to).await?;
+                    return Ok(WriteOutcome::Gone);
+                }
+                Reply::Exists => {
+                    // Written meanwhile: start over so that write is carried along.
+                    self.destroy(to).await?;
+                    self.conflict(&mut retries).await?;
+                }
+                _ => return Err(unexpected("delete reply")),
+            }
+        };
+        self.carry_old_flash(&old, &new, seen, plan, flash).await?;
+        self.counters.record(retries);
+        Ok(WriteOutcome::Applied)
+    }
+
+    /// After a move committed: delete the old flash item, keeping the new session's flash
+    /// equal to what was pending on the old id and not delivered, plus the plan's flash.
+    async fn carry_old_flash(
+        &self,
+        old: &Keys,
+        new: &Keys,
+        seen: FlashRead,
+        plan: &WritePlan,
+        (mut written, exp): (FieldMap, u64),
+    ) -> Result<(), StoreError> {
+        let flash_ops: Vec<Op> = plan
+            .ops
+            .iter()
+            .filter(|op| matches!(op, Op::FlashSet(..)))
+            .cloned()
+            .collect();
+        let empty = FieldMap::new();
+        let (_, own) = apply_ops(&empty, &empty, &flash_ops, self.lifetimes.max_size)?;
+        let mut carried = seen.as_ref().map(|(_, f)| f.clone()).unwrap_or_default();
+        let mut expected = seen;
+        // Bounded: each round needs another concurrent writer of the dead id's flash.
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let mut lease = self.lease(old.server).await?;
+            match expected.take() {
+                Some((cas, version)) => {
+                    let reply = lease
+                        .run(
+                            &[Cmd::Delete {
+                                key: &old.flash,
+                                cas: Some(cas),
+                            }],
+                            false,
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                    match one(reply)? {
+                        Reply::Done => break,
+                        Reply::NotFound => {
+                            // A load of the old id delivered it: do not deliver it again.
+                            carried.retain(|field, _| !version.contains_key(field));
+                            break;
+                        }
+                        Reply::Exists => {} // more flash arrived: read it next round
+                        _ => return Err(unexpected("flash delete reply")),
+                    }
+                }
+                None => {
+                    let reply = lease
+                        .run(
+                            &[Cmd::Get {
+                                key: &old.flash,
+                                touch: None,
+                            }],
+                            true,
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                    match flash_read(one(reply)?)? {
+                        None => break,
+                        Some((cas, version)) => {
+                            carried.extend(version.iter().map(|(k, v)| (k.clone(), v.clone())));
+                            expected = Some((cas, version));
+                        }
+                    }
+                }
+            }
+        }
+        let mut wanted = carried;
+        wanted.extend(own);
+        if wanted != written {
+            written = wanted;
+            let value = encode_flash(&written);
+            let cmd = if written.is_empty() {
+                Cmd::Delete {
+                    key: &new.flash,
+                    cas: None,
+                }
+            } else {
+                Cmd::Set {
+                    key: &new.flash,
+                    value: &value,
+                    exp,
+                    cas: None,
+                    mode: Mode::Set,
+                }
+            };
+            // The new id is not known to any client yet: nobody else writes its flash.
+            let mut lease = self.lease(new.server).await?;
+            lease.run(&[cmd], false).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn ping_unbounded(&self) -> Result<(), StoreError> {
+        for (i, _) in self.servers.iter().enumerate() {
+            let mut lease = self.lease(i).await?;
+            let reply = lease
+                .run(&[Cmd::Version], true)
+                .await
+                .map_err(unavailable)?;
+            if !matches!(one(reply)?, Reply::Version(_)) {
+                return Err(unexpected("version reply"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SessionStore for MemcachedStore {
+    async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+        self.bounded(self.load_unbounded(id)).await
+    }
+
+    async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
+        self.bounded(self.apply_unbounded(plan)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(self.ping_unbounded()).await
+    }
+}
+
+/// The exptime to send for a logical TTL of `ttl_ms`, at Unix time `now_secs`.
+///
+/// Rounded up to whole seconds plus one tick of slack (memcached's clock ticks once a
+/// second: a TTL of n ends n − 1 to n seconds later, and 0 would mean "never expires");
+/// above 30 days memcached reads the number as a Unix time, so it is sent as one.
+pub fn exptime(ttl_ms: u64, now_secs: u64) -> u64 {
+    let secs = ttl_ms.div_ceil(1000).saturating_add(1);
+    if secs > MAX_RELATIVE_EXPTIME {
+        now_secs.saturating_add(secs)
+    } else {
+        secs
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A short random pause before retrying a CAS conflict, growing with the attempt: the
+/// writers that collided spread out instead of colliding again in lockstep.
+async fn backoff(attempt: u64) {
+    // A per-call random value without a dependency: RandomState keys are random.
+    let random = std::collections::hash_map::RandomState::new().hash_one(attempt);
+    let max_us = 250u64 << attempt.min(4); // 0.5 ms .. 4 ms
+    let pause = random % max_us;
+    if pause < 1_000 {
+        // Below the timer's 1 ms resolution: let the others run instead.
+        tokio::task::yield_now().await;
+    } else {
+        tokio::time::sleep(Duration::from_micros(pause)).await;
+    }
+}
+
+fn unavailable(e: ClientError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn unexpected(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("memcached: unexpected {what}"))
+}
+
+fn one(replies: Vec<Reply>) -> Result<Reply, StoreError> {
+    replies
+        .into_iter()
+        .next()
+        .ok_or_else(|| unexpected("empty reply"))
+}
+
+fn two(replies: Vec<Reply>) -> Result<[Reply; 2], StoreError> {
+    <[Reply; 2]>::try_from(replies).map_err(|_| unexpected("reply count"))
+}
+
+fn flash_read(reply: Reply) -> Result<FlashRead, StoreError> {
+    match reply {
+        Reply::Value { cas, data } => Ok(Some((cas, decode_flash(&data)?))),
+        Reply::Miss => Ok(None),
+        _ => Err(unexpected("flash read")),
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("memcached item: {what}"))
+}
+
+fn encode_session(s: &Stored) -> Vec<u8> {
+    let max_age = s.max_age.map_or_else(|| "-".to_owned(), |m| m.to_string());
+    let mut out = format!("S1 {} {max_age}\n", s.created_ms).into_bytes();
+    encode_pairs(&s.data, &mut out);
+    out
+}
+
+fn encode_flash(flash: &FieldMap) -> Vec<u8> {
+    let mut out = b"F1\n".to_vec();
+    encode_pairs(flash, &mut out);
+    out
+}
+
+fn encode_pairs(map: &FieldMap, out: &mut Vec<u8>) {
+    for (field, value) in map {
+        for part in [field, value] {
+            out.extend_from_slice(part.len().to_string().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(part.as_bytes());
+            out.push(b',');
+        }
+    }
+}
+
+fn decode_session(bytes: &[u8]) -> Result<Stored, StoreError> {
+    let (header, rest) = split_header(bytes)?;
+    let mut parts = header.split(' ');
+    if parts.next() != Some("S1") {
+        return Err(corrupt("not a session"));
+    }
+    let created_ms = parts
+        .next()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| corrupt("creation time"))?;
+    let max_age = match parts.next() {
+        Some("-") => None,
+        Some(t) => Some(t.parse().map_err(|_| corrupt("max_age"))?),
+        None => return Err(corrupt("max_age")),
+    };
+    if parts.next().is_some() {
+        return Err(corrupt("header"));
+    }
+    Ok(Stored {
+        created_ms,
+        max_age,
+        data: decode_pairs(rest)?,
+    })
+}
+
+fn decode_flash(bytes: &[u8]) -> Result<FieldMap, StoreError> {
+    let (header, rest) = split_header(bytes)?;
+    if header != "F1" {
+        return Err(corrupt("not a flash item"));
+    }
+    decode_pairs(rest)
+}
+
+fn split_header(bytes: &[u8]) -> Result<(&str, &[u8]), StoreError> {
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| corrupt("no header"))?;
+    let header = std::str::from_utf8(&bytes[..end]).map_err(|_| corrupt("header"))?;
+    Ok((header, &bytes[end + 1..]))
+}
+
+fn decode_pairs(mut rest: &[u8]) -> Result<FieldMap, StoreError> {
+    let mut map = FieldMap::new();
+    while !rest.is_empty() {
+        let field = netstring(&mut rest)?;
+        let value = netstring(&mut rest)?;
+        // Fields are JSON string literals, values non-empty JSON text; both ASCII.
+        if field.len() < 2 || !field.starts_with('"') || !field.ends_with('"') {
+            return Err(corrupt("field name"));
+        }
+        if value.is_empty() {
+            return Err(corrupt("empty value"));
+        }
+        map.insert(field.to_owned(), value.to_owned());
+    }
+    Ok(map)
+}
+
+fn netstring<'a>(rest: &mut &'a [u8]) -> Result<&'a str, StoreError> {
+    let colon = rest
+        .iter()
+        .take(10)
+        .position(|&b| b == b':')
+        .ok_or_else(|| corrupt("length"))?;
+    let len: usize = std::str::from_utf8(&rest[..colon])
+        .ok()
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| corrupt("length"))?;
+    let body = &rest[colon + 1..];
+    if body.len() < len + 1 || body[len] != b',' {
+        return Err(corrupt("truncated"));
+    }
+    let text = std::str::from_utf8(&body[..len])
+        .ok()
+        .filter(|t| t.is_ascii())
+        .ok_or_else(|| corrupt("non-ASCII text"))?;
+    *rest = &body[len + 1..];
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exptime_is_relative_up_to_30_days_then_absolute() {
+        let now = 1_700_000_000;
+        assert_eq!(exptime(0, now), 1, "never 0: that would mean no expiry");
+        assert_eq!(exptime(1, now), 2);
+        assert_eq!(exptime(1_000, now), 2);
+        assert_eq!(exptime(1_001, now), 3);
+        assert_eq!(exptime(86_400_000, now), 86_401);
+        // 30 days minus the slack second is the largest relative value.
+        assert_eq!(exptime(2_591_999_000, now), 2_592_000);
+        assert_eq!(exptime(2_592_000_000, now), now + 2_592_001);
+        let forty_five_days = 45 * 86_400;
+        assert_eq!(
+            exptime(forty_five_days * 1000, now),
+            now + forty_five_days + 1
+        );
+        // Absurd lifetimes saturate instead of overflowing.
+        assert!(exptime(u64::MAX, now) > now);
+    }
+
+    #[test]
+    fn session_encoding_round_trips() {
+        let mut data = FieldMap::new();
+        data.insert("\"user\"".into(), "\"ann\"".into());
+        data.insert("\"a,b:c\"".into(), r#"{"x":[1,"2:3,"]}"#.into());
+        data.insert("\"\\u00e9\"".into(), "9223372036854775807".into());
+        for max_age in [None, Some(0), Some(3600)] {
+            let s = Stored {
+                created_ms: 1_700_000_000_123,
+                max_age,
+                data: data.clone(),
+            };
+            let bytes = encode_session(&s);
+            assert_eq!(decode_session(&bytes).unwrap(), s);
+        }
+        let empty = Stored {
+            created_ms: 5,
+            max_age: None,
+            data: FieldMap::new(),
+        };
+        assert_eq!(encode_session(&empty), b"S1 5 -\n");
+        let one = Stored {
+            created_ms: 5,
+            max_age: Some(7),
+            data: [("\"user\"".to_owned(), "\"ann\"".to_owned())].into(),
+        };
+        assert_eq!(
+            String::from_utf8(encode_session(&one)).unwrap(),
+            "S1 5 7\n6:\"user\",5:\"ann\","
+        );
+    }
+
+    #[test]
+    fn flash_encoding_is_never_empty() {
+        assert_eq!(encode_flash(&FieldMap::new()), b"F1\n");
+        let mut f = FieldMap::new();
+        f.insert("\"msg\"".into(), "\"hi\"".into());
+        assert_eq!(decode_flash(&encode_flash(&f)).unwrap(), f);
+    }
+
+    #[test]
+    fn malformed_items_are_corrupt() {
+        for bad in [
+            &b""[..],
+            b"S1",
+            b"S1 x -\n",
+            b"S1 1\n",
+            b"S1 1 - extra\n",
+            b"F1\n",
+            b"S1 1 -\n3:\"a\"",
+            b"S1 1 -\n3:\"a\",",
+            b"S1 1 -\n3:\"a\",0:,",
+            b"S1 1 -\n1:a,1:1,",
+            b"S1 1 -\n3:\"a\",9:1,",
+            b"S1 1 -\n3:\"a\",2:\xc3\xa9,",
+            b"S1 1 -\n-3:\"a\",1:1,",
+            b"S1 1 -\n99999999999999:\"a\",1:1,",
+        ] {
+            assert!(
+                matches!(decode_session(bad), Err(StoreError::Corrupt(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(decode_flash(b"S1 1 -\n").is_err());
+    }
+}
