@@ -67,6 +67,13 @@ pub fn build_store(config: &Config) -> anyhow::Result<AnyStore> {
 
 /// Bind the listeners and start serving in background tasks.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    // Never fall back to plain HTTP when the operator asked for TLS.
+    if config.tls.is_some() {
+        anyhow::bail!(
+            "tls: TLS termination is not in this build yet; remove `tls:` and terminate \
+             TLS in front of the sidecar (a load balancer or nginx) for now"
+        );
+    }
     let store = Arc::new(build_store(&config)?);
     report_store_at_start(&store).await;
     let settings = Settings::from_config(&config)?;
