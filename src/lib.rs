@@ -1,4 +1,65 @@
-//! session-sidecar
+//! # session-sidecar
+//!
+//! A reverse proxy that gives server-side sessions to web applications that were never
+//! written for them. The app reads its session from request headers and changes it with
+//! response headers; the sidecar owns the cookie, the store and every security rule.
+//!
+//! ```text
+//! browser ──cookie──▶ session-sidecar ──X-Session: {...}──▶ app
+//!         ◀─Set-Cookie─               ◀─X-Session-Set: {...}─
+//! ```
+//!
+//! ## How a request flows
+//!
+//! One function reads top to bottom (`proxy::Proxy::process`):
+//!
+//! 1. refuse ambiguous framing ([`proxy::headers::check_framing`], and the raw-head
+//!    scan in [`keepalive`]);
+//! 2. strip every client header of the reserved family, in every spelling
+//!    ([`protocol::ReservedPrefix::strip`]);
+//! 3. read and verify the signed cookie ([`cookie::read_session_cookie`]);
+//! 4. load data and pending flash in one store round trip ([`store::SessionStore::load`]);
+//! 5. remove hop-by-hop fields *before* injecting, set `X-Forwarded-*`, inject
+//!    `X-Session`, `X-Session-Flash`, `X-Session-Status`;
+//! 6. forward with the body streamed ([`proxy::forward`]);
+//! 7. take (and strip) the upstream's write instructions into a [`protocol::ChangeSet`]
+//!    ([`protocol::ReservedPrefix::take_instructions`]);
+//! 8. decide the store write and the cookie, purely ([`lifecycle::decide`]);
+//! 9. apply the write atomically ([`store::SessionStore::apply`]) and respond.
+//!
+//! ## Where things live
+//!
+//! | module | what |
+//! |---|---|
+//! | [`protocol`] | the header protocol: reserved names, instruction parsing, encoding |
+//! | [`cookie`] | session ids, HMAC signing with rotation, `Set-Cookie` |
+//! | [`lifecycle`] | what a change set means: which store write, which cookie |
+//! | [`store`] | the [`store::SessionStore`] trait, its reference semantics ([`store::apply_ops`]) and the memory, Redis and memcached engines |
+//! | [`proxy`] | the pipeline and its header operations, the upstream client, upgrades |
+//! | [`server`] | listeners, connection lifecycle, graceful shutdown |
+//! | [`keepalive`] | header-read deadline vs keep-alive idle, raw head scan |
+//! | [`config`] | the YAML schema, validation with `FILE:LINE:COLUMN` errors |
+//! | [`admin`] | `/healthz`, `/readyz` |
+//!
+//! ## Embedding
+//!
+//! The binary is a thin CLI over [`server::start`]; tests and the demo start the same
+//! way:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let yaml = r#"
+//! listen: 127.0.0.1:0
+//! upstream: http://127.0.0.1:8000
+//! secrets: ["0123456789abcdef0123456789abcdef"]
+//! "#;
+//! let config = session_sidecar::config::Config::from_yaml_str(yaml, "inline.yaml".as_ref())?;
+//! let running = session_sidecar::server::start(config).await?;
+//! println!("listening on {}", running.addr);
+//! running.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod admin;

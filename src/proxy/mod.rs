@@ -1,4 +1,4 @@
-//! The request pipeline (SPEC §2), top to bottom in [`Proxy::process`]:
+//! The request pipeline (SPEC §2), top to bottom in `Proxy::process`:
 //! strip → read cookie → load → inject → forward → take instructions → apply → respond.
 //! Header details live in [`headers`], the upstream client in [`forward`], upgrades in
 //! [`upgrade`], and the decision of what to write in [`crate::lifecycle`].

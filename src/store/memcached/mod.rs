@@ -2,7 +2,7 @@
 //!
 //! # Client
 //!
-//! A small in-house async client for the meta protocol ([`client`]): `mg`/`ms`/`md`
+//! A small in-house async client for the meta protocol (`client`): `mg`/`ms`/`md`
 //! on `tokio::net::TcpStream`, a bounded pool per server, several commands per write.
 //! Not the `memcache` crate: its async client (`exp`) is experimental (API may change in
 //! any minor release), cannot route a session's two items by the *session's* key, has
@@ -20,7 +20,7 @@
 //! | `<p><sk>:flash` | pending flash (notifications); absent when there is none |
 //!
 //! Both items of a session are on the same server: the server is chosen from `sk`, not
-//! from the item key ([`ring`]: rendezvous hashing over SHA-256, stable across builds).
+//! from the item key (`ring`: rendezvous hashing over SHA-256, stable across builds).
 //! Keys are checked against memcached's rules (≤ 250 bytes, no spaces or control
 //! characters) at construction, for the longest key the prefix can produce.
 //!
