@@ -594,6 +594,9 @@ mod cases {
             max_age: Some(5),
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        // A load refreshes a remember-me session with its own lifetime, not session.ttl
+        // (memcached: the TTL correction is sent without waiting for its reply).
+        assert!(load(s, &remember).await.is_some());
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(600)).await;
             assert!(
@@ -1101,6 +1104,40 @@ mod memcached_only {
 
     fn is_unavailable(e: &StoreError) -> bool {
         matches!(e, StoreError::Unavailable(_) | StoreError::Timeout)
+    }
+
+    /// Loads of a remember-me session send their TTL correction without waiting; the
+    /// replies owed are read before the next exchange on that connection, so replies
+    /// never shift onto the wrong request (one connection makes every load share it).
+    #[tokio::test]
+    async fn unanswered_ttl_corrections_never_desync_the_connection() {
+        let server = MemcachedServer::start();
+        let mut cfg = memcached_config(&[&server]);
+        cfg.storage.max_connections = 1;
+        let s = MemcachedStore::new(&cfg, lifetimes()).expect("memcached store");
+        let remember = new_id();
+        let p = WritePlan {
+            target: Target::Create(remember.clone()),
+            ops: vec![set("who", "\"remember\"")],
+            max_age: Some(600),
+        };
+        assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
+        let plain = create(&s, vec![set("who", "\"plain\"")]).await;
+        for i in 0..50 {
+            let r = load(&s, &remember).await.expect("remember-me session");
+            assert_eq!(
+                r.data.get(&f("who")).map(String::as_str),
+                Some("\"remember\"")
+            );
+            let p = load(&s, &plain).await.expect("plain session");
+            assert_eq!(p.data.get(&f("who")).map(String::as_str), Some("\"plain\""));
+            if i % 10 == 0 {
+                let w = plan(Target::Existing(plain.clone()), vec![Op::Incr(f("n"), 1)]);
+                assert_eq!(apply(&s, w).await, WriteOutcome::Applied);
+            }
+        }
+        let p = load(&s, &plain).await.expect("plain session");
+        assert_eq!(p.data.get(&f("n")).map(String::as_str), Some("5"));
     }
 
     #[tokio::test]

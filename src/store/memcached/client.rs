@@ -217,6 +217,9 @@ pub(crate) fn parse_header(line: &[u8]) -> Result<Header, &'static str> {
 /// One open connection.
 struct Conn {
     stream: BufReader<TcpStream>,
+    /// Replies still owed by commands sent without waiting ([`Lease::send`]); the next
+    /// batch on this connection reads and discards them before its own.
+    unread: usize,
 }
 
 impl Conn {
@@ -226,6 +229,7 @@ impl Conn {
         stream.set_nodelay(true)?;
         Ok(Conn {
             stream: BufReader::new(stream),
+            unread: 0,
         })
     }
 
@@ -380,6 +384,36 @@ impl Lease<'_> {
         }
     }
 
+    /// Send `cmds` without waiting for their replies (the next batch on this connection
+    /// reads and discards them): for commands whose outcome does not matter to the
+    /// caller, such as correcting a TTL, so they cost no round trip.
+    pub(crate) async fn send(&mut self, cmds: &[Cmd<'_>]) -> Result<(), ClientError> {
+        let mut wire = Vec::with_capacity(128);
+        for cmd in cmds {
+            encode(cmd, &mut wire);
+        }
+        let conn = match self.conn.take() {
+            Some(conn) => Some(conn),
+            None => self.server.idle().pop(),
+        };
+        let mut conn = match conn {
+            Some(conn) => conn,
+            None => self.connect().await?,
+        };
+        let addr = &self.server.addr;
+        conn.stream
+            .get_mut()
+            .write_all(&wire)
+            .await
+            .map_err(|source| ClientError::Io {
+                addr: addr.clone(),
+                source,
+            })?;
+        conn.unread += cmds.len();
+        self.conn = Some(conn);
+        Ok(())
+    }
+
     async fn connect(&self) -> Result<Conn, ClientError> {
         Conn::connect(&self.server.addr)
             .await
@@ -404,6 +438,14 @@ impl Lease<'_> {
                 addr: addr.clone(),
                 source,
             })?;
+        // Replies owed by earlier fire-and-forget commands come first; their outcome is
+        // of no interest (a server error among them is not this batch's).
+        while conn.unread > 0 {
+            match conn.read_reply(addr).await {
+                Ok(_) | Err(ClientError::Server { .. }) => conn.unread -= 1,
+                Err(e) => return Err(e),
+            }
+        }
         let mut replies = Vec::with_capacity(count);
         for _ in 0..count {
             replies.push(conn.read_reply(addr).await?);

@@ -51,10 +51,12 @@
 //! exptime > 30 days (2 592 000 s) as a Unix time: larger TTLs are sent as `now + ttl`.
 //!
 //! A load is one round trip: `mg <p><sk> v c T<exp>` (read + refresh with `session.ttl`)
-//! and `mg <p><sk>:flash v c`, pipelined. A second round trip follows only when needed:
-//! to consume pending flash, or to correct the refresh when the session has its own
-//! `max_age` or is closer to its absolute limit than `session.ttl` (the right TTL is only
-//! known after reading the item).
+//! and `mg <p><sk>:flash v c`, pipelined. When the session has its own `max_age` or is
+//! closer to its absolute limit than `session.ttl` (the right TTL is only known after
+//! reading the item), a correcting touch is sent without waiting for its reply (the
+//! connection's next exchange reads and discards it): still one round trip. A second
+//! round trip follows only to consume pending flash (the CAS-conditional delete must be
+//! answered before the flash may be delivered).
 //!
 //! # Atomicity (no server-side scripts)
 //!
@@ -360,7 +362,14 @@ impl MemcachedStore {
             _ => return Err(unexpected("flash read")),
         };
         let mut delivered = FieldMap::new();
-        if !cmds.is_empty() {
+        if pending.is_none() && !cmds.is_empty() {
+            // Only the TTL correction (a session with its own Max-Age, or close to its
+            // absolute limit): sent without waiting, so the load stays one round trip.
+            // Should it fail, the next load corrects the TTL again.
+            if let Err(e) = lease.send(&cmds).await {
+                tracing::debug!(error = %e, "memcached TTL correction not sent");
+            }
+        } else if !cmds.is_empty() {
             let replies = lease.run(&cmds, false).await.map_err(unavailable)?;
             if let (Some(flash), Some(reply)) = (pending, replies.last()) {
                 match reply {
