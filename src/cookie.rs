@@ -237,20 +237,26 @@ pub fn strip_session_cookie(headers: &mut HeaderMap, name: &str) {
 /// Flask's default, would otherwise log every user out on each response). Returns how
 /// many were removed.
 pub fn strip_upstream_session_cookie(headers: &mut HeaderMap, name: &str) -> usize {
-    let values: Vec<HeaderValue> = headers
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .cloned()
-        .collect();
     let is_ours = |v: &HeaderValue| {
         let bytes = v.as_bytes();
         let end = bytes.iter().position(|b| *b == b'=').unwrap_or(bytes.len());
         trim_ows(&bytes[..end]) == name.as_bytes()
     };
-    let removed = values.iter().filter(|v| is_ours(v)).count();
+    // Runs on every response: look before copying anything.
+    let removed = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| is_ours(v))
+        .count();
     if removed > 0 {
+        let kept: Vec<HeaderValue> = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter(|v| !is_ours(v))
+            .cloned()
+            .collect();
         headers.remove(header::SET_COOKIE);
-        for v in values.into_iter().filter(|v| !is_ours(v)) {
+        for v in kept {
             headers.append(header::SET_COOKIE, v);
         }
     }

@@ -101,7 +101,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(serve_admin(
             listener,
             store.clone(),
-            config.store.timeout,
             stopped.clone(),
         )));
     }
@@ -253,7 +252,6 @@ async fn serve_proxy(
 async fn serve_admin(
     listener: TcpListener,
     store: Arc<AnyStore>,
-    timeout: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
     let builder = {
@@ -273,7 +271,7 @@ async fn serve_admin(
                 let store = store.clone();
                 let service = service_fn(move |req| {
                     let store = store.clone();
-                    async move { Ok::<_, Infallible>(admin::handle(req, store, timeout).await) }
+                    async move { Ok::<_, Infallible>(admin::handle(req, store).await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 tokio::spawn(async move {

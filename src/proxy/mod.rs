@@ -13,7 +13,7 @@ use std::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -47,7 +47,6 @@ pub struct Settings {
     pub bypass: Vec<String>,
     pub trusted_proxies: Vec<IpNet>,
     pub on_error: OnError,
-    pub store_timeout: Duration,
     pub max_header_size: usize,
 }
 
@@ -85,7 +84,6 @@ impl Settings {
             bypass: config.bypass.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
             on_error: config.store.on_error,
-            store_timeout: config.store.timeout,
             max_header_size: config.limits.max_header_size,
         })
     }
@@ -332,10 +330,9 @@ impl Proxy {
             }
             CookieState::Valid(v) => v,
         };
-        match self
-            .store_call(settings, self.store.load(&verified.id))
-            .await
-        {
+        // Every engine bounds its own calls by `store.timeout` (a timeout is a
+        // `StoreError::Timeout`), so the pipeline adds no second timer.
+        match self.store.load(&verified.id).await {
             Ok(Some(loaded)) => Ok(RequestSession {
                 view: SessionView {
                     status: SessionStatus::Active,
@@ -376,7 +373,7 @@ impl Proxy {
         let Some(plan) = plan else {
             return Ok(cookie);
         };
-        match self.store_call(settings, self.store.apply(&plan)).await? {
+        match self.store.apply(&plan).await? {
             WriteOutcome::Applied => Ok(cookie),
             WriteOutcome::Gone => {
                 // Destroyed or expired since this request loaded it: never revive the
@@ -385,7 +382,7 @@ impl Proxy {
                 let Some(plan) = retry.plan else {
                     return Ok(retry.cookie);
                 };
-                match self.store_call(settings, self.store.apply(&plan)).await? {
+                match self.store.apply(&plan).await? {
                     WriteOutcome::Applied => Ok(retry.cookie),
                     WriteOutcome::Gone => Err(ProxyError::Store(StoreError::Unavailable(
                         "a new session could not be created".into(),
@@ -393,17 +390,6 @@ impl Proxy {
                 }
             }
         }
-    }
-
-    /// Bound a store call by `store.timeout`.
-    async fn store_call<T>(
-        &self,
-        settings: &Settings,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        tokio::time::timeout(settings.store_timeout, call)
-            .await
-            .unwrap_or(Err(StoreError::Timeout))
     }
 }
 

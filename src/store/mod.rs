@@ -116,7 +116,8 @@ pub enum StoreError {
 }
 
 /// The one interface every engine implements (SPEC §7). Implementations never block a
-/// runtime thread and bound each call by `store.timeout` themselves or via the caller.
+/// runtime thread, and every networked engine bounds each call by `store.timeout`
+/// itself (answering [`StoreError::Timeout`]): callers add no timer of their own.
 pub trait SessionStore: Send + Sync + 'static {
     /// Load data and pending flash in one round trip, consume that flash (exactly once,
     /// even under concurrency) and refresh the idle lifetime. `None` when the session

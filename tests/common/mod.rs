@@ -69,10 +69,7 @@ impl RedisServer {
 
     /// Kill the server (SIGKILL: an outage, not a clean shutdown) and reap it.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Freeze the server (SIGSTOP): connections stay open but nothing answers, the
@@ -112,54 +109,28 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let child = Command::new("redis-server")
-                .arg("--port")
-                .arg(self.port.to_string())
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(self.dir.path())
-                .arg("--logfile")
-                .arg(self.log_path())
-                .args(&self.extra_args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let mut child = match child {
-                Ok(child) => child,
-                Err(e) if e.kind() == ErrorKind::NotFound => panic!("{REDIS_MISSING}"),
-                Err(e) => panic!("cannot start redis-server: {e}"),
-            };
-            loop {
-                // Check it is *our* child answering: another test may have grabbed the
-                // same free port a moment earlier.
-                if serves_pid(self.port, child.id()) {
-                    self.child = Some(child);
-                    return;
-                }
-                if let Ok(Some(status)) = child.try_wait() {
-                    // Typically the port is still held (TIME_WAIT of a restart, or a
-                    // race with another test's free_port): retry until the deadline.
-                    if Instant::now() > deadline {
-                        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-                        panic!(
-                            "redis-server exited ({status}) on port {}:\n{log}",
-                            self.port
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("redis-server on port {} did not answer PING", self.port);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        let port = self.port;
+        let log_path = self.log_path();
+        let child = spawn_until_ours(
+            "redis-server",
+            REDIS_MISSING,
+            port,
+            || {
+                let mut cmd = Command::new("redis-server");
+                cmd.arg("--port")
+                    .arg(port.to_string())
+                    .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(self.dir.path())
+                    .arg("--logfile")
+                    .arg(&log_path)
+                    .args(&self.extra_args);
+                cmd
+            },
+            |pid| serves_pid(port, pid),
+            || std::fs::read_to_string(&log_path).unwrap_or_default(),
+        );
+        self.child = Some(child);
     }
 
     /// A synchronous client on `db` for assertions.
@@ -266,6 +237,62 @@ pub fn pttl(port: u16, db: i64, key: &str) -> i64 {
     RawClient::connect(port, db).pttl(key)
 }
 
+/// Spawn a server and wait (up to 10 s) until *our* child answers on `port`, as
+/// `answers_as(pid)` tells: another test may have grabbed the same free port a moment
+/// earlier. A child that exits at once (the port still held, e.g. in TIME_WAIT after a
+/// restart) is spawned again until the deadline. A missing binary fails with `missing`.
+fn spawn_until_ours(
+    name: &str,
+    missing: &str,
+    port: u16,
+    command: impl Fn() -> Command,
+    answers_as: impl Fn(u32) -> bool,
+    diagnostics: impl Fn() -> String,
+) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let child = command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) if e.kind() == ErrorKind::NotFound => panic!("{missing}"),
+            Err(e) => panic!("cannot start {name}: {e}"),
+        };
+        loop {
+            if answers_as(child.id()) {
+                return child;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                if Instant::now() > deadline {
+                    panic!(
+                        "{name} exited ({status}) on port {port}:\n{}",
+                        diagnostics()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{name} on port {port} did not answer");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Kill a child (SIGKILL: an outage, not a clean shutdown) and reap it.
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// The message a missing memcached binary fails with (never a silent skip).
 pub const MEMCACHED_MISSING: &str =
     "memcached not found on PATH: install it with `apt-get install -y memcached`";
@@ -304,10 +331,7 @@ impl MemcachedServer {
 
     /// Kill the server (SIGKILL) and reap it.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Start again on the same port (data is gone).
@@ -317,50 +341,30 @@ impl MemcachedServer {
     }
 
     fn spawn(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut cmd = Command::new("memcached");
-            cmd.args(["-l", "127.0.0.1", "-U", "0", "-p"])
-                .arg(self.port.to_string());
-            // memcached refuses to run as root without a user to switch to.
-            if is_root() {
-                cmd.args(["-u", "root"]);
-            }
-            let child = cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let mut child = match child {
-                Ok(child) => child,
-                Err(e) if e.kind() == ErrorKind::NotFound => panic!("{MEMCACHED_MISSING}"),
-                Err(e) => panic!("cannot start memcached: {e}"),
-            };
-            loop {
-                // `stats` names the pid: make sure it is *our* child that answers, not
-                // another test's server that grabbed the same free port.
-                if mc_stats(self.port)
+        let port = self.port;
+        let child = spawn_until_ours(
+            "memcached",
+            MEMCACHED_MISSING,
+            port,
+            || {
+                let mut cmd = Command::new("memcached");
+                cmd.args(["-l", "127.0.0.1", "-U", "0", "-p"])
+                    .arg(port.to_string());
+                // memcached refuses to run as root without a user to switch to.
+                if is_root() {
+                    cmd.args(["-u", "root"]);
+                }
+                cmd
+            },
+            // `stats` names the pid.
+            |pid| {
+                mc_stats(port)
                     .get("pid")
-                    .is_some_and(|pid| *pid == child.id().to_string())
-                {
-                    self.child = Some(child);
-                    return;
-                }
-                if let Ok(Some(status)) = child.try_wait() {
-                    if Instant::now() > deadline {
-                        panic!("memcached exited ({status}) on port {}", self.port);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("memcached on port {} did not answer", self.port);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+                    .is_some_and(|p| *p == pid.to_string())
+            },
+            String::new,
+        );
+        self.child = Some(child);
     }
 
     /// `stats` as a map.

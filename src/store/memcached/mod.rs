@@ -164,6 +164,22 @@ struct Keys {
     flash: String,
 }
 
+impl Keys {
+    /// Unconditional deletes of the session item and its flash (destroy, expiry).
+    fn delete_both(&self) -> [Cmd<'_>; 2] {
+        [
+            Cmd::Delete {
+                key: &self.data,
+                cas: None,
+            },
+            Cmd::Delete {
+                key: &self.flash,
+                cas: None,
+            },
+        ]
+    }
+}
+
 /// A decoded session item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stored {
@@ -324,19 +340,7 @@ impl MemcachedStore {
             // Past the absolute limit: memcached may keep it up to a tick longer; make
             // sure it is gone.
             lease
-                .run(
-                    &[
-                        Cmd::Delete {
-                            key: &keys.data,
-                            cas: None,
-                        },
-                        Cmd::Delete {
-                            key: &keys.flash,
-                            cas: None,
-                        },
-                    ],
-                    false,
-                )
+                .run(&keys.delete_both(), false)
                 .await
                 .map_err(unavailable)?;
             return Ok(None);
@@ -489,19 +493,7 @@ impl MemcachedStore {
         let keys = self.keys(id);
         let mut lease = self.lease(keys.server).await?;
         let replies = lease
-            .run(
-                &[
-                    Cmd::Delete {
-                        key: &keys.data,
-                        cas: None,
-                    },
-                    Cmd::Delete {
-                        key: &keys.flash,
-                        cas: None,
-                    },
-                ],
-                false,
-            )
+            .run(&keys.delete_both(), false)
             .await
             .map_err(unavailable)?;
         if replies
