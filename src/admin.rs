@@ -1,11 +1,16 @@
 //! The admin listener (SPEC §9): `/healthz` (alive), `/readyz` (store reachable).
 //! Never served on the proxy listener, so clients cannot probe it.
 
-use std::sync::Arc;
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     body::{Body, full},
@@ -35,4 +40,39 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+/// Serve the admin listener until `stopped` changes.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<AnyStore>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let builder = {
+        let mut b = auto::Builder::new(TokioExecutor::new()).http1_only();
+        b.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
+        b
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let store = store.clone();
+                let service = service_fn(move |req| {
+                    let store = store.clone();
+                    async move { Ok::<_, Infallible>(handle(req, store).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = stopped.changed() => break,
+        }
+    }
 }

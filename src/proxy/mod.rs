@@ -18,6 +18,7 @@ use std::{
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use tokio_util::task::TaskTracker;
 
 use crate::{
     body::{Body, strip_reserved_trailers},
@@ -97,6 +98,18 @@ impl Settings {
     }
 }
 
+/// What the pipeline knows about the client connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The TCP peer (the client, or a trusted proxy in front of us).
+    pub peer: SocketAddr,
+    /// `"http"` or `"https"`: how the client reached us (`X-Forwarded-Proto`).
+    pub scheme: &'static str,
+    /// The raw head carried both `Content-Length` and `Transfer-Encoding` (see
+    /// [`crate::keepalive`]; hyper hides it from the headers).
+    pub ambiguous_framing: bool,
+}
+
 /// The session state of one request, from cookie to injection.
 struct RequestSession {
     view: SessionView,
@@ -111,6 +124,8 @@ pub struct Proxy {
     store: Arc<AnyStore>,
     upstream: Upstream,
     request_ids: RequestIds,
+    /// Upgraded tunnels (WebSocket), which outlive their HTTP connection.
+    tunnels: TaskTracker,
 }
 
 impl Proxy {
@@ -120,6 +135,7 @@ impl Proxy {
             store,
             upstream,
             request_ids: RequestIds::new(),
+            tunnels: TaskTracker::new(),
         }
     }
 
@@ -138,15 +154,13 @@ impl Proxy {
         &self.store
     }
 
+    /// The open upgraded tunnels; shutdown closes and waits for them.
+    pub fn tunnels(&self) -> &TaskTracker {
+        &self.tunnels
+    }
+
     /// Serve one request; never fails (errors become short plain-text responses).
-    /// `ambiguous_framing`: the raw head carried both `Content-Length` and
-    /// `Transfer-Encoding` (see [`crate::keepalive`]; hyper hides it from the headers).
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        ambiguous_framing: bool,
-    ) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
         let started = Instant::now();
         let request_id = self.request_ids.next();
         let settings = self.settings();
@@ -156,14 +170,7 @@ impl Proxy {
         let has_body = request_has_body(&req);
         let mut session_status = SessionStatus::None;
         let response = match self
-            .process(
-                &settings,
-                req,
-                peer,
-                ambiguous_framing,
-                &request_id,
-                &mut session_status,
-            )
+            .process(&settings, req, conn, &request_id, &mut session_status)
             .await
         {
             Ok(resp) => resp,
@@ -200,13 +207,12 @@ impl Proxy {
         &self,
         settings: &Settings,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
-        ambiguous_framing: bool,
+        conn: &ConnInfo,
         request_id: &str,
         session_status: &mut SessionStatus,
     ) -> Result<Response<Body>, ProxyError> {
         // 1. Framing and the client's reserved headers, before anything reads them.
-        if ambiguous_framing {
+        if conn.ambiguous_framing {
             return Err(ProxyError::BadFraming(
                 "Content-Length together with Transfer-Encoding",
             ));
@@ -237,9 +243,9 @@ impl Proxy {
         }
         headers::set_forwarded(
             req.headers_mut(),
-            peer.ip(),
-            settings.is_trusted(peer),
-            "http",
+            conn.peer.ip(),
+            settings.is_trusted(conn.peer),
+            conn.scheme,
         );
         if !settings.forward_cookie {
             strip_session_cookie(req.headers_mut(), settings.signer.cookie_name());
@@ -297,7 +303,7 @@ impl Proxy {
         }
 
         if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
-            upgrade::spawn_tunnel(client, upstream);
+            upgrade::spawn_tunnel(&self.tunnels, client, upstream);
         }
         Ok(resp)
     }

@@ -9,6 +9,8 @@
 //! "trailers":[[n,v]...]}`.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::{
     convert::Infallible,
     io::{Read, Write},
