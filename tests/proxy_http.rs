@@ -595,33 +595,3 @@ async fn idle_keep_alive_outlives_header_read_but_not_idle() {
         "{closed_after:?}"
     );
 }
-
-#[tokio::test]
-async fn unsupported_transport_settings_refuse_to_start_instead_of_degrading() {
-    let base = json!({
-        "listen": "127.0.0.1:0",
-        "upstream": "http://127.0.0.1:9",
-        "secrets": [SECRET_A],
-        "admin": {"listen": null},
-    });
-    for (extra, needle) in [
-        (
-            json!({"tls": {"cert": "/nonexistent/c.pem", "key": "/nonexistent/k.pem"}}),
-            "tls",
-        ),
-        (json!({"upstream": "https://127.0.0.1:9"}), "https"),
-        (json!({"upstream": "unix:/tmp/app.sock"}), "unix"),
-    ] {
-        let mut cfg = base.clone();
-        support::merge(&mut cfg, extra);
-        let config = session_sidecar::config::Config::from_yaml_str(
-            &cfg.to_string(),
-            std::path::Path::new("t.yaml"),
-        )
-        .expect("valid config");
-        let err = session_sidecar::server::start(config)
-            .await
-            .expect_err("must refuse to start");
-        assert!(err.to_string().contains(needle), "{err}");
-    }
-}
