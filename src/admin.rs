@@ -1,10 +1,14 @@
-//! The admin listener (SPEC §9): `/healthz` (alive), `/readyz` (store reachable).
-//! Never served on the proxy listener, so clients cannot probe it.
+//! The admin listener (SPEC §9): `/healthz` (alive), `/readyz` (store reachable),
+//! `/metrics` (Prometheus text format 0.0.4, see [`crate::metrics`]).
+//!
+//! It has its own socket (`admin.listen`, default `127.0.0.1:9090`, `null` disables it)
+//! and its own router: nothing here is reachable through the proxy listener, where
+//! every path, `/metrics` included, goes to the upstream.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -14,19 +18,40 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     body::{Body, full},
-    store::{SessionStore, any::AnyStore},
+    metrics,
+    proxy::Proxy,
+    store::SessionStore,
 };
 
 /// Answer one admin request.
-pub async fn handle(req: Request<Incoming>, store: Arc<AnyStore>) -> Response<Body> {
+pub async fn handle<B>(req: Request<B>, proxy: &Proxy) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             // Bounded by `store.timeout` inside the engine.
-            match store.ping().await {
+            match proxy.store().ping().await {
                 Ok(()) => text(StatusCode::OK, "ready\n".into()),
                 Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
             }
+        }
+        "/metrics" => {
+            let m = proxy.metrics();
+            m.set_open_tunnels(proxy.tunnels().len());
+            let mut resp = text(StatusCode::OK, m.encode());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            resp
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
@@ -35,19 +60,17 @@ pub async fn handle(req: Request<Incoming>, store: Arc<AnyStore>) -> Response<Bo
 fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut resp = Response::new(full(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
+    let h = resp.headers_mut();
+    h.insert(
         header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
 /// Serve the admin listener until `stopped` changes.
-pub async fn serve(
-    listener: TcpListener,
-    store: Arc<AnyStore>,
-    mut stopped: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stopped: watch::Receiver<bool>) {
     let builder = {
         let mut b = auto::Builder::new(TokioExecutor::new()).http1_only();
         b.http1()
@@ -59,13 +82,14 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else {
+                    // EMFILE and friends: back off instead of spinning (pitfall 19).
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
-                let store = store.clone();
-                let service = service_fn(move |req| {
-                    let store = store.clone();
-                    async move { Ok::<_, Infallible>(handle(req, store).await) }
+                let proxy = proxy.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, Infallible>(handle(req, &proxy).await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 tokio::spawn(async move {

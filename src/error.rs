@@ -14,6 +14,10 @@ pub enum ProxyError {
     /// Ambiguous message framing (request smuggling): 400 and the connection closes.
     #[error("bad request framing: {0}")]
     BadFraming(&'static str),
+    /// An HTTP/2 request that cannot be forwarded as HTTP/1.1 (RFC 9113 §8.3.1: userinfo
+    /// in `:authority`, several `Host` fields and no `:authority`): 400.
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
     /// A transfer coding other than a single `chunked` (RFC 9112 §6.1): 501, close.
     #[error("unsupported transfer coding")]
     UnsupportedTransferCoding,
@@ -44,7 +48,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadFraming(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadFraming(_) | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,

@@ -1,21 +1,29 @@
-//! Two client timers on one HTTP/1.1 connection: `timeouts.header_read` (a request head
-//! must arrive within it once its first byte did: the slowloris guard) and
-//! `timeouts.idle` (a keep-alive connection may sit idle that long between requests).
+//! The client-side timers of one connection that hyper does not enforce itself.
 //!
-//! hyper has one timer for both (its header-read timeout also runs while the connection
-//! is idle), so hyper gets `idle`, and this watchdog adds the shorter `header_read`:
-//! [`WatchedIo`] notes when the first byte of a new request head arrives while no
-//! request is in flight, the service marks when a head was parsed ([`Activity::request`])
-//! and when its response finished (the returned guard is dropped), and
-//! [`Activity::head_deadline_passed`] resolves when a started head overstays.
+//! HTTP/1.1 has two: `timeouts.header_read` (a request head must arrive within it once
+//! its first byte did: the slowloris guard) and `timeouts.idle` (a keep-alive connection
+//! may sit idle that long between requests). hyper has one timer for both (its
+//! header-read timeout also runs while the connection is idle), so hyper gets `idle`,
+//! and this watchdog adds the shorter `header_read`: [`WatchedIo`] notes when the first
+//! byte of a new request head arrives while no request is in flight, the service marks
+//! when a head was parsed ([`Activity::request`]) and when its response finished (the
+//! returned guard is dropped), and [`Activity::expired`] resolves when a started head
+//! overstays.
+//!
+//! A connection is armed when it is accepted (after the TLS handshake): a client that
+//! connects and sends nothing is closed after `header_read` too — hyper's protocol
+//! sniffing has no timer of its own (DEPENDENCIES pitfall 2).
+//!
+//! HTTP/2 has no request head in that sense: PING, SETTINGS and WINDOW_UPDATE frames
+//! arrive while no request is in flight, and a stream's HEADERS are bounded by h2's own
+//! limits. Once the 24-byte connection preface has been read the connection is h2, the
+//! head deadline and the raw head scan stop, and the watchdog enforces only `idle`: no
+//! stream in flight for that long ([`Expiry::Idle`], the listener sends GOAWAY).
 
 use std::{
     io,
     pin::Pin,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll},
     time::Duration,
 };
@@ -26,6 +34,9 @@ use tokio::{
     time::Instant,
 };
 
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// What one connection is doing, shared by its IO, its service and its watchdog.
 #[derive(Debug, Clone, Default)]
 pub struct Activity {
@@ -34,15 +45,52 @@ pub struct Activity {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Requests whose head was parsed and whose response is not finished. Bytes read
-    /// meanwhile belong to a body (or a pipelined request), not to a new head.
-    in_flight: AtomicUsize,
-    /// When the first byte of the next request head arrived.
-    head_started: Mutex<Option<Instant>>,
-    /// Wakes the watchdog when `head_started` is set.
+    state: Mutex<State>,
+    /// Wakes the watchdog when a deadline starts, moves or ends.
     notify: Notify,
-    /// Framing facts of the request head being read (see [`HeadScan`]).
-    scan: Mutex<HeadScan>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Requests (h2: streams) whose head was parsed and whose response is not finished.
+    /// HTTP/1 bytes read meanwhile belong to a body (or a pipelined request), not to a
+    /// new head.
+    in_flight: usize,
+    /// When the first byte of the next request head arrived (HTTP/1, and while the
+    /// protocol is not known yet).
+    head_started: Option<Instant>,
+    /// HTTP/2: when the last stream in flight finished (or the preface arrived).
+    idle_since: Option<Instant>,
+    proto: Proto,
+    /// Framing facts of the request head being read (see [`HeadScan`]; HTTP/1 only).
+    scan: HeadScan,
+}
+
+/// What the connection speaks, as far as its bytes tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    /// So far the bytes read match the first `matched` bytes of [`H2_PREFACE`].
+    Sniffing {
+        matched: usize,
+    },
+    Http1,
+    Http2,
+}
+
+impl Default for Proto {
+    fn default() -> Self {
+        Proto::Sniffing { matched: 0 }
+    }
+}
+
+/// Why the watchdog wants the connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// A request head (or the first bytes of a new connection) did not arrive within
+    /// `header_read`: close at once.
+    HeadTimeout,
+    /// An HTTP/2 connection had no stream in flight for `idle`: close gracefully.
+    Idle,
 }
 
 /// Held while a request is in flight; dropping it marks the response finished.
@@ -53,33 +101,61 @@ pub struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let mut st = lock(&self.inner);
+        st.in_flight = st.in_flight.saturating_sub(1);
+        if st.in_flight == 0 && st.proto == Proto::Http2 {
+            st.idle_since = Some(Instant::now());
+            drop(st);
+            self.inner.notify.notify_one();
+        }
     }
 }
 
+fn lock(inner: &Inner) -> MutexGuard<'_, State> {
+    inner.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Activity {
+    /// An activity with no deadline running (nothing read yet).
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn head_started(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.inner
-            .head_started
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    /// A freshly accepted connection: its first request head (for h2: its preface) must
+    /// arrive within the header-read limit from now. `http1_only` when the protocol is
+    /// already known to be HTTP/1.1 (TLS with ALPN `http/1.1`): no preface sniffing.
+    pub fn accepted(http1_only: bool) -> Self {
+        let activity = Self::default();
+        {
+            let mut st = activity.state();
+            st.head_started = Some(Instant::now());
+            if http1_only {
+                st.proto = Proto::Http1;
+            }
+        }
+        activity
     }
 
-    fn scan(&self) -> std::sync::MutexGuard<'_, HeadScan> {
-        self.inner.scan.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner)
+    }
+
+    /// Whether the connection preface showed HTTP/2.
+    pub fn is_http2(&self) -> bool {
+        self.state().proto == Proto::Http2
     }
 
     /// A request head was parsed: its deadline is met; the request is in flight until
     /// the guard is dropped. Also says whether the head carried both `Content-Length`
-    /// and `Transfer-Encoding` (hyper drops the former before the service could see it).
+    /// and `Transfer-Encoding` (hyper drops the former before the service could see it;
+    /// HTTP/1 only, h2 has no such framing).
     pub fn request(&self) -> (InFlight, bool) {
-        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        *self.head_started() = None;
-        let ambiguous = std::mem::take(&mut *self.scan()).is_ambiguous();
+        let mut st = self.state();
+        st.in_flight += 1;
+        st.head_started = None;
+        st.idle_since = None;
+        let scan = std::mem::take(&mut st.scan);
+        let ambiguous = st.proto != Proto::Http2 && scan.is_ambiguous();
         (
             InFlight {
                 inner: self.inner.clone(),
@@ -89,30 +165,72 @@ impl Activity {
     }
 
     fn bytes_read(&self, bytes: &[u8]) {
-        if self.inner.in_flight.load(Ordering::Acquire) != 0 {
+        let mut st = self.state();
+        if let Proto::Sniffing { matched } = st.proto {
+            let n = bytes.len().min(H2_PREFACE.len() - matched);
+            if bytes[..n] != H2_PREFACE[matched..matched + n] {
+                st.proto = Proto::Http1;
+            } else if matched + n == H2_PREFACE.len() {
+                st.proto = Proto::Http2;
+                st.head_started = None;
+                if st.in_flight == 0 {
+                    st.idle_since = Some(Instant::now());
+                }
+                drop(st);
+                self.inner.notify.notify_one();
+                return;
+            } else {
+                st.proto = Proto::Sniffing {
+                    matched: matched + n,
+                };
+            }
+        }
+        if st.proto == Proto::Http2 || st.in_flight != 0 {
             return;
         }
-        self.scan().feed(bytes);
-        let mut started = self.head_started();
-        if started.is_none() {
-            *started = Some(Instant::now());
-            drop(started);
+        st.scan.feed(bytes);
+        if st.head_started.is_none() {
+            st.head_started = Some(Instant::now());
+            drop(st);
             self.inner.notify.notify_one();
         }
     }
 
-    /// Resolves when a request head has been arriving for longer than `limit`.
-    pub async fn head_deadline_passed(&self, limit: Duration) {
+    /// Resolves when the connection should be closed: a request head (HTTP/1, or the
+    /// first bytes of a connection) has been arriving for longer than `header_read`, or
+    /// an HTTP/2 connection has had no stream in flight for `idle`.
+    pub async fn expired(&self, header_read: Duration, idle: Duration) -> Expiry {
         loop {
-            let started = *self.head_started();
-            match started {
-                None => self.inner.notify.notified().await,
-                Some(at) => {
-                    tokio::time::sleep_until(at + limit).await;
-                    if *self.head_started() == Some(at) {
-                        return;
+            let notified = self.inner.notify.notified();
+            let deadline = {
+                let st = self.state();
+                match st.proto {
+                    Proto::Http2 if st.in_flight == 0 => {
+                        st.idle_since.map(|at| (at + idle, Expiry::Idle, at))
                     }
+                    Proto::Http2 => None,
+                    _ => st
+                        .head_started
+                        .map(|at| (at + header_read, Expiry::HeadTimeout, at)),
                 }
+            };
+            let Some((deadline, kind, mark)) = deadline else {
+                notified.await;
+                continue;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = notified => continue,
+            }
+            let st = self.state();
+            let still = match kind {
+                Expiry::HeadTimeout => st.proto != Proto::Http2 && st.head_started == Some(mark),
+                Expiry::Idle => {
+                    st.proto == Proto::Http2 && st.in_flight == 0 && st.idle_since == Some(mark)
+                }
+            };
+            if still {
+                return kind;
             }
         }
     }
@@ -270,26 +388,112 @@ mod tests {
         assert!(!activity.request().1, "reported once");
     }
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// `Some(expiry)` when the watchdog fires within `within`.
+    async fn fires(
+        a: &Activity,
+        header_read: Duration,
+        idle: Duration,
+        within: Duration,
+    ) -> Option<Expiry> {
+        tokio::time::timeout(within, a.expired(header_read, idle))
+            .await
+            .ok()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn deadline_runs_only_while_a_head_is_arriving() {
         let a = Activity::new();
         let limit = Duration::from_secs(10);
-        // Idle: no deadline at all.
-        let idle = tokio::time::timeout(Duration::from_secs(3600), a.head_deadline_passed(limit));
-        assert!(idle.await.is_err());
+        // Idle: no deadline at all (hyper's own timer covers HTTP/1 keep-alive idle).
+        assert_eq!(fires(&a, limit, limit, HOUR).await, None);
         // A head starts and completes in time: no deadline.
         a.bytes_read(b"G");
         tokio::time::sleep(Duration::from_secs(5)).await;
         let (guard, _) = a.request();
-        let w = tokio::time::timeout(Duration::from_secs(60), a.head_deadline_passed(limit));
-        assert!(w.await.is_err());
+        assert_eq!(fires(&a, limit, limit, Duration::from_secs(60)).await, None);
         // Body bytes while in flight start nothing.
         a.bytes_read(b"body");
-        assert!(a.head_started().is_none());
+        assert!(a.state().head_started.is_none());
         drop(guard);
         // A head that stalls trips the deadline.
         a.bytes_read(b"GET / HT");
-        let w = tokio::time::timeout(Duration::from_secs(11), a.head_deadline_passed(limit));
-        assert!(w.await.is_ok());
+        assert_eq!(
+            fires(&a, limit, HOUR, Duration::from_secs(11)).await,
+            Some(Expiry::HeadTimeout)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_nothing_expires() {
+        let limit = Duration::from_secs(10);
+        for http1_only in [false, true] {
+            let a = Activity::accepted(http1_only);
+            assert_eq!(
+                fires(&a, limit, HOUR, Duration::from_secs(11)).await,
+                Some(Expiry::HeadTimeout)
+            );
+        }
+        // A partial preface is no better.
+        let a = Activity::accepted(false);
+        a.bytes_read(&H2_PREFACE[..10]);
+        assert!(!a.is_http2());
+        assert_eq!(
+            fires(&a, limit, HOUR, Duration::from_secs(11)).await,
+            Some(Expiry::HeadTimeout)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn h2_is_detected_by_its_preface_and_only_idles_out() {
+        let header_read = Duration::from_secs(1);
+        let idle = Duration::from_secs(60);
+        let a = Activity::accepted(false);
+        // The preface split across reads, followed by a SETTINGS frame in the same read.
+        a.bytes_read(&H2_PREFACE[..5]);
+        let mut rest = H2_PREFACE[5..].to_vec();
+        rest.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        a.bytes_read(&rest);
+        assert!(a.is_http2());
+        // Frames while nothing is in flight (PING, WINDOW_UPDATE) are not a request
+        // head: no header-read deadline, however long.
+        a.bytes_read(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            fires(&a, header_read, idle, Duration::from_secs(30)).await,
+            None
+        );
+        // A stream in flight holds the connection open past `idle`.
+        let (stream, ambiguous) = a.request();
+        assert!(!ambiguous, "no head scan on h2");
+        assert_eq!(
+            fires(&a, header_read, idle, Duration::from_secs(600)).await,
+            None
+        );
+        // The idle clock restarts when the last stream ends.
+        drop(stream);
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        let (stream, _) = a.request();
+        drop(stream);
+        assert_eq!(
+            fires(&a, header_read, idle, Duration::from_secs(59)).await,
+            None
+        );
+        assert_eq!(
+            fires(&a, header_read, idle, Duration::from_secs(2)).await,
+            Some(Expiry::Idle)
+        );
+    }
+
+    #[test]
+    fn http1_never_looks_like_h2() {
+        let a = Activity::accepted(false);
+        a.bytes_read(b"PRI * HTTP/1.1\r\n");
+        assert!(!a.is_http2());
+        a.bytes_read(&H2_PREFACE[14..]);
+        assert!(!a.is_http2(), "once HTTP/1, always HTTP/1");
+        let a = Activity::accepted(true);
+        a.bytes_read(H2_PREFACE);
+        assert!(!a.is_http2(), "ALPN said http/1.1");
     }
 }

@@ -37,9 +37,12 @@
 //! | [`store`] | the [`store::SessionStore`] trait, its reference semantics ([`store::apply_ops`]) and the memory, Redis and memcached engines |
 //! | [`proxy`] | the pipeline and its header operations, the upstream client, upgrades |
 //! | [`server`] | listeners, connection lifecycle, graceful shutdown |
+//! | [`reload`] | `SIGHUP`: which re-read settings apply live, which need a restart |
+//! | [`tls`] | TLS termination: PEM loading, ALPN `h2`/`http/1.1`, certificates swapped on reload |
 //! | [`keepalive`] | header-read deadline vs keep-alive idle, raw head scan |
 //! | [`config`] | the YAML schema, validation with `FILE:LINE:COLUMN` errors |
-//! | [`admin`] | `/healthz`, `/readyz` |
+//! | [`admin`] | `/healthz`, `/readyz`, `/metrics` |
+//! | [`metrics`] | the Prometheus registry: request, upstream, store and session counters |
 //!
 //! ## Embedding
 //!
@@ -70,7 +73,10 @@ pub mod error;
 pub mod keepalive;
 pub mod lifecycle;
 pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod store;
+pub mod tls;

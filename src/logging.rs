@@ -2,6 +2,13 @@
 //!
 //! The filter is `log.level` from the config; a non-empty `RUST_LOG` overrides it so
 //! an operator can raise verbosity for one run without editing the file.
+//!
+//! One access line per request is logged at `info` with the target
+//! `session_sidecar::access` (see `proxy::Proxy::handle`): `method`, `path` (never the
+//! query), `status`, `duration_ms`, `session` (the `X-Session-Status` value),
+//! `request_id`, `protocol`. Cookie values, session data and secrets are never logged.
+//! Filter it on its own, e.g. `warn,session_sidecar::access=info` (access lines only) or
+//! `info,session_sidecar::access=off` (everything but access lines).
 
 use tracing_subscriber::EnvFilter;
 
@@ -12,10 +19,12 @@ use crate::config::{LogConfig, LogFormat};
 /// setting.
 pub fn init(cfg: &LogConfig) {
     let filter = filter(cfg);
-    // stderr keeps stdout free for command output (`check` prints YAML there).
+    // stderr keeps stdout free for command output (`check` prints YAML there). Colours
+    // only on a terminal: a file, a pipe or a log collector gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(use_ansi())
         .with_target(true);
     let result = match cfg.format {
         LogFormat::Text => builder.try_init(),
@@ -23,6 +32,12 @@ pub fn init(cfg: &LogConfig) {
     };
     // Err only means a subscriber is already installed; keep that one.
     let _ = result;
+}
+
+/// ANSI colours when stderr is a terminal and `NO_COLOR` is unset (no-color.org).
+fn use_ansi() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn filter(cfg: &LogConfig) -> EnvFilter {

@@ -1,5 +1,5 @@
-//! Header operations of the pipeline, one concern each: message framing, hop-by-hop
-//! fields, `X-Forwarded-*`. Pure functions over `HeaderMap`s, unit-tested below.
+//! Header operations of the pipeline, one concern each: message framing, HTTP/2 → 1.1
+//! (`Host`, cookie crumbs), hop-by-hop fields, `X-Forwarded-*`. Pure functions over `HeaderMap`s, unit-tested below.
 
 use std::net::IpAddr;
 
@@ -154,6 +154,75 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, schem
     }
 }
 
+/// Make an HTTP/2 request forwardable to an HTTP/1.1 upstream; other versions are left
+/// alone. The version itself is reset by [`super::forward`].
+///
+/// - `Host` from `:authority` (RFC 9113 §8.3.1: an intermediary that generates `Host`
+///   for HTTP/1.1 MUST use `:authority`). h2 clients usually send only `:authority`,
+///   and the upstream client would otherwise invent the upstream's own address; a
+///   client's own `Host` field is replaced by it, so the app and `X-Forwarded-Host` see
+///   one authority, the one the h2 layer used. Userinfo in `:authority` (forbidden by
+///   RFC 9113) is a 400. Without `:authority`, one `Host` field is kept as it is.
+/// - `cookie` crumbs (h2 lets a client split `Cookie` into several fields for
+///   compression) joined into one field with `"; "` (RFC 9113 §8.2.3), so the cookie
+///   is read and the session cookie stripped exactly as on HTTP/1.1.
+pub fn normalize_h2<B>(req: &mut http::Request<B>) -> Result<(), ProxyError> {
+    if req.version() != http::Version::HTTP_2 {
+        return Ok(());
+    }
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    set_host_from_authority(req.headers_mut(), authority.as_deref())?;
+    join_cookie_crumbs(req.headers_mut());
+    Ok(())
+}
+
+fn set_host_from_authority(
+    headers: &mut HeaderMap,
+    authority: Option<&str>,
+) -> Result<(), ProxyError> {
+    let Some(authority) = authority else {
+        if headers.get_all(header::HOST).iter().count() > 1 {
+            return Err(ProxyError::Malformed("more than one Host field"));
+        }
+        return Ok(());
+    };
+    if authority.contains('@') {
+        return Err(ProxyError::Malformed("userinfo in :authority"));
+    }
+    let value = HeaderValue::from_str(authority)
+        .map_err(|_| ProxyError::Malformed("invalid :authority"))?;
+    // `insert` replaces every Host field the client sent.
+    headers.insert(header::HOST, value);
+    Ok(())
+}
+
+/// Join several `Cookie` fields into one, `"; "`-separated, in order; empty crumbs are
+/// dropped. One field (or none) is left as it is.
+pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::with_capacity(cookie_bytes(headers));
+    for crumb in headers.get_all(header::COOKIE) {
+        let crumb = crumb.as_bytes().trim_ascii();
+        if crumb.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb);
+    }
+    headers.remove(header::COOKIE);
+    // Valid field values joined by "; " are a valid field value.
+    if let Ok(value) = HeaderValue::from_bytes(&joined)
+        && !joined.is_empty()
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Total bytes of the request's `Cookie` fields (h2 may split them in crumbs).
 pub fn cookie_bytes(headers: &HeaderMap) -> usize {
     headers
@@ -244,6 +313,114 @@ mod tests {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert_eq!(remove_hop_by_hop(&mut h).unwrap(), "websocket");
         assert!(h.is_empty());
+    }
+
+    fn h2_request(authority: Option<&str>, pairs: &[(&str, &str)]) -> http::Request<()> {
+        let uri = match authority {
+            Some(a) => format!("https://{a}/path?q=1"),
+            None => "/path?q=1".to_owned(),
+        };
+        let mut req = http::Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri(uri)
+            .body(())
+            .unwrap();
+        *req.headers_mut() = map(pairs);
+        req
+    }
+
+    #[test]
+    fn h2_host_comes_from_the_authority() {
+        let mut req = h2_request(Some("app.test:8443"), &[("accept", "*/*")]);
+        normalize_h2(&mut req).unwrap();
+        assert_eq!(req.headers()["host"], "app.test:8443");
+        assert_eq!(req.headers().get_all("host").iter().count(), 1);
+
+        // A client's own Host fields give way to :authority.
+        let mut req = h2_request(
+            Some("app.test"),
+            &[("host", "evil.test"), ("host", "app.test")],
+        );
+        normalize_h2(&mut req).unwrap();
+        let hosts: Vec<_> = req.headers().get_all("host").iter().collect();
+        assert_eq!(hosts, ["app.test"]);
+
+        let mut req = h2_request(Some("user:pw@app.test"), &[]);
+        assert!(matches!(
+            normalize_h2(&mut req),
+            Err(ProxyError::Malformed(_))
+        ));
+        assert_eq!(ProxyError::Malformed("x").status(), 400);
+
+        // No :authority: one Host field is what there is; two are ambiguous.
+        let mut req = h2_request(None, &[("host", "app.test")]);
+        normalize_h2(&mut req).unwrap();
+        assert_eq!(req.headers()["host"], "app.test");
+        let mut req = h2_request(None, &[("host", "a.test"), ("host", "b.test")]);
+        assert!(matches!(
+            normalize_h2(&mut req),
+            Err(ProxyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn h2_cookie_crumbs_are_joined_in_order() {
+        let mut req = h2_request(
+            Some("app.test"),
+            &[
+                ("cookie", "a=1"),
+                ("x-other", "y"),
+                ("cookie", "session=abc.def"),
+                ("cookie", ""),
+                ("cookie", "b=2; c=3"),
+            ],
+        );
+        normalize_h2(&mut req).unwrap();
+        let all: Vec<_> = req.headers().get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; session=abc.def; b=2; c=3"]);
+        // One field is untouched; only empty crumbs leave no field.
+        let mut h = map(&[("cookie", "a=1;b=2")]);
+        join_cookie_crumbs(&mut h);
+        assert_eq!(h["cookie"], "a=1;b=2");
+        let mut h = map(&[("cookie", ""), ("cookie", " ")]);
+        join_cookie_crumbs(&mut h);
+        assert!(h.get("cookie").is_none());
+    }
+
+    #[test]
+    fn http1_requests_are_not_touched() {
+        let mut req = h2_request(None, &[("cookie", "a=1"), ("cookie", "b=2")]);
+        *req.version_mut() = http::Version::HTTP_11;
+        normalize_h2(&mut req).unwrap();
+        assert_eq!(req.headers().get_all("cookie").iter().count(), 2);
+        assert!(req.headers().get("host").is_none());
+    }
+
+    #[test]
+    fn h2_spellings_of_reserved_names_are_stripped_and_session_cookie_found_in_crumbs() {
+        // h2 field names are lowercase; `_` and `.` are still legal token characters.
+        let prefix = ReservedPrefix::new("X-Session").unwrap();
+        let mut req = h2_request(
+            Some("app.test"),
+            &[
+                ("x-session", "{\"user\":\"forged\"}"),
+                ("x_session", "1"),
+                ("x.session-flash", "1"),
+                ("x-session_status", "active"),
+                ("x-session-set", "{}"),
+                ("x-sessionx", "1"),
+                ("cookie", "a=1"),
+                ("cookie", "session=abc.def"),
+                ("accept", "*/*"),
+            ],
+        );
+        normalize_h2(&mut req).unwrap();
+        prefix.strip(req.headers_mut());
+        let mut names: Vec<_> = req.headers().keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "cookie", "host"]);
+        crate::cookie::strip_session_cookie(req.headers_mut(), "session");
+        assert_eq!(req.headers()["cookie"], "a=1");
     }
 
     #[test]

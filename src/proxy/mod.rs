@@ -3,16 +3,15 @@
 //! Header details live in [`headers`], the upstream client in [`forward`], upgrades in
 //! [`upgrade`], and the decision of what to write in [`crate::lifecycle`].
 
+pub mod connect;
 pub mod forward;
 pub mod headers;
+pub mod request_id;
 pub mod upgrade;
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, RwLock},
     time::Instant,
 };
 
@@ -29,11 +28,15 @@ use crate::{
     },
     error::ProxyError,
     lifecycle::{self, CookieAction, CookiePolicy, Decision, SessionView},
+    metrics::{Metrics, RejectReason, StoreOp, UpstreamErrorKind},
     protocol::{ChangeSet, ReservedPrefix, SessionStatus, encode_object},
-    store::{LoadedSession, SessionStore, StoreError, WriteOutcome, any::AnyStore},
+    store::{LoadedSession, SessionStore, StoreError, WriteOutcome, WritePlan, any::AnyStore},
 };
 
-use self::forward::Upstream;
+use self::{
+    forward::Upstream,
+    request_id::{RequestIds, X_REQUEST_ID},
+};
 
 /// Per-request settings derived from the config. Swapped whole on reload, so a request
 /// sees one consistent snapshot.
@@ -126,16 +129,23 @@ pub struct Proxy {
     request_ids: RequestIds,
     /// Upgraded tunnels (WebSocket), which outlive their HTTP connection.
     tunnels: TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(settings: Settings, store: Arc<AnyStore>, upstream: Upstream) -> Self {
+    pub fn new(
+        settings: Settings,
+        store: Arc<AnyStore>,
+        upstream: Upstream,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Proxy {
             settings: RwLock::new(Arc::new(settings)),
             store,
             upstream,
             request_ids: RequestIds::new(),
             tunnels: TaskTracker::new(),
+            metrics,
         }
     }
 
@@ -159,12 +169,21 @@ impl Proxy {
         &self.tunnels
     }
 
+    /// The metrics this pipeline records (served by the admin listener).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Serve one request; never fails (errors become short plain-text responses).
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
         let started = Instant::now();
-        let request_id = self.request_ids.next();
         let settings = self.settings();
+        // A trusted proxy's sane X-Request-Id is kept; anything else gets a fresh id.
+        let request_id = self
+            .request_ids
+            .for_request(req.headers(), settings.is_trusted(conn.peer));
         let method = req.method().clone();
+        let version = req.version();
         // The path only: query strings carry tokens often enough to stay out of logs.
         let path = req.uri().path().to_owned();
         let has_body = request_has_body(&req);
@@ -182,15 +201,21 @@ impl Proxy {
                     tracing::info!(request_id = %request_id, error = %e, "request refused");
                 }
                 let mut resp = e.into_response(&request_id);
-                // A body we never read must not be taken for the next request on this
-                // connection (SPEC §8.6).
-                if has_body {
+                if version == http::Version::HTTP_2 {
+                    // h2 has no `Connection` field (hyper would strip it with a warning),
+                    // and an unread body is one stream, not a connection-reuse hazard.
+                    resp.headers_mut().remove(header::CONNECTION);
+                } else if has_body {
+                    // A body we never read must not be taken for the next request on
+                    // this connection (SPEC §8.6).
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 resp
             }
         };
+        self.metrics.request(response.status());
+        // Never cookie values, session data or query strings (SECURITY, pitfall 20).
         tracing::info!(
             target: "session_sidecar::access",
             method = %method,
@@ -199,6 +224,7 @@ impl Proxy {
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
             session = session_status.as_str(),
             request_id = %request_id,
+            protocol = protocol_name(version),
         );
         response
     }
@@ -218,6 +244,9 @@ impl Proxy {
             ));
         }
         headers::check_framing(req.headers())?;
+        // h2 → h1: `Host` from `:authority`, cookie crumbs joined, before anything
+        // reads or strips a field.
+        headers::normalize_h2(&mut req)?;
         settings.prefix.strip(req.headers_mut());
         if headers::cookie_bytes(req.headers()) > settings.max_header_size {
             return Err(ProxyError::HeaderTooLarge);
@@ -251,13 +280,35 @@ impl Proxy {
             strip_session_cookie(req.headers_mut(), settings.signer.cookie_name());
         }
         if let Some(s) = &session {
-            inject(settings, req.headers_mut(), s)?;
+            inject(settings, req.headers_mut(), s).inspect_err(|e| {
+                if let ProxyError::Store(e) = e {
+                    self.metrics.store_error(e);
+                }
+            })?;
+        }
+        // Always ours: the client's value was used (trusted) or replaced above.
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            req.headers_mut().insert(X_REQUEST_ID, v);
         }
 
         // 4. Forward with the body streamed.
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let req = req.map(|b| strip_reserved_trailers(b, settings.prefix.clone()));
-        let mut resp = self.upstream.send(req).await?;
+        let sent = Instant::now();
+        let mut resp = match self.upstream.send(req).await {
+            Ok(resp) => {
+                self.metrics.upstream_latency(sent.elapsed().as_secs_f64());
+                resp
+            }
+            Err(e) => {
+                let kind = match e {
+                    ProxyError::UpstreamTimeout => UpstreamErrorKind::Timeout,
+                    _ => UpstreamErrorKind::Unreachable,
+                };
+                self.metrics.upstream_error(kind);
+                return Err(e);
+            }
+        };
 
         // 5. Instructions out of the response (always stripped, also when bypassed).
         let instructions = settings.prefix.take_instructions(resp.headers_mut());
@@ -279,8 +330,10 @@ impl Proxy {
         let mut resp = resp.map(|b| strip_reserved_trailers(b, settings.prefix.clone()));
 
         if let Some(session) = session {
-            let mut changes =
-                instructions.map_err(|m| ProxyError::BadInstruction(m.to_string()))?;
+            let mut changes = instructions.map_err(|m| {
+                self.metrics.write_rejected(RejectReason::Malformed);
+                ProxyError::BadInstruction(m.to_string())
+            })?;
             if !changes.ignored.is_empty() {
                 tracing::warn!(request_id, names = ?changes.ignored, "ignored reserved response headers that are not instructions");
             }
@@ -293,6 +346,9 @@ impl Proxy {
                     status = resp.status().as_u16(),
                     "session writes on a 5xx response not applied"
                 );
+                if changes.writes() || changes.regenerate {
+                    self.metrics.write_rejected(RejectReason::ServerError);
+                }
                 changes = ChangeSet {
                     destroy: changes.destroy,
                     ..ChangeSet::default()
@@ -338,7 +394,7 @@ impl Proxy {
         };
         // Every engine bounds its own calls by `store.timeout` (a timeout is a
         // `StoreError::Timeout`), so the pipeline adds no second timer.
-        match self.store.load(&verified.id).await {
+        match self.load(&verified.id).await {
             Ok(Some(loaded)) => Ok(RequestSession {
                 view: SessionView {
                     status: SessionStatus::Active,
@@ -373,13 +429,16 @@ impl Proxy {
         changes: &ChangeSet,
     ) -> Result<CookieAction, ProxyError> {
         let new_id = || SessionId::generate().map_err(|e| ProxyError::Random(e.to_string()));
-        let decision = lifecycle::decide(view, changes, &settings.policy, new_id)?
-            .map_err(|_| ProxyError::WriteWithoutStore)?;
+        let decision =
+            lifecycle::decide(view, changes, &settings.policy, new_id)?.map_err(|_| {
+                self.metrics.write_rejected(RejectReason::StoreUnavailable);
+                ProxyError::WriteWithoutStore
+            })?;
         let Decision { plan, cookie } = decision;
         let Some(plan) = plan else {
             return Ok(cookie);
         };
-        match self.store.apply(&plan).await? {
+        match self.apply(&plan).await? {
             WriteOutcome::Applied => Ok(cookie),
             WriteOutcome::Gone => {
                 // Destroyed or expired since this request loaded it: never revive the
@@ -388,7 +447,7 @@ impl Proxy {
                 let Some(plan) = retry.plan else {
                     return Ok(retry.cookie);
                 };
-                match self.store.apply(&plan).await? {
+                match self.apply(&plan).await? {
                     WriteOutcome::Applied => Ok(retry.cookie),
                     WriteOutcome::Gone => Err(ProxyError::Store(StoreError::Unavailable(
                         "a new session could not be created".into(),
@@ -396,6 +455,50 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// One timed store load; failures are counted by kind.
+    async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+        let started = Instant::now();
+        let result = self.store.load(id).await;
+        self.metrics
+            .store_latency(StoreOp::Load, started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            self.metrics.store_error(e);
+        }
+        result
+    }
+
+    /// One timed store write. An applied plan counts its session events (created,
+    /// regenerated, destroyed); a refused one counts as a rejected write.
+    async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
+        let started = Instant::now();
+        let result = self.store.apply(plan).await;
+        self.metrics
+            .store_latency(StoreOp::Apply, started.elapsed().as_secs_f64());
+        match &result {
+            Ok(WriteOutcome::Applied) => self.metrics.applied(&plan.target),
+            Ok(WriteOutcome::Gone) => {}
+            Err(e) => {
+                self.metrics.store_error(e);
+                if matches!(e, StoreError::Rejected(_)) {
+                    self.metrics.write_rejected(RejectReason::StoreRejected);
+                }
+            }
+        }
+        result
+    }
+}
+
+/// The access log's protocol field.
+fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "other",
     }
 }
 
@@ -445,29 +548,4 @@ fn set_cookie(settings: &Settings, headers: &mut http::HeaderMap, action: Cookie
 fn request_has_body(req: &Request<Incoming>) -> bool {
     use http_body::Body as _;
     !req.body().is_end_stream()
-}
-
-/// Request ids: a random per-process prefix and a counter. Unique enough to find one
-/// request in the logs, free of syscalls on the request path.
-#[derive(Debug)]
-struct RequestIds {
-    prefix: u32,
-    counter: AtomicU64,
-}
-
-impl RequestIds {
-    fn new() -> Self {
-        let mut raw = [0u8; 4];
-        // A failed random source only makes ids less unique across restarts.
-        let _ = getrandom::fill(&mut raw);
-        RequestIds {
-            prefix: u32::from_le_bytes(raw),
-            counter: AtomicU64::new(0),
-        }
-    }
-
-    fn next(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}{:08x}", self.prefix, n)
-    }
 }

@@ -1,25 +1,74 @@
-//! The proxy listener: accept, serve each connection with hyper (timer-backed
-//! header-read timeout, bounded header buffer), and drain on shutdown.
+//! The proxy listener: accept, terminate TLS when configured, serve HTTP/1.1 and HTTP/2
+//! on the same socket with hyper, watch each connection's timers, and drain on shutdown.
+//!
+//! - Over TLS, ALPN decides: `h2` → HTTP/2, `http/1.1` → HTTP/1.1, none → sniffed like
+//!   plain TCP. The handshake is bounded by `timeouts.header_read`.
+//! - On plain TCP hyper's auto builder sniffs the h2 preface (h2c prior knowledge);
+//!   anything else is HTTP/1.1. No `Upgrade: h2c`.
+//! - hyper has no timer while it sniffs, none for h2 requests and one shared
+//!   header-read/idle timer for h1 (DEPENDENCIES pitfalls 1, 2): the connection's
+//!   [`Activity`] watchdog closes a connection whose first bytes or request head are late
+//!   (`header_read`) and an HTTP/2 connection with no stream for `idle` (GOAWAY first).
+//! - Shutdown: stop accepting, ask every connection to finish gracefully (h1: close after
+//!   the response in flight; h2: GOAWAY, streams in flight complete), then close and
+//!   wait for the upgraded tunnels, all within `timeouts.shutdown`.
 
-use std::{convert::Infallible, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
-use std::sync::Arc;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    time::Instant,
+};
+use tokio_util::task::TaskTracker;
 
 use crate::{
     body::Body,
     config::Config,
-    keepalive::{Activity, InFlight, WatchedIo},
+    keepalive::{Activity, Expiry, InFlight, WatchedIo},
     proxy::{ConnInfo, Proxy},
+    tls::TlsCerts,
 };
 
+/// Streams one HTTP/2 client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// HTTP/2 keep-alive: a PING this often while the connection is quiet, and the
+/// connection is closed when it is not answered within [`H2_PING_TIMEOUT`] (a vanished
+/// peer). PINGs never count as activity for `timeouts.idle`.
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Rapid reset (CVE-2023-44487): streams reset by the client before we accepted them,
+/// and streams we had to reset for protocol errors, before the connection is closed.
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// One builder per way a connection can start: sniffed (plain TCP, TLS without ALPN),
+/// HTTP/1.1 only (ALPN `http/1.1`), HTTP/2 only (ALPN `h2`).
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(config: &Config) -> Self {
+        let auto = http_builder(config);
+        Builders {
+            http1: auto.clone().http1_only(),
+            http2: auto.clone().http2_only(),
+            auto,
+        }
+    }
+}
+
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         // Without a timer hyper silently disables its header-read timeout and panics
@@ -33,6 +82,17 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .max_buf_size(config.limits.max_header_size)
         .keep_alive(true);
     builder
+        .http2()
+        // Keep-alive pings panic without a timer (pitfall 1).
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        // Decoded header list size (RFC 9113 §6.5.2); hyper refuses larger with 431.
+        .max_header_list_size(u32::try_from(config.limits.max_header_size).unwrap_or(u32::MAX))
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
+    builder
 }
 
 /// Keep `guard` alive as long as the response body.
@@ -45,14 +105,22 @@ fn hold_until_sent(body: Body, guard: InFlight) -> Body {
     .boxed_unsync()
 }
 
+/// Accept until `stopped`, then drain (see the module docs). `tls`: terminate TLS with
+/// these certificates (they may be swapped by a reload meanwhile).
 pub async fn serve_proxy(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     config: Config,
+    tls: Option<Arc<TlsCerts>>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let builder = http_builder(&config);
-    let graceful = GracefulShutdown::new();
+    let builders = Arc::new(Builders::new(&config));
+    let acceptor = tls.as_ref().map(TlsCerts::acceptor);
+    let timers = Timers {
+        header_read: config.timeouts.header_read,
+        idle: config.timeouts.idle,
+    };
+    let connections = TaskTracker::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -66,46 +134,27 @@ pub async fn serve_proxy(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let proxy = proxy.clone();
-                let activity = Activity::new();
-                let io = TokioIo::new(WatchedIo::new(stream, activity.clone()));
-                let in_service = activity.clone();
-                let service = service_fn(move |req: hyper::Request<Incoming>| {
-                    let proxy = proxy.clone();
-                    let (in_flight, ambiguous_framing) = in_service.request();
-                    let conn = ConnInfo { peer, scheme: "http", ambiguous_framing };
-                    async move {
-                        let resp = proxy.handle(req, &conn).await;
-                        // In flight until hyper drops the body, i.e. the response is sent.
-                        Ok::<_, Infallible>(resp.map(|body| hold_until_sent(body, in_flight)))
-                    }
-                });
-                let conn = builder
-                    .serve_connection_with_upgrades(io, service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                let header_read = config.timeouts.header_read;
-                tokio::spawn(async move {
-                    tokio::select! {
-                        result = conn => {
-                            if let Err(e) = result {
-                                tracing::debug!(error = %e, "connection ended with an error");
-                            }
-                        }
-                        _ = activity.head_deadline_passed(header_read) => {
-                            tracing::debug!("closing a connection whose request head did not arrive in time");
-                        }
-                    }
-                });
+                let conn = Connection {
+                    proxy: proxy.clone(),
+                    builders: builders.clone(),
+                    timers,
+                    stopped: stopped.clone(),
+                    peer,
+                };
+                match &acceptor {
+                    None => connections.spawn(conn.serve_plain(stream)),
+                    Some(acceptor) => connections.spawn(conn.serve_tls(acceptor.clone(), stream)),
+                };
             }
             _ = stopped.changed() => break,
         }
     }
     drop(listener);
     // Connections first (in-flight requests, including upgrade handshakes), then the
-    // tunnels they started: hyper's graceful shutdown does not see upgraded tunnels.
+    // tunnels they started: a connection ends at its `101`, its tunnel lives on.
+    connections.close();
     let drain = async {
-        graceful.shutdown().await;
+        connections.wait().await;
         proxy.tunnels().close();
         proxy.tunnels().wait().await;
     };
@@ -113,9 +162,127 @@ pub async fn serve_proxy(
         _ = drain => {}
         _ = tokio::time::sleep(config.timeouts.shutdown) => {
             tracing::warn!(
+                connections = connections.len(),
                 tunnels = proxy.tunnels().len(),
                 "shutdown timeout reached with requests or tunnels still open"
             );
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    header_read: Duration,
+    idle: Duration,
+}
+
+/// One accepted client connection.
+struct Connection {
+    proxy: Arc<Proxy>,
+    builders: Arc<Builders>,
+    timers: Timers,
+    stopped: watch::Receiver<bool>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn serve_plain(self, stream: TcpStream) {
+        let builders = self.builders.clone();
+        self.serve(stream, &builders.auto, false, "http").await;
+    }
+
+    async fn serve_tls(mut self, acceptor: tokio_rustls::TlsAcceptor, stream: TcpStream) {
+        let handshake = tokio::time::timeout(self.timers.header_read, acceptor.accept(stream));
+        let stream = tokio::select! {
+            result = handshake => match result {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                    return;
+                }
+            },
+            _ = self.stopped.wait_for(|stop| *stop) => return,
+        };
+        let builders = self.builders.clone();
+        let (builder, http1_only) = match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => (&builders.http2, false),
+            Some(b"http/1.1") => (&builders.http1, true),
+            // No ALPN: sniff, as on plain TCP (an h1 client gets h1).
+            _ => (&builders.auto, false),
+        };
+        self.serve(stream, builder, http1_only, "https").await;
+    }
+
+    async fn serve<I>(
+        mut self,
+        io: I,
+        builder: &auto::Builder<TokioExecutor>,
+        http1_only: bool,
+        scheme: &'static str,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = self.proxy.metrics().track_connection(io); // counted until dropped
+        let activity = Activity::accepted(http1_only);
+        let io = TokioIo::new(WatchedIo::new(io, activity.clone()));
+        let proxy = self.proxy.clone();
+        let in_service = activity.clone();
+        let peer = self.peer;
+        let service = service_fn(move |req: hyper::Request<Incoming>| {
+            let proxy = proxy.clone();
+            let (in_flight, ambiguous_framing) = in_service.request();
+            let conn = ConnInfo {
+                peer,
+                scheme,
+                ambiguous_framing,
+            };
+            async move {
+                let resp = proxy.handle(req, &conn).await;
+                // In flight until hyper drops the body, i.e. the response is sent.
+                Ok::<_, Infallible>(resp.map(|body| hold_until_sent(body, in_flight)))
+            }
+        });
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        let mut conn = std::pin::pin!(conn);
+        let Timers { header_read, idle } = self.timers;
+        let mut stopping = false;
+        // After a graceful close was asked for because of idleness: give up waiting for
+        // the client's part of it (its PING ack) at this instant.
+        let mut give_up: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = self.stopped.wait_for(|stop| *stop), if !stopping => {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                expiry = activity.expired(header_read, idle), if give_up.is_none() => match expiry {
+                    Expiry::HeadTimeout => {
+                        tracing::debug!(peer = %peer, "closing a connection whose request head did not arrive in time");
+                        return;
+                    }
+                    Expiry::Idle => {
+                        tracing::debug!(peer = %peer, "closing an idle HTTP/2 connection (GOAWAY)");
+                        if !stopping {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        give_up = Some(Instant::now() + header_read);
+                    }
+                },
+                _ = tokio::time::sleep_until(give_up.unwrap_or_else(Instant::now)), if give_up.is_some() => {
+                    tracing::debug!(peer = %peer, "idle HTTP/2 connection did not close in time; dropping it");
+                    return;
+                }
+            }
         }
     }
 }

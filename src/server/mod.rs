@@ -8,15 +8,20 @@
 pub mod listener;
 pub mod signals;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
     admin,
-    config::{Config, Engine},
-    proxy::{Proxy, Settings, forward::Upstream},
+    config::{Config, ConfigError, Engine},
+    proxy::{Proxy, Settings, SettingsError, forward::Upstream},
+    reload,
     store::{
         Lifetimes, any::AnyStore, memcached::MemcachedStore, memory::MemoryStore, redis::RedisStore,
     },
@@ -33,9 +38,20 @@ pub struct Running {
     pub proxy: Arc<Proxy>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The configuration in force; `SIGHUP` compares the re-read file with it (see
+    /// [`crate::reload`]). The lock also serialises reloads.
+    config: std::sync::Mutex<Config>,
+    /// The proxy listener's certificates when it speaks TLS (swapped on reload).
+    tls: Option<Arc<crate::tls::TlsCerts>>,
 }
 
 impl Running {
+    /// The proxy listener's certificates, when `tls` is configured;
+    /// [`TlsCerts::reload`](crate::tls::TlsCerts::reload) swaps them for new handshakes.
+    pub fn tls_certs(&self) -> Option<&Arc<crate::tls::TlsCerts>> {
+        self.tls.as_ref()
+    }
+
     /// Stop accepting, let in-flight requests and tunnels finish (up to
     /// `timeouts.shutdown`), return.
     pub async fn shutdown(self) {
@@ -44,6 +60,73 @@ impl Running {
             let _ = t.await;
         }
     }
+
+    /// Put a re-read configuration in force (`SIGHUP`): secrets, cookie settings,
+    /// bypass routes, trusted proxies, `headers.expose_id`, `store.on_error` and the TLS
+    /// certificates apply to new requests and handshakes; open connections and tunnels
+    /// are untouched. Restart-only settings that differ are named in the report and
+    /// otherwise ignored ([`crate::reload`]).
+    ///
+    /// # Errors
+    /// When the new settings or certificates cannot be built; then nothing changes and
+    /// the previous configuration stays in force.
+    pub fn reload(&self, config: &Config) -> Result<ReloadReport, ReloadError> {
+        let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let plan = reload::plan(&current, config.clone());
+        // Everything that can fail comes before anything is swapped.
+        let settings = Settings::from_config(&plan.effective)?;
+        // Certificates are re-read on every reload (renewed files, same paths). On
+        // error `TlsCerts::reload` keeps the old pair and the settings are not swapped.
+        if let (Some(certs), Some(tls)) = (self.tls_certs(), plan.effective.tls.as_ref()) {
+            certs.reload(tls)?;
+        }
+        self.proxy.replace_settings(settings);
+        *current = plan.effective;
+        Ok(ReloadReport {
+            changed: plan.changed,
+            needs_restart: plan.needs_restart,
+        })
+    }
+
+    /// Read `path` and [`reload`](Running::reload) it.
+    ///
+    /// # Errors
+    /// As [`Running::reload`], and [`ReloadError::Config`] when the file cannot be read
+    /// or is not a valid configuration (`FILE:LINE:COLUMN: message`).
+    pub fn reload_from(&self, path: &Path) -> Result<ReloadReport, ReloadError> {
+        let config = Config::load(path)?;
+        self.reload(&config)
+    }
+
+    /// The file the running configuration came from.
+    pub fn config_path(&self) -> PathBuf {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .path
+            .clone()
+    }
+}
+
+/// What a reload applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Reloadable settings whose value changed (names, never values).
+    pub changed: Vec<&'static str>,
+    /// Settings that differ from the running ones but need a restart (not applied).
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Why a re-read configuration was rejected (the previous one stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file could not be read or is invalid; the message is `FILE:LINE:COLUMN: ...`.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Build the store the config names.
@@ -68,18 +151,21 @@ pub fn build_store(config: &Config) -> anyhow::Result<AnyStore> {
 
 /// Bind the listeners and start serving in background tasks.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    // Never fall back to plain HTTP when the operator asked for TLS.
-    if config.tls.is_some() {
-        anyhow::bail!(
-            "tls: TLS termination is not in this build yet; remove `tls:` and terminate \
-             TLS in front of the sidecar (a load balancer or nginx) for now"
-        );
-    }
+    // Certificates first: a bad one fails the start with the file named, before
+    // anything is bound (and never falls back to plain HTTP).
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::TlsCerts::load)
+        .transpose()?;
     let store = Arc::new(build_store(&config)?);
     report_store_at_start(&store).await;
     let settings = Settings::from_config(&config)?;
     let upstream = Upstream::from_config(&config)?;
-    let proxy = Arc::new(Proxy::new(settings, store.clone(), upstream));
+    // One registry per sidecar (no globals): the pipeline records, the admin listener
+    // serves it.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let proxy = Arc::new(Proxy::new(settings, store.clone(), upstream, metrics));
     let (stop, stopped) = watch::channel(false);
 
     let listener = TcpListener::bind(config.listen)
@@ -90,6 +176,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         listener,
         proxy.clone(),
         config.clone(),
+        tls.clone(),
         stopped.clone(),
     ))];
 
@@ -101,17 +188,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin_addr = Some(listener.local_addr()?);
         tasks.push(tokio::spawn(admin::serve(
             listener,
-            store.clone(),
+            proxy.clone(),
             stopped.clone(),
         )));
     }
-    tracing::info!(%addr, admin = ?admin_addr, engine = ?config.store.engine, "session-sidecar listening");
+    tracing::info!(%addr, tls = tls.is_some(), admin = ?admin_addr, engine = ?config.store.engine, "session-sidecar listening");
     Ok(Running {
         addr,
         admin_addr,
         proxy,
         stop,
         tasks,
+        config: std::sync::Mutex::new(config),
+        tls,
     })
 }
 
@@ -128,11 +217,54 @@ async fn report_store_at_start(store: &AnyStore) {
     }
 }
 
-/// Run until SIGTERM or SIGINT, then shut down gracefully.
+/// Run until SIGTERM or SIGINT, then shut down gracefully; SIGHUP re-reads the
+/// configuration file (see [`Running::reload`]).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Before binding: from here on a SIGHUP is queued instead of killing the process.
+    let mut signals = signals::Signals::install().context("cannot install the signal handlers")?;
     let running = start(config).await?;
-    signals::wait_for_shutdown().await;
-    tracing::info!("shutting down: draining in-flight requests");
-    running.shutdown().await;
+    let reason = loop {
+        match signals.recv().await {
+            signals::Request::Reload => reload_on_signal(&running),
+            signals::Request::Shutdown(reason) => break reason,
+        }
+    };
+    tracing::info!(
+        signal = reason,
+        "shutting down: no new connections; draining in-flight requests and tunnels"
+    );
+    // SIGHUP is no longer asked for, so it is ignored; a second stop signal ends the
+    // drain early (an operator pressing Ctrl-C twice).
+    tokio::select! {
+        () = running.shutdown() => tracing::info!("shutdown complete"),
+        again = signals.next_shutdown() => {
+            tracing::warn!(signal = again, "second stop signal: exiting without waiting for the drain");
+        }
+    }
     Ok(())
+}
+
+/// Handle one SIGHUP: log what was applied, what needs a restart, or why the new file
+/// was rejected. Never fails: the running configuration stays in force on error.
+fn reload_on_signal(running: &Running) {
+    let path = running.config_path();
+    tracing::info!(path = %path.display(), "SIGHUP: re-reading the configuration");
+    match running.reload_from(&path) {
+        Ok(report) => {
+            if !report.needs_restart.is_empty() {
+                tracing::warn!(
+                    "needs a restart: {} (changed in the file; ignored until the sidecar restarts)",
+                    report.needs_restart.join(", ")
+                );
+            }
+            tracing::info!(
+                changed = report.changed.join(", "),
+                "configuration reloaded; new requests use it"
+            );
+        }
+        Err(e) => tracing::error!(
+            error = %e,
+            "configuration reload rejected; the previous configuration stays in force"
+        ),
+    }
 }

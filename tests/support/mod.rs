@@ -214,6 +214,116 @@ fn add_headers(map: &mut HeaderMap, pairs: &[(String, String)]) {
     }
 }
 
+/// Serve the scripted upstream (`answer`) as HTTP/1.1 on one accepted connection.
+fn serve_scripted<S>(io: S, log: Arc<Mutex<Vec<Seen>>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = service_fn(move |req| {
+            let log = log.clone();
+            async move { Ok::<_, Infallible>(answer(req, log).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades()
+            .await;
+    });
+}
+
+impl Upstream {
+    /// The scripted upstream over TLS with `pki`'s leaf (valid for `localhost` and
+    /// `127.0.0.1`). It offers ALPN `h2` and `http/1.1` like a typical server but serves
+    /// HTTP/1.1 only, so a client that negotiated `h2` would fail. `addr` is its TCP
+    /// address; `url()` does not apply (write `https://localhost:{port}`).
+    pub async fn start_tls(pki: &certs::TestPki) -> Upstream {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert_file)
+            .expect("cert file")
+            .collect::<Result<_, _>>()
+            .expect("cert PEM");
+        let key = PrivateKeyDer::from_pem_file(&pki.key_file).expect("key PEM");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server certificate");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind TLS upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    // A client that refuses our certificate aborts the handshake.
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+                    {
+                        serve_scripted(tls, log);
+                    }
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+}
+
+/// The scripted upstream on a unix socket, counting the connections it accepted.
+pub struct UnixUpstream {
+    pub path: std::path::PathBuf,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl UnixUpstream {
+    /// Listen on `path` (which must not exist yet; its directory is the caller's).
+    pub async fn start(path: &Path) -> UnixUpstream {
+        let listener = tokio::net::UnixListener::bind(path).expect("bind unix upstream");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (log, count) = (seen.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                serve_scripted(stream, log.clone());
+            }
+        });
+        UnixUpstream {
+            path: path.to_owned(),
+            seen,
+            connections,
+        }
+    }
+
+    /// The `upstream:` value for this socket.
+    pub fn url(&self) -> String {
+        format!("unix:{}", self.path.display())
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // client
 // ---------------------------------------------------------------------------------------
