@@ -174,6 +174,11 @@ pub struct Timeouts {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_header_size: usize,
+    /// The most client connections the proxy listener holds at once (SECURITY.md G6).
+    pub max_connections: usize,
+    /// The most client connections from one peer IP address; `None` when
+    /// `limits.max_connections_per_ip: null` (no per-address cap).
+    pub max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -344,6 +349,14 @@ const SIZE_HINT: &str =
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// Upper bound of every duration, so `Instant + d` and TTL arithmetic cannot overflow.
 const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+/// Upper bound of `limits.max_connections` and `limits.max_connections_per_ip`: about
+/// Linux's ceiling on open file descriptors per process (`fs.nr_open`, 1048576).
+const MAX_CONNECTIONS_LIMIT: i128 = 1_000_000;
+const MAX_CONNECTIONS_HINT: &str = "a whole number of connections from 1 to 1000000, \
+     for example `max_connections: 10000`";
+const MAX_CONNECTIONS_PER_IP_HINT: &str = "a whole number of connections from 1 to 1000000, \
+     or `null` for no per-address cap; behind a load balancer or reverse proxy every \
+     connection comes from its address, so raise it or use `null` there";
 
 // ---------------------------------------------------------------------------------
 // Raw (as written) configuration
@@ -536,6 +549,9 @@ struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_header_size: Option<Val>,
+    max_connections: Option<Val>,
+    #[serde(default)]
+    max_connections_per_ip: Nullable<Val>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -627,7 +643,14 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "shutdown",
         ],
     ),
-    ("limits", &["max_header_size"]),
+    (
+        "limits",
+        &[
+            "max_header_size",
+            "max_connections",
+            "max_connections_per_ip",
+        ],
+    ),
     ("admin", &["listen"]),
     ("log", &["format", "level"]),
 ];
@@ -891,6 +914,29 @@ impl Ctx<'_> {
         }
     }
 
+    /// A connection limit: an integer from 1 to [`MAX_CONNECTIONS_LIMIT`]; every
+    /// rejection carries `hint`.
+    fn connection_count(&self, v: &Val, key: &str, hint: &str) -> Result<usize, ConfigError> {
+        match self.int(v, key, 1, MAX_CONNECTIONS_LIMIT) {
+            Ok(n) => usize::try_from(n)
+                .map_err(|_| self.err(&v.referenced, format!("`{key}` is too large"), None)),
+            Err(ConfigError::Invalid {
+                path,
+                line,
+                column,
+                message,
+                ..
+            }) => Err(ConfigError::Invalid {
+                path,
+                line,
+                column,
+                message,
+                hint: Some(hint.to_owned()),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     fn bool(&self, v: &Val, key: &str) -> Result<bool, ConfigError> {
         let b = match &v.value {
             Scalar::Bool(b) => Some(*b),
@@ -1110,15 +1156,30 @@ impl Ctx<'_> {
 
         let mut limits = Limits {
             max_header_size: 32 * 1024,
+            max_connections: 10_000,
+            max_connections_per_ip: Some(1024),
         };
-        if let Some(v) = raw
-            .limits
-            .as_ref()
-            .and_then(|l| l.value.max_header_size.as_ref())
-        {
-            // hyper refuses a read buffer below 8 KiB.
-            limits.max_header_size =
-                self.size(v, "limits.max_header_size", 8 * 1024, 16 * 1024 * 1024)?;
+        if let Some(l) = raw.limits.as_ref().map(|l| &l.value) {
+            if let Some(v) = &l.max_header_size {
+                // hyper refuses a read buffer below 8 KiB.
+                limits.max_header_size =
+                    self.size(v, "limits.max_header_size", 8 * 1024, 16 * 1024 * 1024)?;
+            }
+            if let Some(v) = &l.max_connections {
+                limits.max_connections =
+                    self.connection_count(v, "limits.max_connections", MAX_CONNECTIONS_HINT)?;
+            }
+            match &l.max_connections_per_ip {
+                Nullable::Absent => {}
+                Nullable::Null => limits.max_connections_per_ip = None,
+                Nullable::Value(v) => {
+                    limits.max_connections_per_ip = Some(self.connection_count(
+                        v,
+                        "limits.max_connections_per_ip",
+                        MAX_CONNECTIONS_PER_IP_HINT,
+                    )?);
+                }
+            }
         }
 
         let admin_listen = match raw.admin.as_ref().map(|a| &a.value.listen) {
@@ -1802,15 +1863,22 @@ fn unknown_key(field: &str, expected: &[&str]) -> (String, Option<String>) {
     let mut hint = String::new();
     // A key that exists verbatim in another section was most likely misplaced; that
     // beats a spelling suggestion (`ttl` at the top level is `session.ttl`, not `tls`).
-    if let Some((other, _)) = SECTIONS
+    // Some keys live in several sections (`max_connections`); name them all.
+    let others: Vec<&str> = SECTIONS
         .iter()
-        .find(|(s, keys)| *s != name && keys.contains(&field))
+        .filter(|(s, keys)| *s != name && keys.contains(&field))
+        .map(|(s, _)| *s)
+        .collect();
+    if let [other] = others.as_slice()
+        && other.is_empty()
     {
-        if other.is_empty() {
-            hint.push_str(&format!("`{field}` is a top-level key; "));
-        } else {
-            hint.push_str(&format!("did you mean `{}`? ", key_path(other, field)));
-        }
+        hint.push_str(&format!("`{field}` is a top-level key; "));
+    } else if !others.is_empty() {
+        let paths: Vec<String> = others
+            .iter()
+            .map(|s| format!("`{}`", key_path(s, field)))
+            .collect();
+        hint.push_str(&format!("did you mean {}? ", paths.join(" or ")));
     } else if let Some((_, best)) = keys
         .iter()
         .map(|k| (edit_distance(field, k), *k))
@@ -2294,6 +2362,9 @@ struct ViewTimeouts {
 #[derive(Serialize)]
 struct ViewLimits {
     max_header_size: String,
+    max_connections: usize,
+    /// `null` when there is no per-address cap.
+    max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -2419,6 +2490,8 @@ impl Config {
             },
             limits: ViewLimits {
                 max_header_size: format_size(self.limits.max_header_size as u64),
+                max_connections: self.limits.max_connections,
+                max_connections_per_ip: self.limits.max_connections_per_ip,
             },
             admin: ViewAdmin {
                 listen: self.admin.listen.map(|a| a.to_string()),
@@ -2532,6 +2605,8 @@ mod tests {
         assert_eq!(t.idle, Duration::from_secs(60));
         assert_eq!(t.shutdown, Duration::from_secs(30));
         assert_eq!(c.limits.max_header_size, 32 * 1024);
+        assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.limits.max_connections_per_ip, Some(1024));
         assert_eq!(c.admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.log.level, "info");
@@ -2932,6 +3007,150 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_default_and_explicit() {
+        let l = ok("limits: {}\n").limits;
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_ip),
+            (10_000, Some(1024))
+        );
+        let l = ok("limits:\n  max_connections: 500\n  max_connections_per_ip: 20\n").limits;
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_ip),
+            (500, Some(20))
+        );
+        // The extremes of the range are accepted.
+        let l = ok("limits: {max_connections: 1, max_connections_per_ip: 1000000}\n").limits;
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_ip),
+            (1, Some(1_000_000))
+        );
+        // `null` lifts the per-address cap (`~` is YAML's other spelling of null) and
+        // leaves the global one alone.
+        for null in ["null", "~"] {
+            let l = ok(&format!("limits: {{max_connections_per_ip: {null}}}\n")).limits;
+            assert_eq!(
+                (l.max_connections, l.max_connections_per_ip),
+                (10_000, None)
+            );
+        }
+        // The per-address cap may exceed the global one (it then never binds).
+        let l = ok("limits: {max_connections: 10, max_connections_per_ip: 100}\n").limits;
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_ip),
+            (10, Some(100))
+        );
+        // `${VAR}` works as for every numeric key.
+        assert_eq!(
+            ok("limits: {max_connections: \"${PORT}\"}\n")
+                .limits
+                .max_connections,
+            6380
+        );
+    }
+
+    #[test]
+    fn connection_limits_reject_zero_negative_and_non_integers() {
+        let e = assert_err(
+            "limits: {max_connections: 0}\n",
+            3,
+            27,
+            "`limits.max_connections` must be between 1 and 1000000, found 0",
+        );
+        assert!(
+            e.hint().unwrap_or_default().contains("from 1 to 1000000"),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("conf/t.yaml:3:27: "), "{e}");
+        assert_err(
+            "limits:\n  max_connections: -5\n",
+            4,
+            20,
+            "must be between 1 and 1000000, found -5",
+        );
+        assert_err(
+            "limits: {max_connections: 1000001}\n",
+            3,
+            27,
+            "found 1000001",
+        );
+        let e = assert_err(
+            "limits: {max_connections: many}\n",
+            3,
+            27,
+            "`limits.max_connections` must be an integer",
+        );
+        assert!(
+            e.hint()
+                .unwrap_or_default()
+                .contains("max_connections: 10000"),
+            "{e}"
+        );
+        assert_err(
+            "limits: {max_connections: 2.5}\n",
+            3,
+            27,
+            "must be an integer",
+        );
+        assert_err(
+            "limits: {max_connections: true}\n",
+            3,
+            27,
+            "must be an integer",
+        );
+        let e = assert_err(
+            "limits: {max_connections_per_ip: 0}\n",
+            3,
+            34,
+            "`limits.max_connections_per_ip` must be between 1 and 1000000, found 0",
+        );
+        let hint = e.hint().unwrap_or_default();
+        assert!(
+            hint.contains("`null`") && hint.contains("load balancer"),
+            "{hint}"
+        );
+        assert_err("limits:\n  max_connections_per_ip: -1\n", 4, 27, "found -1");
+        assert_err(
+            "limits: {max_connections_per_ip: \"none\"}\n",
+            3,
+            34,
+            "`limits.max_connections_per_ip` must be an integer",
+        );
+        assert_err(
+            "limits: {max_connections_per_ip: [1]}\n",
+            3,
+            34,
+            "found a list",
+        );
+    }
+
+    #[test]
+    fn misplaced_max_connections_names_both_sections() {
+        let e = assert_err(
+            "max_connections: 5\n",
+            3,
+            1,
+            "unknown top-level key `max_connections`",
+        );
+        let hint = e.hint().unwrap_or_default();
+        assert!(
+            hint.contains("`store.storage.max_connections` or `limits.max_connections`"),
+            "{hint}"
+        );
+        let e = assert_err(
+            "limits: {max_conections: 5}\n",
+            3,
+            10,
+            "unknown key `max_conections` in `limits`",
+        );
+        assert!(
+            e.hint()
+                .unwrap_or_default()
+                .contains("did you mean `max_connections`?"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn listen_and_admin() {
         let c = ok("listen: \"[::]:80\"\nadmin:\n  listen: null\n");
         assert_eq!(c.listen, "[::]:80".parse().unwrap());
@@ -3311,6 +3530,7 @@ mod tests {
         bypass: [/static/, \"/odd$${x}\"]\n\
         trusted_proxies: [10.0.0.0/8]\n\
         timeouts: {shutdown: 0s}\n\
+        limits: {max_connections: 500, max_connections_per_ip: null}\n\
         admin: {listen: null}\n\
         log: {format: json, level: debug}\n";
 
@@ -3356,6 +3576,8 @@ mod tests {
                 "idle:",
                 "shutdown:",
                 "max_header_size:",
+                "max_connections:",
+                "max_connections_per_ip:",
                 "admin:",
                 "format:",
                 "level:",
@@ -3367,12 +3589,16 @@ mod tests {
         assert!(out.contains("on_error: reject"), "{out}");
         assert!(out.contains("key_prefix: \"session:\""), "{out}");
         assert!(out.contains("max_entries: 100000"), "{out}");
+        assert!(out.contains("  max_connections: 10000\n"), "{out}");
+        assert!(out.contains("  max_connections_per_ip: 1024\n"), "{out}");
         assert!(!out.contains("servers"), "other engines' settings: {out}");
         let rich = parse(RICH)
             .unwrap_or_else(|e| panic!("{e}"))
             .redacted_yaml();
         assert!(rich.contains("redis://app:<redacted>@r:6379/4"), "{rich}");
         assert!(rich.contains("max_age: 14d"), "{rich}");
+        assert!(rich.contains("  max_connections: 500\n"), "{rich}");
+        assert!(rich.contains("  max_connections_per_ip: null\n"), "{rich}");
     }
 
     #[test]
@@ -3410,6 +3636,8 @@ mod tests {
         assert_eq!(back.store.key_prefix, "s6380:");
         assert!(back.admin.listen.is_none());
         assert_eq!(back.cookies.lifetime, c.cookies.lifetime);
+        assert_eq!(back.limits.max_connections, 500);
+        assert_eq!(back.limits.max_connections_per_ip, None);
     }
 
     #[test]

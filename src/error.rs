@@ -27,6 +27,10 @@ pub enum ProxyError {
     /// The upstream could not be reached or broke the exchange.
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
+    /// The upstream broke the HTTP exchange in a way we refuse to pass on (e.g. a `101`
+    /// nobody asked for): 502.
+    #[error("bad upstream response: {0}")]
+    UpstreamProtocol(&'static str),
     /// The upstream sent no response headers within `timeouts.upstream_response`.
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -51,7 +55,9 @@ impl ProxyError {
             ProxyError::BadFraming(_) | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamProtocol(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadInstruction(_) => StatusCode::BAD_GATEWAY,
             // The upstream asked for something the stored session cannot take (Incr on

@@ -23,7 +23,10 @@
 use std::{
     io,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -46,6 +49,9 @@ pub struct Activity {
 #[derive(Debug, Default)]
 struct Inner {
     state: Mutex<State>,
+    /// The connection became a tunnel (`101`): its bytes are opaque from now on and
+    /// nothing here watches them.
+    tunnel: AtomicBool,
     /// Wakes the watchdog when a deadline starts, moves or ends.
     notify: Notify,
 }
@@ -99,6 +105,18 @@ pub struct InFlight {
     inner: Arc<Inner>,
 }
 
+impl InFlight {
+    /// A second hold on the same request: the request counts as in flight until both
+    /// are dropped. The listener gives one to the request body, so an upload that goes
+    /// on after an early response is still that request's body, not a new head.
+    pub fn also(&self) -> InFlight {
+        lock(&self.inner).in_flight += 1;
+        InFlight {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         let mut st = lock(&self.inner);
@@ -145,6 +163,16 @@ impl Activity {
         self.state().proto == Proto::Http2
     }
 
+    /// Requests (h2: streams) in flight right now.
+    pub fn in_flight(&self) -> usize {
+        self.state().in_flight
+    }
+
+    /// The connection switched protocols (`101`): stop watching its bytes.
+    pub fn upgraded(&self) {
+        self.inner.tunnel.store(true, Ordering::Release);
+    }
+
     /// A request head was parsed: its deadline is met; the request is in flight until
     /// the guard is dropped. Also says whether the head carried both `Content-Length`
     /// and `Transfer-Encoding` (hyper drops the former before the service could see it;
@@ -165,6 +193,9 @@ impl Activity {
     }
 
     fn bytes_read(&self, bytes: &[u8]) {
+        if self.inner.tunnel.load(Ordering::Acquire) {
+            return;
+        }
         let mut st = self.state();
         if let Proto::Sniffing { matched } = st.proto {
             let n = bytes.len().min(H2_PREFACE.len() - matched);

@@ -39,7 +39,7 @@
 //! | [`server`] | listeners, connection lifecycle, graceful shutdown |
 //! | [`reload`] | `SIGHUP`: which re-read settings apply live, which need a restart |
 //! | [`tls`] | TLS termination: PEM loading, ALPN `h2`/`http/1.1`, certificates swapped on reload |
-//! | [`keepalive`] | header-read deadline vs keep-alive idle, raw head scan |
+//! | [`keepalive`] | per-connection timers: first byte and request head (`header_read`), keep-alive idle, HTTP/2 idle; raw head scan |
 //! | [`config`] | the YAML schema, validation with `FILE:LINE:COLUMN` errors |
 //! | [`admin`] | `/healthz`, `/readyz`, `/metrics` |
 //! | [`metrics`] | the Prometheus registry: request, upstream, store and session counters |

@@ -120,5 +120,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(server::run(config))
+    let result = runtime.block_on(server::run(config));
+    // The drain already had `timeouts.shutdown`; dropping the runtime would wait without
+    // bound for blocking work (a DNS lookup to a hung resolver, say).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }

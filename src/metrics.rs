@@ -18,6 +18,7 @@
 //! | `session_sidecar_sessions_destroyed_total` | counter | – |
 //! | `session_sidecar_writes_rejected_total` | counter | `reason` = `malformed`, `store_rejected`, `server_error`, `store_unavailable` |
 //! | `session_sidecar_active_connections` | gauge | – |
+//! | `session_sidecar_connections_refused_total` | counter | `cap` = `max_connections`, `max_connections_per_ip` |
 //! | `session_sidecar_open_tunnels` | gauge | – |
 //!
 //! The exposition is the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]), which every
@@ -221,6 +222,7 @@ pub struct Metrics {
     sessions_destroyed: Counter,
     writes_rejected: [Counter; 4],
     connections: Gauge,
+    connections_refused: [Counter; 2],
     tunnels: Gauge,
 }
 
@@ -350,6 +352,16 @@ impl Metrics {
             "Open client connections on the proxy listener",
             connections.clone(),
         );
+        let (family, connections_refused) = labelled(
+            "cap",
+            ["max_connections", "max_connections_per_ip"],
+            Counter::default,
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections closed at accept because a connection cap was reached",
+            family,
+        );
         let tunnels = Gauge::default();
         registry.register(
             "open_tunnels",
@@ -369,6 +381,7 @@ impl Metrics {
             sessions_destroyed,
             writes_rejected,
             connections,
+            connections_refused,
             tunnels,
         }
     }
@@ -415,12 +428,21 @@ impl Metrics {
     }
 
     /// Count `io` as an open client connection until it is dropped.
-    pub fn track_connection<T>(&self, io: T) -> TrackedIo<T> {
+    /// `held` lives as long as the connection too (its share of the connection caps),
+    /// through an upgrade into a tunnel.
+    pub fn track_connection<T, G>(&self, io: T, held: G) -> TrackedIo<T, G> {
         self.connections.inc();
         TrackedIo {
             io,
             _guard: ConnectionGuard(self.connections.clone()),
+            _held: held,
         }
+    }
+
+    /// A connection closed at accept: `per_ip` when the per-address cap refused it,
+    /// else the total cap.
+    pub fn connection_refused(&self, per_ip: bool) {
+        self.connections_refused[usize::from(per_ip)].inc();
     }
 
     /// The current number of open tunnels (read at scrape time).
@@ -450,14 +472,16 @@ impl Drop for ConnectionGuard {
 }
 
 /// A client connection counted in `session_sidecar_active_connections` for as long as
-/// it exists; reads and writes pass straight through.
+/// it exists (an upgraded connection hands its IO, and so this, to the tunnel); reads
+/// and writes pass straight through.
 #[derive(Debug)]
-pub struct TrackedIo<T> {
+pub struct TrackedIo<T, G = ()> {
     io: T,
     _guard: ConnectionGuard,
+    _held: G,
 }
 
-impl<T> TrackedIo<T> {
+impl<T, G> TrackedIo<T, G> {
     pub fn get_ref(&self) -> &T {
         &self.io
     }
@@ -467,7 +491,7 @@ impl<T> TrackedIo<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
+impl<T: AsyncRead + Unpin, G: Unpin> AsyncRead for TrackedIo<T, G> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -477,7 +501,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
+impl<T: AsyncWrite + Unpin, G: Unpin> AsyncWrite for TrackedIo<T, G> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -609,7 +633,7 @@ mod tests {
         m.upstream_error(UpstreamErrorKind::Timeout);
         m.upstream_latency(0.02);
         m.set_open_tunnels(3);
-        let conn = m.track_connection(());
+        let conn = m.track_connection((), ());
         let after = m.encode();
         drop(conn);
 
@@ -694,8 +718,8 @@ mod tests {
         let text = Metrics::new().encode();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(helps, 11, "{text}");
-        assert_eq!(types, 11, "{text}");
+        assert_eq!(helps, 12, "{text}");
+        assert_eq!(types, 12, "{text}");
         for (name, _, _) in samples(&text) {
             assert!(name.starts_with("session_sidecar_"), "{name}");
         }

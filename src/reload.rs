@@ -279,6 +279,16 @@ fn compare_limits(old: &Limits, new: &Limits, restart: &mut Vec<&'static str>) {
         "limits.max_header_size",
         old.max_header_size != new.max_header_size,
     );
+    mark(
+        restart,
+        "limits.max_connections",
+        old.max_connections != new.max_connections,
+    );
+    mark(
+        restart,
+        "limits.max_connections_per_ip",
+        old.max_connections_per_ip != new.max_connections_per_ip,
+    );
     if !restart.iter().any(|k| k.starts_with("limits.")) {
         mark(restart, "limits", debug_differs(old, new));
     }

@@ -12,11 +12,8 @@ mod support;
 use support::certs::TestPki;
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -31,166 +28,16 @@ use session_sidecar::{
     cookie::CookieSigner,
     server::{self, ReloadError},
 };
-use support::{Resp, SECRET_A, SECRET_B, SetCookie, Upstream};
+use support::{
+    Resp, SECRET_A, SECRET_B, SetCookie, Upstream,
+    binary::{Binary, WAIT},
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     task::JoinHandle,
 };
 use tokio_rustls::client::TlsStream;
-
-const BIN: &str = env!("CARGO_BIN_EXE_session-sidecar");
-/// Generous: the machine is slow and shared.
-const WAIT: Duration = Duration::from_secs(20);
-
-// ---------------------------------------------------------------------------------------
-// the child process
-// ---------------------------------------------------------------------------------------
-
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    config: PathBuf,
-    /// Everything the child wrote to stderr (its log), collected by a thread.
-    log: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Proc {
-    /// Spawn the binary with `yaml` (a `{port}` placeholder is filled in) and wait until
-    /// it accepts connections.
-    async fn spawn(yaml: &str) -> Proc {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("sidecar.yaml");
-        std::fs::write(&config, yaml.replace("{port}", &port.to_string())).unwrap();
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let mut proc = Proc {
-            child,
-            addr,
-            config,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                panic!("sidecar exited at start: {status}\n{}", proc.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sidecar did not listen\n{}",
-                proc.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        proc
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{name} failed");
-    }
-
-    fn rewrite(&self, yaml: &str) {
-        // Write-then-rename, as a deployment tool would: the reader never sees half a file.
-        let tmp = self.config.with_extension("tmp");
-        std::fs::write(&tmp, yaml.replace("{port}", &self.addr.port().to_string())).unwrap();
-        std::fs::rename(&tmp, &self.config).unwrap();
-    }
-
-    /// Wait until the log contains `needle` `count` times.
-    async fn wait_log(&self, needle: &str, count: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.log().matches(needle).count() < count {
-            assert!(
-                Instant::now() < deadline,
-                "no {count}× {needle:?} in the log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// SIGHUP and wait for its outcome (applied or rejected) to be logged.
-    async fn reload(&self) {
-        let done = |log: &str| {
-            log.matches("configuration reloaded;").count()
-                + log.matches("configuration reload rejected").count()
-        };
-        let before = done(&self.log());
-        self.signal("HUP");
-        let deadline = Instant::now() + WAIT;
-        while done(&self.log()) <= before {
-            assert!(
-                Instant::now() < deadline,
-                "SIGHUP not handled:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Wait for the child to exit (bounded).
-    async fn wait_exit(&mut self, bound: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sidecar still running {bound:?} after the stop signal\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // Only our own child, by its handle.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// A config for `upstream` with `secrets`, the memory store (unless `extra` has its own
 /// `store:`), no admin listener, JSON logs, then `extra`.
@@ -202,7 +49,7 @@ fn yaml(upstream: &Upstream, secrets: &[&str], extra: &str) -> String {
         "store: { engine: memory }\n"
     };
     format!(
-        "listen: 127.0.0.1:{{port}}\nupstream: {}\nsecrets: [{}]\n{store}\
+        "listen: 127.0.0.1:0\nupstream: {}\nsecrets: [{}]\n{store}\
          admin: {{ listen: null }}\nlog: {{ format: json }}\n{extra}",
         upstream.url(),
         secrets.join(", ")
@@ -302,7 +149,7 @@ fn session_cookie(resp: &Resp) -> SetCookie {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rotates_secrets_on_a_keep_alive_connection_that_survives() {
     let upstream = Upstream::start().await;
-    let proc = Proc::spawn(&yaml(&upstream, &[SECRET_A], "")).await;
+    let proc = Binary::spawn(&yaml(&upstream, &[SECRET_A], "")).await;
     let mut conn = Conn::open(proc.addr).await;
 
     // A session signed with A.
@@ -367,7 +214,7 @@ async fn sighup_rotates_secrets_on_a_keep_alive_connection_that_survives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_a_broken_config_keeps_the_old_one_and_says_where() {
     let upstream = Upstream::start().await;
-    let proc = Proc::spawn(&yaml(&upstream, &[SECRET_A], "bypass: [/static/]\n")).await;
+    let proc = Binary::spawn(&yaml(&upstream, &[SECRET_A], "bypass: [/static/]\n")).await;
     let mut conn = Conn::open(proc.addr).await;
     let reply = write_user("bob");
     let cookie = session_cookie(&conn.send("/", None, &[("x-test-reply", &reply)]).await).value;
@@ -446,7 +293,7 @@ async fn sighup_with_a_broken_config_keeps_the_old_one_and_says_where() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_bypass_and_cookie_attributes_and_names_restart_only_changes() {
     let upstream = Upstream::start().await;
-    let proc = Proc::spawn(&yaml(&upstream, &[SECRET_A], "")).await;
+    let proc = Binary::spawn(&yaml(&upstream, &[SECRET_A], "")).await;
     let mut conn = Conn::open(proc.addr).await;
 
     let r = conn.send("/static/app.js", None, &[]).await;
@@ -494,7 +341,7 @@ async fn sighup_applies_bypass_and_cookie_attributes_and_names_restart_only_chan
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_slow_request_finish_refuses_new_connections_and_exits_0() {
     let upstream = Upstream::start().await;
-    let mut proc = Proc::spawn(&yaml(
+    let mut proc = Binary::spawn(&yaml(
         &upstream,
         &[SECRET_A],
         "timeouts: { shutdown: 30s }\n",
@@ -503,7 +350,7 @@ async fn sigterm_lets_a_slow_request_finish_refuses_new_connections_and_exits_0(
     let mut conn = Conn::open(proc.addr).await;
     let slow = tokio::spawn(async move {
         let r = conn
-            .send("/slow", None, &[("x-test-delay-ms", "3000")])
+            .send("/slow", None, &[("x-test-delay-ms", "8000")])
             .await;
         (r, conn)
     });
@@ -523,7 +370,16 @@ async fn sigterm_lets_a_slow_request_finish_refuses_new_connections_and_exits_0(
     let deadline = Instant::now() + WAIT;
     loop {
         match TcpStream::connect(proc.addr).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            // Refused once the socket is closed; a connection that was still in the
+            // accept queue when it closed is reset instead.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                break;
+            }
             Err(e) => panic!("unexpected connect error: {e}"),
             Ok(_) => {
                 assert!(Instant::now() < deadline, "still accepting after SIGTERM");
@@ -532,8 +388,8 @@ async fn sigterm_lets_a_slow_request_finish_refuses_new_connections_and_exits_0(
         }
     }
     assert!(
-        proc.child.try_wait().unwrap().is_none() && !slow.is_finished(),
-        "refused while draining (the slow request takes 3 s)"
+        proc.is_running() && !slow.is_finished(),
+        "refused while draining (the slow request takes 8 s)"
     );
 
     let (r, conn) = tokio::time::timeout(WAIT, slow).await.unwrap().unwrap();
@@ -555,7 +411,7 @@ async fn sigterm_closes_idle_keep_alive_connections_without_waiting_for_the_dead
     let upstream = Upstream::start().await;
     // A drain deadline far beyond the bound below: exiting within the bound means idle
     // connections did not hold the shutdown.
-    let mut proc = Proc::spawn(&yaml(
+    let mut proc = Binary::spawn(&yaml(
         &upstream,
         &[SECRET_A],
         "timeouts: { shutdown: 120s, idle: 120s, header_read: 100s }\n",
@@ -581,7 +437,7 @@ async fn sigterm_closes_idle_keep_alive_connections_without_waiting_for_the_dead
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_an_open_tunnel_drains_until_the_deadline_then_exits_0() {
     let upstream = Upstream::start().await;
-    let mut proc = Proc::spawn(&yaml(
+    let mut proc = Binary::spawn(&yaml(
         &upstream,
         &[SECRET_A],
         "timeouts: { shutdown: 2s }\n",
@@ -614,7 +470,7 @@ async fn sigterm_with_an_open_tunnel_drains_until_the_deadline_then_exits_0() {
 async fn a_second_sigterm_ends_the_drain_at_once_and_sighup_is_ignored_meanwhile() {
     let upstream = Upstream::start().await;
     // The drain would take 120 s (an open tunnel); the bound below is far shorter.
-    let mut proc = Proc::spawn(&yaml(
+    let mut proc = Binary::spawn(&yaml(
         &upstream,
         &[SECRET_A],
         "timeouts: { shutdown: 120s }\n",
@@ -631,7 +487,7 @@ async fn a_second_sigterm_ends_the_drain_at_once_and_sighup_is_ignored_meanwhile
     proc.wait_log("shutting down", 1).await;
     proc.signal("HUP");
     echo(&mut tunnel, b"draining").await;
-    assert!(proc.child.try_wait().unwrap().is_none(), "still draining");
+    assert!(proc.is_running(), "still draining");
     assert!(!proc.log().contains("SIGHUP: re-reading"), "{}", proc.log());
 
     proc.signal("TERM");

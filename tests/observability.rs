@@ -8,9 +8,7 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::Read,
-    net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -19,10 +17,8 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use support::{Client, Sidecar};
+use support::{Client, Sidecar, binary::Binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const BIN: &str = env!("CARGO_BIN_EXE_session-sidecar");
 
 // ---------------------------------------------------------------------------------------
 // helpers
@@ -549,62 +545,21 @@ async fn error_bodies_and_upstream_share_the_generated_id() {
 // the access log (the real binary)
 // ---------------------------------------------------------------------------------------
 
-/// The binary with `config`, listening on a free port; returns (child, port).
-fn spawn_binary(dir: &tempfile::TempDir, config: &str, rust_log: Option<&str>) -> (Child, u16) {
-    let port = common::free_port();
-    let path = dir.path().join("sidecar.yaml");
-    std::fs::write(&path, format!("listen: 127.0.0.1:{port}\n{config}")).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    match rust_log {
-        Some(v) => cmd.env("RUST_LOG", v),
-        None => cmd.env_remove("RUST_LOG"),
-    };
-    let child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the sidecar did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, port)
-}
-
-/// SIGTERM, wait, return everything it logged.
-fn stop_binary(mut child: Child) -> String {
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "exit status after SIGTERM: {status}");
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    log
+/// The sidecar's own config for `upstream`: an ephemeral port, no admin listener, then
+/// the `log:` section.
+fn binary_config(upstream: &support::Upstream, log: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nupstream: {}\nsecrets: [\"{}\"]\nadmin: {{ listen: null }}\nlog: {log}\n",
+        upstream.url(),
+        support::SECRET_A
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_access_log_has_the_fields_and_no_secrets() {
     let upstream = support::Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (child, port) = spawn_binary(
-        &dir,
-        &format!(
-            "upstream: {}\nsecrets: [\"{}\"]\nadmin: {{ listen: null }}\nlog: {{ format: json }}\n",
-            upstream.url(),
-            support::SECRET_A
-        ),
-        None,
-    );
-    let mut c = Client::new(SocketAddr::from(([127, 0, 0, 1], port)));
+    let bin = Binary::spawn(&binary_config(&upstream, "{ format: json }")).await;
+    let mut c = Client::new(bin.addr);
     let canary = json!({"canary_key_q9": "canary-data-7f3a"});
     let first = write(&mut c, &[set(canary.clone())], &[]).await;
     assert_eq!(first.status, 200);
@@ -617,7 +572,7 @@ async fn json_access_log_has_the_fields_and_no_secrets() {
         .await;
     assert_eq!(r.session(), canary, "the session reached the app");
     let sent_id = r.up_one("x-request-id");
-    let log = stop_binary(child);
+    let log = bin.stop().await;
 
     // JSON format: every line is a JSON object.
     let lines: Vec<Value> = log
@@ -669,21 +624,17 @@ async fn json_access_log_has_the_fields_and_no_secrets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_log_overrides_log_level_and_text_format_works() {
     let upstream = support::Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(&upstream, "{ format: text, level: warn }");
     // `log.level: warn` alone would hide the access lines; RUST_LOG brings them back
-    // and keeps every other info line out.
-    let (child, port) = spawn_binary(
-        &dir,
-        &format!(
-            "upstream: {}\nsecrets: [\"{}\"]\nadmin: {{ listen: null }}\nlog: {{ format: text, level: warn }}\n",
-            upstream.url(),
-            support::SECRET_A
-        ),
-        Some("warn,session_sidecar::access=info"),
-    );
-    let mut c = Client::new(SocketAddr::from(([127, 0, 0, 1], port)));
+    // and keeps every other info line out (the startup line too, hence `quiet`).
+    let bin = Binary::with_config(&config)
+        .env("RUST_LOG", "warn,session_sidecar::access=info")
+        .quiet()
+        .spawn()
+        .await;
+    let mut c = Client::new(bin.addr);
     assert_eq!(c.get("/text?q=1").await.status, 200);
-    let log = stop_binary(child);
+    let log = bin.stop().await;
     let access: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("session_sidecar::access"))
@@ -709,17 +660,9 @@ async fn rust_log_overrides_log_level_and_text_format_works() {
     );
 
     // Without RUST_LOG, `log.level: warn` hides the access lines.
-    let (child, port) = spawn_binary(
-        &dir,
-        &format!(
-            "upstream: {}\nsecrets: [\"{}\"]\nadmin: {{ listen: null }}\nlog: {{ format: text, level: warn }}\n",
-            upstream.url(),
-            support::SECRET_A
-        ),
-        None,
-    );
-    let mut c = Client::new(SocketAddr::from(([127, 0, 0, 1], port)));
+    let bin = Binary::with_config(&config).quiet().spawn().await;
+    let mut c = Client::new(bin.addr);
     assert_eq!(c.get("/text").await.status, 200);
-    let log = stop_binary(child);
+    let log = bin.stop().await;
     assert!(!log.contains("session_sidecar::access"), "{log}");
 }

@@ -455,6 +455,42 @@ async fn upgrade_passes_through_with_session_injected() {
     );
 }
 
+/// h2c smuggling: behind a `101` for `Upgrade: h2c` the client would speak HTTP/2
+/// straight to the app, past every strip. The upgrade is never passed on, and a `101`
+/// the client did not ask for (or for another protocol) becomes a 502, not a tunnel.
+#[tokio::test]
+async fn h2c_upgrade_is_never_forwarded_and_an_unasked_101_is_refused() {
+    let sc = memory(json!({})).await;
+    let mut c = sc.client();
+    let h2c = [
+        ("connection", "Upgrade, HTTP2-Settings"),
+        ("upgrade", "h2c"),
+        ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+    ];
+    let r = c.get_with("/page", &h2c).await;
+    assert_eq!(r.status, 200);
+    let seen = r.up_headers();
+    for name in ["upgrade", "connection", "http2-settings"] {
+        assert!(
+            !seen.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)),
+            "{name} reached the app: {seen:?}"
+        );
+    }
+    // The scripted upstream answers `/ws` with `101 Upgrade: echo` whatever it was
+    // asked: for an h2c offer (forwarded as a plain request) that is a 101 nobody
+    // asked for.
+    let r = c.get_with("/ws", &h2c).await;
+    assert_eq!(r.status, 502, "{:?}", r.headers);
+    // A WebSocket request answered with another protocol is refused the same way.
+    let r = c
+        .get_with(
+            "/ws",
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+        )
+        .await;
+    assert_eq!(r.status, 502, "{:?}", r.headers);
+}
+
 // ---------------------------------------------------------------------------------------
 // framing, limits, timeouts
 // ---------------------------------------------------------------------------------------
@@ -594,4 +630,150 @@ async fn idle_keep_alive_outlives_header_read_but_not_idle() {
         closed_after >= Duration::from_secs(2) && closed_after < Duration::from_secs(6),
         "{closed_after:?}"
     );
+}
+
+/// An app may answer before it has read an upload (a redirect, an early error, a
+/// streaming reply). The rest of the upload is still that request's body: it must
+/// reach the app, and the connection's header-read deadline must not take it for a
+/// slow next request head.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_that_continues_after_an_early_response_is_not_cut() {
+    // An upstream that answers as soon as it has the head, then keeps reading.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let received = std::thread::spawn(move || {
+        let (mut s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !data.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "upstream: connection closed before the head");
+            data.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .unwrap();
+        let head_end = data.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut body = data.split_off(head_end);
+        while body.len() < 60 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&buf[..n]),
+            }
+        }
+        body.len()
+    });
+    let sc = Sidecar::start(
+        json!({"engine": "memory"}),
+        json!({
+            "upstream": format!("http://{up_addr}"),
+            "timeouts": {"header_read": "500ms", "idle": "30s"},
+        }),
+    )
+    .await;
+    let addr = sc.addr;
+    let client = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\r\n")
+            .unwrap();
+        s.write_all(&[b'a'; 30]).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"ok") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "client: closed before the response");
+            got.extend_from_slice(&buf[..n]);
+        }
+        // The rest trickles in, each piece further apart than `header_read`.
+        let mut rest = Ok(());
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(800));
+            rest = rest.and_then(|()| s.write_all(&[b'b'; 10]));
+        }
+        (String::from_utf8_lossy(&got).into_owned(), rest.is_ok())
+    });
+    let (resp, _) = client.await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let body_len = tokio::task::spawn_blocking(move || received.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(body_len, 60, "the upload was cut after the early response");
+}
+
+/// SECURITY G6: connections over `limits.max_connections` (or the per-address cap) are
+/// closed at accept; the others keep working, and a freed slot admits again.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_caps_close_extra_connections_at_accept() {
+    fn closed_at_once(addr: std::net::SocketAddr) -> bool {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 1];
+        // The server closes without reading: EOF, or a reset.
+        matches!(s.read(&mut b), Ok(0) | Err(_))
+    }
+    /// One whole keep-alive exchange (head, then exactly Content-Length body bytes).
+    fn request_works(s: &mut TcpStream) -> bool {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        if s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if !matches!(s.read(&mut b), Ok(1)) {
+                return false;
+            }
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        head.starts_with("http/1.1 200") && s.read_exact(&mut body).is_ok()
+    }
+    for (limits, note) in [
+        (
+            json!({"max_connections": 2, "max_connections_per_ip": null}),
+            "total",
+        ),
+        (
+            json!({"max_connections": 100, "max_connections_per_ip": 2}),
+            "per ip",
+        ),
+    ] {
+        let sc = memory(json!({"limits": limits})).await;
+        let addr = sc.addr;
+        tokio::task::spawn_blocking(move || {
+            let mut a = TcpStream::connect(addr).unwrap();
+            let mut b = TcpStream::connect(addr).unwrap();
+            assert!(request_works(&mut a), "{note}");
+            assert!(request_works(&mut b), "{note}");
+            assert!(
+                closed_at_once(addr),
+                "{note}: a third connection was served"
+            );
+            assert!(request_works(&mut a), "{note}: admitted ones keep working");
+            drop(a);
+            // The slot frees once the server has seen the close.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let mut c = TcpStream::connect(addr).unwrap();
+                if request_works(&mut c) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{note}: the freed slot never admitted"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            drop(b);
+        })
+        .await
+        .unwrap();
+    }
 }

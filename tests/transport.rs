@@ -533,24 +533,37 @@ async fn an_idle_h2_connection_outlives_header_read_and_closes_after_idle() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_h1_head_over_tls_is_still_cut_off() {
     let pki = TestPki::new("slow");
-    let sc = tls_sidecar(&pki, json!({"timeouts": {"header_read": "500ms"}})).await;
-    let mut s = tls_connect(sc.addr, &pki, &[b"http/1.1"]).await;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    // `idle` far beyond everything below: only `header_read` can explain an early close.
+    let sc = tls_sidecar(
+        &pki,
+        json!({"timeouts": {"header_read": "500ms", "idle": "120s"}}),
+    )
+    .await;
+    // Measured from before the connect: the header_read clock cannot have started earlier.
+    let started = Instant::now();
+    let s = tls_connect(sc.addr, &pki, &[b"http/1.1"]).await;
+    let (mut rd, mut wr) = tokio::io::split(s);
+    wr.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("write");
-    let started = Instant::now();
-    // Trickle header bytes; the sidecar closes the connection at header_read.
-    let trickle = async {
-        for _ in 0..100 {
-            if s.write_all(b"X").await.is_err() || s.flush().await.is_err() {
+    // A header byte every 100 ms for up to 30 s: a per-read timer would never fire.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..300 {
+            if wr.write_all(b"X").await.is_err() || wr.flush().await.is_err() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    };
-    trickle.await;
-    closed_by_server(&mut s, Duration::from_secs(15)).await;
-    assert!(started.elapsed() < Duration::from_secs(25));
+    });
+    // Closed while the trickle still runs (20 s < 30 s), long before `idle` (120 s) …
+    closed_by_server(&mut rd, Duration::from_secs(20)).await;
+    let closed_after = started.elapsed();
+    trickle.abort();
+    // … and not before `header_read`.
+    assert!(
+        closed_after >= Duration::from_millis(500),
+        "closed after {closed_after:?}, before header_read (500 ms)"
+    );
     assert!(sc.upstream.requests().is_empty());
 }
 

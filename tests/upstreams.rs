@@ -6,10 +6,9 @@ mod common;
 mod support;
 
 use std::{
-    io::Read as _,
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -20,9 +19,12 @@ use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use session_sidecar::{config::Config, server};
-use support::{Client, SECRET_A, UnixUpstream, Upstream, certs::TestPki, start_config};
-
-const BIN: &str = env!("CARGO_BIN_EXE_session-sidecar");
+use support::{
+    Client, SECRET_A, UnixUpstream, Upstream,
+    binary::{BIN, Binary},
+    certs::TestPki,
+    start_config,
+};
 
 fn sidecar_config(upstream: &str, extra: Value) -> Value {
     let mut cfg = json!({
@@ -316,72 +318,24 @@ async fn a_missing_unix_socket_is_a_502_not_a_hang() {
 
 // ---- the binary: system roots and the log ---------------------------------------------
 
-/// Run the binary with `config` and the given environment until it listens.
-fn spawn_binary(dir: &Path, config: &str, env: &[(&str, &Path)]) -> (Child, SocketAddr) {
-    let port = common::free_port();
-    let path = dir.join("sidecar.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "listen: 127.0.0.1:{port}\nsecrets: [\"{SECRET_A}\"]\nadmin: {{ listen: null }}\n{config}"
-        ),
-    )
-    .expect("write config");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config")
-        .arg(&path)
-        .env_remove("SSL_CERT_FILE")
-        .env_remove("SSL_CERT_DIR")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn the binary");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return (child, addr);
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("the sidecar exited ({status}): {err}");
-        }
-        assert!(Instant::now() < deadline, "the sidecar did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// SIGTERM, wait, and return what it logged.
-fn stop_binary(mut child: Child) -> String {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-    let mut log = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut log);
-    }
-    log
+/// A whole config file for the binary: an ephemeral port, no admin listener, then
+/// `config`.
+fn binary_yaml(config: &str) -> String {
+    format!("listen: 127.0.0.1:0\nsecrets: [\"{SECRET_A}\"]\nadmin: {{ listen: null }}\n{config}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_upstream_tls_ca_the_system_roots_are_used() {
     let pki = TestPki::new("upstream");
     let up = Upstream::start_tls(&pki).await;
-    let dir = tempfile::tempdir().expect("temp dir");
     // rustls-native-certs reads SSL_CERT_FILE instead of the platform store.
     let config = format!("upstream: https://localhost:{}\n", up.addr.port());
-    let (child, addr) = tokio::task::block_in_place(|| {
-        spawn_binary(dir.path(), &config, &[("SSL_CERT_FILE", &pki.ca_file)])
-    });
-    let r = Client::new(addr).get("/via-system-roots").await;
-    let log = tokio::task::block_in_place(|| stop_binary(child));
+    let bin = Binary::with_config(binary_yaml(&config))
+        .env("SSL_CERT_FILE", &pki.ca_file)
+        .spawn()
+        .await;
+    let r = Client::new(bin.addr).get("/via-system-roots").await;
+    let log = bin.stop().await;
     assert_eq!(r.status, 200, "{:?}\n{log}", r.body);
     assert_eq!(r.echo()["path"], "/via-system-roots");
 }
@@ -419,21 +373,67 @@ async fn a_certificate_failure_is_logged_with_its_cause_but_no_cookie() {
     let pki = TestPki::new("upstream");
     let other = TestPki::new("other");
     let up = Upstream::start_tls(&pki).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = format!(
-        "upstream: https://localhost:{}\nupstream_tls: {{ ca: {} }}\n",
+    // Two sidecars share one real redis-server and the secret: the first (trusting the
+    // upstream's CA) creates a session; the binary (trusting another CA) then gets a
+    // request with that valid cookie, loads the session and fails at the handshake.
+    let redis = tokio::task::block_in_place(common::RedisServer::start);
+    let store = json!({"engine": "redis", "storage": {"host": "127.0.0.1", "port": redis.port()}});
+    let good = start_config(&https_config(
         up.addr.port(),
-        other.ca_file.display()
+        &pki.ca_file,
+        json!({"store": store}),
+    ))
+    .await;
+    let mut client = Client::new(good.addr);
+    let r = client
+        .write(&[("X-Session-Set", r#"{"canary_key_k4":"canary-data-5d1e"}"#)])
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let cookie = client.cookie.clone().expect("a session cookie");
+    good.shutdown().await;
+
+    let config = format!(
+        "upstream: https://localhost:{}\nupstream_tls: {{ ca: {} }}\nstore: {}\n",
+        up.addr.port(),
+        other.ca_file.display(),
+        store
     );
-    let (child, addr) = tokio::task::block_in_place(|| spawn_binary(dir.path(), &config, &[]));
-    let mut client = Client::new(addr);
-    client.cookie = Some("c2VjcmV0LWNvb2tpZS12YWx1ZQ.bWFj".into());
+    let bin = Binary::spawn(&binary_yaml(&config)).await;
+    client.addr = bin.addr;
     let r = client.get("/").await;
-    let log = tokio::task::block_in_place(|| stop_binary(child));
+    let log = bin.stop().await;
     assert_eq!(r.status, 502, "{:?}", r.body);
     assert!(
         log.contains("UnknownIssuer") || log.contains("unknown issuer"),
         "the cause is logged: {log}"
     );
-    assert!(!log.contains("c2VjcmV0LWNvb2tpZS12YWx1ZQ"), "{log}");
+    // The cookie was verified and its session loaded before the upstream failed.
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("session_sidecar::access"))
+        .collect();
+    assert_eq!(access.len(), 1, "{log}");
+    assert!(
+        access[0].contains("session=\"active\"") || access[0].contains("session=active"),
+        "the request carried a live session: {}",
+        access[0]
+    );
+    let (sid, mac) = cookie.split_once('.').expect("sid.mac");
+    for secret in [
+        cookie.as_str(),
+        sid,
+        mac,
+        "canary-data-5d1e",
+        "canary_key_k4",
+    ] {
+        assert!(
+            !log.contains(secret),
+            "{secret:?} leaked into the log:\n{log}"
+        );
+    }
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "only the first sidecar reached the upstream"
+    );
 }

@@ -414,5 +414,25 @@ async fn shutdown_returns_at_the_deadline_with_a_tunnel_left_open() {
     tokio::time::timeout(WAIT, running.shutdown())
         .await
         .expect("shutdown returns at the drain deadline");
-    drop(ws);
+    // ... and the tunnel was cut then, not left running in this process: the client
+    // sees its connection end (a read error or EOF, never an echo).
+    let ended = blocking(move || {
+        let mut ws = ws;
+        if ws.send(Message::text("after the deadline")).is_err() {
+            return true;
+        }
+        loop {
+            match ws.read() {
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Close(_)) => continue,
+                Ok(other) => panic!("the tunnel still echoes after shutdown: {other:?}"),
+                Err(e) => return !matches!(e, tungstenite::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock || io.kind() == std::io::ErrorKind::TimedOut),
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended,
+        "the client's tunnel was still open after shutdown returned"
+    );
 }

@@ -35,8 +35,10 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
 
 /// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1). `Trailer`
 /// is end-to-end (hyper only sends trailer fields a message declares in it); its
-/// reserved names are filtered by [`filter_trailer_declaration`].
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// reserved names are filtered by [`filter_trailer_declaration`]. `HTTP2-Settings`
+/// belongs to the (h2c) upgrade of one connection (RFC 9113 §3.1 retired it).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    HeaderName::from_static("http2-settings"),
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -53,6 +55,9 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ///
 /// Returns the `Upgrade` value when the message asks for a protocol upgrade
 /// (`Connection: upgrade` plus `Upgrade`); the caller re-adds both on that path only.
+/// An upgrade that offers `h2c` is never passed on: behind a `101` the client would
+/// speak HTTP/2 straight to the app, where no reserved header is stripped any more
+/// (h2c smuggling, Bishop Fox 2020). The request is forwarded as a plain one.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     let mut listed: Vec<HeaderName> = Vec::new();
     let mut wants_upgrade = false;
@@ -77,7 +82,36 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
         headers.remove(name);
     }
     let upgrade = headers.remove(header::UPGRADE);
-    if wants_upgrade { upgrade } else { None }
+    match upgrade {
+        Some(value) if wants_upgrade && !offers_h2c(&value) => Some(value),
+        _ => None,
+    }
+}
+
+/// Whether the protocol the upstream `chosen` in its `101` is one the client `asked`
+/// for (`Upgrade` token lists, compared case-insensitively, version included).
+pub fn upgrade_offers(asked: &HeaderValue, chosen: &HeaderValue) -> bool {
+    let (Ok(asked), Ok(chosen)) = (asked.to_str(), chosen.to_str()) else {
+        return false;
+    };
+    let chosen = chosen.trim();
+    !chosen.is_empty()
+        && !chosen.contains(',')
+        && asked
+            .split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case(chosen))
+}
+
+/// Whether an `Upgrade` value names `h2c` among its protocols (any case, any version
+/// suffix such as `h2c/1`); an unreadable value counts as offering it.
+fn offers_h2c(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else {
+        return true;
+    };
+    text.split(',').any(|p| {
+        let name = p.trim().split('/').next().unwrap_or("").trim();
+        name.eq_ignore_ascii_case("h2c")
+    })
 }
 
 /// Remove reserved names from `Trailer` declarations: the trailers themselves are
@@ -446,5 +480,54 @@ mod tests {
         set_forwarded(&mut h, peer, true, "http");
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_never_passed_on() {
+        for offer in ["h2c", "H2C", "websocket, h2c", " h2c/1 ", "foo, h2c"] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONNECTION,
+                HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+            );
+            h.insert(header::UPGRADE, HeaderValue::from_str(offer).unwrap());
+            h.insert(
+                "http2-settings",
+                HeaderValue::from_static("AAMAAABkAAQAoAAAAAIAAAAA"),
+            );
+            assert_eq!(remove_hop_by_hop(&mut h), None, "{offer}");
+            assert!(h.is_empty(), "{offer}: {h:?}");
+        }
+        // HTTP2-Settings goes even when Connection does not list it.
+        let mut h = HeaderMap::new();
+        h.insert("http2-settings", HeaderValue::from_static("AAMAAABk"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert_eq!(remove_hop_by_hop(&mut h), None);
+        assert!(h.is_empty(), "{h:?}");
+        assert!(upgrade_offers(
+            &HeaderValue::from_static("websocket, foo/2"),
+            &HeaderValue::from_static("WebSocket")
+        ));
+        assert!(upgrade_offers(
+            &HeaderValue::from_static("websocket, foo/2"),
+            &HeaderValue::from_static("foo/2")
+        ));
+        for chosen in ["foo", "h2c", "", "websocket, foo/2"] {
+            assert!(
+                !upgrade_offers(
+                    &HeaderValue::from_static("websocket, foo/2"),
+                    &HeaderValue::from_str(chosen).unwrap()
+                ),
+                "{chosen}"
+            );
+        }
+        // WebSocket still passes.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(
+            remove_hop_by_hop(&mut h),
+            Some(HeaderValue::from_static("websocket"))
+        );
     }
 }

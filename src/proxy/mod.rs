@@ -16,8 +16,6 @@ use std::{
 };
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
-use tokio_util::task::TaskTracker;
 
 use crate::{
     body::{Body, strip_reserved_trailers},
@@ -101,6 +99,18 @@ impl Settings {
     }
 }
 
+/// A client request body the pipeline can stream upstream: hyper's `Incoming`, or the
+/// listener's wrapper of it that holds the connection's in-flight mark.
+pub trait RequestBody:
+    http_body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: http_body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + 'static
+{
+}
+
 /// What the pipeline knows about the client connection a request arrived on.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
@@ -128,7 +138,7 @@ pub struct Proxy {
     upstream: Upstream,
     request_ids: RequestIds,
     /// Upgraded tunnels (WebSocket), which outlive their HTTP connection.
-    tunnels: TaskTracker,
+    tunnels: upgrade::Tunnels,
     metrics: Arc<Metrics>,
 }
 
@@ -144,7 +154,7 @@ impl Proxy {
             store,
             upstream,
             request_ids: RequestIds::new(),
-            tunnels: TaskTracker::new(),
+            tunnels: upgrade::Tunnels::new(),
             metrics,
         }
     }
@@ -165,7 +175,7 @@ impl Proxy {
     }
 
     /// The open upgraded tunnels; shutdown closes and waits for them.
-    pub fn tunnels(&self) -> &TaskTracker {
+    pub fn tunnels(&self) -> &upgrade::Tunnels {
         &self.tunnels
     }
 
@@ -175,7 +185,10 @@ impl Proxy {
     }
 
     /// Serve one request; never fails (errors become short plain-text responses).
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    pub async fn handle<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<Body>
+    where
+        B: RequestBody,
+    {
         let started = Instant::now();
         let settings = self.settings();
         // A trusted proxy's sane X-Request-Id is kept; anything else gets a fresh id.
@@ -232,7 +245,7 @@ impl Proxy {
     async fn process(
         &self,
         settings: &Settings,
-        mut req: Request<Incoming>,
+        mut req: Request<impl RequestBody>,
         conn: &ConnInfo,
         request_id: &str,
         session_status: &mut SessionStatus,
@@ -265,7 +278,10 @@ impl Proxy {
 
         // 3. Hop-by-hop fields go before injection, so `Connection` cannot remove
         //    what we add; then forwarding headers, the session cookie, the session.
-        let upgrade = headers::remove_hop_by_hop(req.headers_mut());
+        let upgrade = headers::remove_hop_by_hop(req.headers_mut())
+            // Upgrade is an HTTP/1.1 mechanism (RFC 9110 §7.8); rpxy refuses it on
+            // anything else, so do we: the request goes on as a plain one.
+            .filter(|_| req.version() == http::Version::HTTP_11);
         headers::filter_trailer_declaration(req.headers_mut(), &settings.prefix);
         if let Some(proto) = upgrade.clone() {
             headers::restore_upgrade(req.headers_mut(), proto);
@@ -322,11 +338,23 @@ impl Proxy {
         }
         let resp_upgrade = headers::remove_hop_by_hop(resp.headers_mut());
         headers::filter_trailer_declaration(resp.headers_mut(), &settings.prefix);
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if switching && let Some(proto) = resp_upgrade {
-            headers::restore_upgrade(resp.headers_mut(), proto);
-        }
-        let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
+        // A tunnel only for a `101` that switches to a protocol the client asked for
+        // (never h2c: `remove_hop_by_hop`); any other `101` is the app's mistake.
+        let upstream_upgrade = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            match (&upgrade, resp_upgrade) {
+                (Some(asked), Some(chosen)) if headers::upgrade_offers(asked, &chosen) => {
+                    headers::restore_upgrade(resp.headers_mut(), chosen);
+                    Some(hyper::upgrade::on(&mut resp))
+                }
+                _ => {
+                    return Err(ProxyError::UpstreamProtocol(
+                        "the upstream switched protocols without a matching upgrade request",
+                    ));
+                }
+            }
+        } else {
+            None
+        };
         let mut resp = resp.map(|b| strip_reserved_trailers(b, settings.prefix.clone()));
 
         if let Some(session) = session {
@@ -359,7 +387,7 @@ impl Proxy {
         }
 
         if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
-            upgrade::spawn_tunnel(&self.tunnels, client, upstream);
+            self.tunnels.spawn(client, upstream);
         }
         Ok(resp)
     }
@@ -368,7 +396,7 @@ impl Proxy {
     async fn load_session(
         &self,
         settings: &Settings,
-        req: &Request<Incoming>,
+        req: &Request<impl RequestBody>,
     ) -> Result<RequestSession, ProxyError> {
         let view = |status, id, needs_resign| SessionView {
             status,
@@ -545,7 +573,6 @@ fn set_cookie(settings: &Settings, headers: &mut http::HeaderMap, action: Cookie
     make_private(headers);
 }
 
-fn request_has_body(req: &Request<Incoming>) -> bool {
-    use http_body::Body as _;
+fn request_has_body(req: &Request<impl RequestBody>) -> bool {
     !req.body().is_end_stream()
 }

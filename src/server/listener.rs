@@ -26,8 +26,9 @@ use tokio::{
     sync::watch,
     time::Instant,
 };
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use super::admission::{Admission, Admitted, Refused};
 use crate::{
     body::Body,
     config::Config,
@@ -38,6 +39,10 @@ use crate::{
 
 /// Streams one HTTP/2 client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// HTTP/2 flow-control windows: 64 KiB per stream, 1 MiB per connection (SECURITY G5;
+/// hyper's adaptive window would grow them).
+pub const H2_STREAM_WINDOW: u32 = 64 * 1024;
+pub const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// HTTP/2 keep-alive: a PING this often while the connection is quiet, and the
 /// connection is closed when it is not answered within [`H2_PING_TIMEOUT`] (a vanished
 /// peer). PINGs never count as activity for `timeouts.idle`.
@@ -86,6 +91,9 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         // Keep-alive pings panic without a timer (pitfall 1).
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        // Flow-control windows (SECURITY G5): what one client can make us buffer.
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         // Decoded header list size (RFC 9113 §6.5.2); hyper refuses larger with 431.
         .max_header_list_size(u32::try_from(config.limits.max_header_size).unwrap_or(u32::MAX))
         .keep_alive_interval(H2_PING_INTERVAL)
@@ -105,6 +113,35 @@ fn hold_until_sent(body: Body, guard: InFlight) -> Body {
     .boxed_unsync()
 }
 
+/// The request body with a hold on its request: hyper drops the body once it has been
+/// read to the end (or abandoned), and only then may the connection's next bytes be a
+/// new request head. Zero-sized when the request has no body to wait for.
+#[derive(Debug)]
+pub struct HeldBody {
+    body: Incoming,
+    _guard: Option<InFlight>,
+}
+
+impl http_body::Body for HeldBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Accept until `stopped`, then drain (see the module docs). `tls`: terminate TLS with
 /// these certificates (they may be swapped by a reload meanwhile).
 pub async fn serve_proxy(
@@ -120,7 +157,13 @@ pub async fn serve_proxy(
         header_read: config.timeouts.header_read,
         idle: config.timeouts.idle,
     };
+    let admission = Admission::new(
+        config.limits.max_connections,
+        config.limits.max_connections_per_ip,
+    );
     let connections = TaskTracker::new();
+    // Cancelled at the shutdown deadline: connections still open then are dropped.
+    let cut = CancellationToken::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -133,12 +176,23 @@ pub async fn serve_proxy(
                         continue;
                     }
                 };
+                // Caps first: a refused connection costs no TLS work and no task.
+                let admitted = match admission.admit(peer.ip()) {
+                    Ok(admitted) => admitted,
+                    Err(refused) => {
+                        proxy.metrics().connection_refused(refused == Refused::PerIp);
+                        tracing::debug!(peer = %peer, cap = ?refused, "connection refused: cap reached");
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let conn = Connection {
+                    admitted: Some(admitted),
                     proxy: proxy.clone(),
                     builders: builders.clone(),
                     timers,
                     stopped: stopped.clone(),
+                    cut: cut.clone(),
                     peer,
                 };
                 match &acceptor {
@@ -164,8 +218,12 @@ pub async fn serve_proxy(
             tracing::warn!(
                 connections = connections.len(),
                 tunnels = proxy.tunnels().len(),
-                "shutdown timeout reached with requests or tunnels still open"
+                "shutdown timeout reached with requests or tunnels still open; cutting them"
             );
+            // Embedded use (tests, the demo) keeps the runtime: end what is left rather
+            // than leave it running after `shutdown()` returned.
+            cut.cancel();
+            proxy.tunnels().cut_all();
         }
     }
 }
@@ -178,10 +236,15 @@ struct Timers {
 
 /// One accepted client connection.
 struct Connection {
+    /// Its share of the connection caps, moved into the connection's IO (so a tunnel
+    /// keeps holding it).
+    admitted: Option<Admitted>,
     proxy: Arc<Proxy>,
     builders: Arc<Builders>,
     timers: Timers,
     stopped: watch::Receiver<bool>,
+    /// The shutdown deadline passed: drop the connection.
+    cut: CancellationToken,
     peer: SocketAddr,
 }
 
@@ -226,7 +289,12 @@ impl Connection {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let io = self.proxy.metrics().track_connection(io); // counted until dropped
+        // Counted, and holding its share of the caps, until dropped: by hyper, or by the
+        // tunnel the connection becomes.
+        let io = self
+            .proxy
+            .metrics()
+            .track_connection(io, self.admitted.take());
         let activity = Activity::accepted(http1_only);
         let io = TokioIo::new(WatchedIo::new(io, activity.clone()));
         let proxy = self.proxy.clone();
@@ -235,6 +303,14 @@ impl Connection {
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let proxy = proxy.clone();
             let (in_flight, ambiguous_framing) = in_service.request();
+            // The request stays in flight until its body is read too (an app may
+            // answer before it has read an upload).
+            let body_hold = (!http_body::Body::is_end_stream(req.body())).then(|| in_flight.also());
+            let req = req.map(|body| HeldBody {
+                body,
+                _guard: body_hold,
+            });
+            let in_service = in_service.clone();
             let conn = ConnInfo {
                 peer,
                 scheme,
@@ -242,6 +318,9 @@ impl Connection {
             };
             async move {
                 let resp = proxy.handle(req, &conn).await;
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    in_service.upgraded();
+                }
                 // In flight until hyper drops the body, i.e. the response is sent.
                 Ok::<_, Infallible>(resp.map(|body| hold_until_sent(body, in_flight)))
             }
@@ -259,6 +338,10 @@ impl Connection {
                     if let Err(e) = result {
                         tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                     }
+                    return;
+                }
+                () = self.cut.cancelled() => {
+                    tracing::debug!(peer = %peer, "connection cut at the shutdown deadline");
                     return;
                 }
                 _ = self.stopped.wait_for(|stop| *stop), if !stopping => {
@@ -279,6 +362,12 @@ impl Connection {
                     }
                 },
                 _ = tokio::time::sleep_until(give_up.unwrap_or_else(Instant::now)), if give_up.is_some() => {
+                    if activity.in_flight() > 0 {
+                        // A stream opened while the GOAWAY was on its way: let it
+                        // finish; the connection closes after it (or idles again).
+                        give_up = None;
+                        continue;
+                    }
                     tracing::debug!(peer = %peer, "idle HTTP/2 connection did not close in time; dropping it");
                     return;
                 }

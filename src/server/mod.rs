@@ -5,6 +5,7 @@
 //! The accept loop and per-connection serving live in [`listener`], signal handling in
 //! [`signals`].
 
+pub mod admission;
 pub mod listener;
 pub mod signals;
 
@@ -249,7 +250,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 fn reload_on_signal(running: &Running) {
     let path = running.config_path();
     tracing::info!(path = %path.display(), "SIGHUP: re-reading the configuration");
-    match running.reload_from(&path) {
+    // Reading the config and certificate files blocks: never on a runtime thread that
+    // is serving requests (on the multi-thread runtime `main` builds, this worker hands
+    // its other tasks to another thread meanwhile).
+    let reload = || running.reload_from(&path);
+    let result = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(reload),
+        _ => reload(),
+    };
+    match result {
         Ok(report) => {
             if !report.needs_restart.is_empty() {
                 tracing::warn!(

@@ -9,6 +9,7 @@
 //! "trailers":[[n,v]...]}`.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod certs;
 
 use std::{
