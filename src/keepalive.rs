@@ -322,20 +322,27 @@ impl HeadScan {
     }
 }
 
-/// An IO that reports reads to its connection's [`Activity`].
+/// An IO that reports reads to its connection's [`Activity`], and keeps `held` (the
+/// connection's share of gauges and caps) alive exactly as long as the connection: an
+/// upgraded connection hands this IO to its tunnel.
 #[derive(Debug)]
-pub struct WatchedIo<T> {
+pub struct WatchedIo<T, H = ()> {
     io: T,
     activity: Activity,
+    _held: H,
 }
 
-impl<T> WatchedIo<T> {
-    pub fn new(io: T, activity: Activity) -> Self {
-        WatchedIo { io, activity }
+impl<T, H> WatchedIo<T, H> {
+    pub fn new(io: T, activity: Activity, held: H) -> Self {
+        WatchedIo {
+            io,
+            activity,
+            _held: held,
+        }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
+impl<T: AsyncRead + Unpin, H: Unpin> AsyncRead for WatchedIo<T, H> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -350,7 +357,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
+impl<T: AsyncWrite + Unpin, H: Unpin> AsyncWrite for WatchedIo<T, H> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

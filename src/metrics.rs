@@ -24,19 +24,12 @@
 //! The exposition is the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]), which every
 //! Prometheus-compatible scraper reads.
 
-use std::{
-    io,
-    pin::Pin,
-    task::{Context, Poll},
-};
-
 use http::StatusCode;
 use prometheus_client::{
     encoding::{EncodeMetric, MetricEncoder, prometheus_text},
     metrics::{MetricType, TypedMetric, counter::Counter, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::store::{StoreError, Target};
 
@@ -428,15 +421,12 @@ impl Metrics {
     }
 
     /// Count `io` as an open client connection until it is dropped.
-    /// `held` lives as long as the connection too (its share of the connection caps),
-    /// through an upgrade into a tunnel.
-    pub fn track_connection<T, G>(&self, io: T, held: G) -> TrackedIo<T, G> {
+    /// A client connection opened: counted in `active_connections` until the returned
+    /// guard is dropped (the listener keeps it in the connection's IO, so an upgraded
+    /// connection counts until its tunnel closes).
+    pub fn connection_opened(&self) -> ConnectionGuard {
         self.connections.inc();
-        TrackedIo {
-            io,
-            _guard: ConnectionGuard(self.connections.clone()),
-            _held: held,
-        }
+        ConnectionGuard(self.connections.clone())
     }
 
     /// A connection closed at accept: `per_ip` when the per-address cap refused it,
@@ -463,71 +453,11 @@ impl Metrics {
 
 /// Decrements the active-connections gauge when dropped.
 #[derive(Debug)]
-struct ConnectionGuard(Gauge);
+pub struct ConnectionGuard(Gauge);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// A client connection counted in `session_sidecar_active_connections` for as long as
-/// it exists (an upgraded connection hands its IO, and so this, to the tunnel); reads
-/// and writes pass straight through.
-#[derive(Debug)]
-pub struct TrackedIo<T, G = ()> {
-    io: T,
-    _guard: ConnectionGuard,
-    _held: G,
-}
-
-impl<T, G> TrackedIo<T, G> {
-    pub fn get_ref(&self) -> &T {
-        &self.io
-    }
-
-    pub fn get_mut(&mut self) -> &mut T {
-        &mut self.io
-    }
-}
-
-impl<T: AsyncRead + Unpin, G: Unpin> AsyncRead for TrackedIo<T, G> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin, G: Unpin> AsyncWrite for TrackedIo<T, G> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
     }
 }
 
@@ -633,7 +563,7 @@ mod tests {
         m.upstream_error(UpstreamErrorKind::Timeout);
         m.upstream_latency(0.02);
         m.set_open_tunnels(3);
-        let conn = m.track_connection((), ());
+        let conn = m.connection_opened();
         let after = m.encode();
         drop(conn);
 

@@ -19,7 +19,7 @@ use std::{
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
@@ -105,23 +105,15 @@ impl Conn {
             .await
             .expect("response in time")
             .expect("response on the same connection");
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Resp {
-            status,
-            headers,
-            body,
-        }
+        Resp::read(resp).await.expect("the whole response body")
+    }
+
+    /// A fresh request (no cookie) whose upstream response sets `{"user": name}`.
+    async fn write_user(&mut self, name: &str) -> Resp {
+        let reply =
+            serde_json::to_string(&[["X-Session-Set", &format!("{{\"user\":\"{name}\"}}")]])
+                .unwrap();
+        self.send("/", None, &[("x-test-reply", &reply)]).await
     }
 
     /// Wait until the server closes this connection.
@@ -133,8 +125,9 @@ impl Conn {
     }
 }
 
-fn write_user(name: &str) -> String {
-    serde_json::to_string(&[["X-Session-Set", &format!("{{\"user\":\"{name}\"}}")]]).unwrap()
+/// The binary with `yaml(upstream, [SECRET_A], extra)`.
+async fn sidecar(upstream: &Upstream, extra: &str) -> Binary {
+    Binary::spawn(&yaml(upstream, &[SECRET_A], extra)).await
 }
 
 fn session_cookie(resp: &Resp) -> SetCookie {
@@ -149,12 +142,11 @@ fn session_cookie(resp: &Resp) -> SetCookie {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rotates_secrets_on_a_keep_alive_connection_that_survives() {
     let upstream = Upstream::start().await;
-    let proc = Binary::spawn(&yaml(&upstream, &[SECRET_A], "")).await;
+    let proc = sidecar(&upstream, "").await;
     let mut conn = Conn::open(proc.addr).await;
 
     // A session signed with A.
-    let reply = write_user("ann");
-    let r = conn.send("/", None, &[("x-test-reply", &reply)]).await;
+    let r = conn.write_user("ann").await;
     assert_eq!(r.status, 200);
     let old = session_cookie(&r).value;
     let signed_by =
@@ -214,10 +206,9 @@ async fn sighup_rotates_secrets_on_a_keep_alive_connection_that_survives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_a_broken_config_keeps_the_old_one_and_says_where() {
     let upstream = Upstream::start().await;
-    let proc = Binary::spawn(&yaml(&upstream, &[SECRET_A], "bypass: [/static/]\n")).await;
+    let proc = sidecar(&upstream, "bypass: [/static/]\n").await;
     let mut conn = Conn::open(proc.addr).await;
-    let reply = write_user("bob");
-    let cookie = session_cookie(&conn.send("/", None, &[("x-test-reply", &reply)]).await).value;
+    let cookie = session_cookie(&conn.write_user("bob").await).value;
     let path = proc.config.display().to_string();
 
     // 1. A YAML syntax error (an unclosed flow sequence on line 7).
@@ -293,13 +284,12 @@ async fn sighup_with_a_broken_config_keeps_the_old_one_and_says_where() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_bypass_and_cookie_attributes_and_names_restart_only_changes() {
     let upstream = Upstream::start().await;
-    let proc = Binary::spawn(&yaml(&upstream, &[SECRET_A], "")).await;
+    let proc = sidecar(&upstream, "").await;
     let mut conn = Conn::open(proc.addr).await;
 
     let r = conn.send("/static/app.js", None, &[]).await;
     assert_eq!(r.sstatus(), "none", "not bypassed yet");
-    let reply = write_user("cy");
-    let c = session_cookie(&conn.send("/", None, &[("x-test-reply", &reply)]).await);
+    let c = session_cookie(&conn.write_user("cy").await);
     assert!(c.has("secure") && c.has("httponly"), "{c:?}");
     assert_eq!(c.get("samesite").as_deref(), Some("Lax"));
 
@@ -321,8 +311,7 @@ async fn sighup_applies_bypass_and_cookie_attributes_and_names_restart_only_chan
         "bypassed after the reload: {:?}",
         r.up_headers()
     );
-    let reply = write_user("dee");
-    let c = session_cookie(&conn.send("/", None, &[("x-test-reply", &reply)]).await);
+    let c = session_cookie(&conn.write_user("dee").await);
     assert!(!c.has("secure"), "{c:?}");
     assert!(c.has("httponly"));
     assert_eq!(c.get("samesite").as_deref(), Some("Strict"));
@@ -341,12 +330,7 @@ async fn sighup_applies_bypass_and_cookie_attributes_and_names_restart_only_chan
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_slow_request_finish_refuses_new_connections_and_exits_0() {
     let upstream = Upstream::start().await;
-    let mut proc = Binary::spawn(&yaml(
-        &upstream,
-        &[SECRET_A],
-        "timeouts: { shutdown: 30s }\n",
-    ))
-    .await;
+    let mut proc = sidecar(&upstream, "timeouts: { shutdown: 30s }\n").await;
     let mut conn = Conn::open(proc.addr).await;
     let slow = tokio::spawn(async move {
         let r = conn
@@ -400,8 +384,7 @@ async fn sigterm_lets_a_slow_request_finish_refuses_new_connections_and_exits_0(
         Some("close"),
         "the drained connection is not kept alive"
     );
-    let status = proc.wait_exit(WAIT).await;
-    assert!(status.success(), "exit status {status}\n{}", proc.log());
+    proc.wait_exit_0(WAIT).await;
     conn.closed_by_server(WAIT).await;
     assert!(proc.log().contains("SIGTERM"), "{}", proc.log());
 }
@@ -411,11 +394,10 @@ async fn sigterm_closes_idle_keep_alive_connections_without_waiting_for_the_dead
     let upstream = Upstream::start().await;
     // A drain deadline far beyond the bound below: exiting within the bound means idle
     // connections did not hold the shutdown.
-    let mut proc = Binary::spawn(&yaml(
+    let mut proc = sidecar(
         &upstream,
-        &[SECRET_A],
         "timeouts: { shutdown: 120s, idle: 120s, header_read: 100s }\n",
-    ))
+    )
     .await;
     let mut idle = Conn::open(proc.addr).await;
     assert_eq!(idle.send("/", None, &[]).await.status, 200);
@@ -423,8 +405,7 @@ async fn sigterm_closes_idle_keep_alive_connections_without_waiting_for_the_dead
     let mut silent = TcpStream::connect(proc.addr).await.unwrap();
 
     proc.signal("TERM");
-    let status = proc.wait_exit(Duration::from_secs(60)).await;
-    assert!(status.success(), "exit status {status}\n{}", proc.log());
+    proc.wait_exit_0(Duration::from_secs(60)).await;
     idle.closed_by_server(WAIT).await;
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(WAIT, silent.read(&mut buf))
@@ -437,19 +418,8 @@ async fn sigterm_closes_idle_keep_alive_connections_without_waiting_for_the_dead
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_an_open_tunnel_drains_until_the_deadline_then_exits_0() {
     let upstream = Upstream::start().await;
-    let mut proc = Binary::spawn(&yaml(
-        &upstream,
-        &[SECRET_A],
-        "timeouts: { shutdown: 2s }\n",
-    ))
-    .await;
-    let mut tunnel = TcpStream::connect(proc.addr).await.unwrap();
-    tunnel
-        .write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
-    let head = read_head(&mut tunnel).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut proc = sidecar(&upstream, "timeouts: { shutdown: 2s }\n").await;
+    let mut tunnel = open_tunnel(proc.addr).await;
     echo(&mut tunnel, b"before").await;
 
     proc.signal("TERM");
@@ -457,8 +427,7 @@ async fn sigterm_with_an_open_tunnel_drains_until_the_deadline_then_exits_0() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     echo(&mut tunnel, b"during the drain").await;
     // … and the client never closes it: the process still exits 0 at the deadline.
-    let status = proc.wait_exit(WAIT).await;
-    assert!(status.success(), "exit status {status}\n{}", proc.log());
+    proc.wait_exit_0(WAIT).await;
     assert!(
         proc.log().contains("shutdown timeout reached"),
         "{}",
@@ -470,18 +439,8 @@ async fn sigterm_with_an_open_tunnel_drains_until_the_deadline_then_exits_0() {
 async fn a_second_sigterm_ends_the_drain_at_once_and_sighup_is_ignored_meanwhile() {
     let upstream = Upstream::start().await;
     // The drain would take 120 s (an open tunnel); the bound below is far shorter.
-    let mut proc = Binary::spawn(&yaml(
-        &upstream,
-        &[SECRET_A],
-        "timeouts: { shutdown: 120s }\n",
-    ))
-    .await;
-    let mut tunnel = TcpStream::connect(proc.addr).await.unwrap();
-    tunnel
-        .write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(read_head(&mut tunnel).await.starts_with("HTTP/1.1 101"));
+    let mut proc = sidecar(&upstream, "timeouts: { shutdown: 120s }\n").await;
+    let mut tunnel = open_tunnel(proc.addr).await;
 
     proc.signal("TERM");
     proc.wait_log("shutting down", 1).await;
@@ -491,10 +450,21 @@ async fn a_second_sigterm_ends_the_drain_at_once_and_sighup_is_ignored_meanwhile
     assert!(!proc.log().contains("SIGHUP: re-reading"), "{}", proc.log());
 
     proc.signal("TERM");
-    let status = proc.wait_exit(Duration::from_secs(60)).await;
-    assert!(status.success(), "exit status {status}\n{}", proc.log());
+    proc.wait_exit_0(Duration::from_secs(60)).await;
     assert!(proc.log().contains("second stop signal"), "{}", proc.log());
     assert!(!proc.log().contains("SIGHUP: re-reading"), "{}", proc.log());
+}
+
+/// A raw connection to the sidecar at `addr`, upgraded to the upstream's `/ws` echo.
+async fn open_tunnel(addr: SocketAddr) -> TcpStream {
+    let mut tunnel = TcpStream::connect(addr).await.unwrap();
+    tunnel
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut tunnel).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tunnel
 }
 
 async fn read_head(s: &mut TcpStream) -> String {
@@ -544,6 +514,16 @@ fn tls_config(
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `tls_config` with `pki`'s certificate and key and nothing else.
+fn pki_config(upstream: &Upstream, pki: &TestPki) -> Config {
+    tls_config(
+        upstream,
+        &pki.cert_file,
+        &pki.key_file,
+        serde_json::json!({}),
+    )
+}
+
 /// A TLS connection trusting only `pki`'s CA; the leaf the server presented.
 async fn tls_connect(
     addr: SocketAddr,
@@ -571,14 +551,7 @@ fn leaf_of(pki: &TestPki) -> CertificateDer<'static> {
 async fn reload_swaps_certificates_for_new_handshakes_and_rejects_a_bad_one_whole() {
     let upstream = Upstream::start().await;
     let (a, b) = (TestPki::new("reload-a"), TestPki::new("reload-b"));
-    let running = server::start(tls_config(
-        &upstream,
-        &a.cert_file,
-        &a.key_file,
-        serde_json::json!({}),
-    ))
-    .await
-    .unwrap();
+    let running = server::start(pki_config(&upstream, &a)).await.unwrap();
     let addr = running.addr;
 
     let (tls, leaf) = tls_connect(addr, &a).await.unwrap();
@@ -587,14 +560,7 @@ async fn reload_swaps_certificates_for_new_handshakes_and_rejects_a_bad_one_whol
     assert_eq!(old_conn.send("/", None, &[]).await.status, 200);
 
     // New paths: new handshakes present B; the connection made with A keeps working.
-    let report = running
-        .reload(&tls_config(
-            &upstream,
-            &b.cert_file,
-            &b.key_file,
-            serde_json::json!({}),
-        ))
-        .unwrap();
+    let report = running.reload(&pki_config(&upstream, &b)).unwrap();
     assert_eq!(report.changed, ["tls.cert", "tls.key"]);
     assert!(report.needs_restart.is_empty());
     let (_, leaf) = tls_connect(addr, &b).await.unwrap();
@@ -609,14 +575,7 @@ async fn reload_swaps_certificates_for_new_handshakes_and_rejects_a_bad_one_whol
     let renewed = TestPki::new("reload-b-renewed");
     std::fs::copy(&renewed.cert_file, &b.cert_file).unwrap();
     std::fs::copy(&renewed.key_file, &b.key_file).unwrap();
-    let report = running
-        .reload(&tls_config(
-            &upstream,
-            &b.cert_file,
-            &b.key_file,
-            serde_json::json!({}),
-        ))
-        .unwrap();
+    let report = running.reload(&pki_config(&upstream, &b)).unwrap();
     assert!(report.changed.is_empty(), "{report:?}");
     let (_, leaf) = tls_connect(addr, &renewed).await.unwrap();
     assert_eq!(leaf, leaf_of(&renewed));

@@ -12,25 +12,10 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use support::{Client, SECRET_A, SECRET_B, Sidecar, raw_exchange};
+use support::{Client, SECRET_A, SECRET_B, Sidecar, assert_only_injected, raw_exchange};
 
 async fn memory(extra: Value) -> Sidecar {
     Sidecar::start(json!({"engine": "memory"}), extra).await
-}
-
-fn assert_only_injected(r: &support::Resp) {
-    let mut names: Vec<String> = r
-        .up_reserved()
-        .into_iter()
-        .map(|n| n.to_ascii_lowercase())
-        .collect();
-    names.sort();
-    assert_eq!(
-        names,
-        ["x-session", "x-session-flash", "x-session-status"],
-        "{:?}",
-        r.up_headers()
-    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,12 +15,12 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use session_sidecar::{config::Config, server};
-use support::{Resp, Sidecar, certs::TestPki};
+use support::{Resp, Sidecar, assert_only_injected, certs::TestPki};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -39,6 +39,12 @@ async fn tls_sidecar(pki: &TestPki, mut extra: Value) -> Sidecar {
     Sidecar::start(json!({"engine": "memory"}), extra).await
 }
 
+/// Two sidecars with the same `extra` settings: one plain, one with TLS from `pki`.
+async fn plain_and_tls(pki: &TestPki, extra: Value) -> (Sidecar, Sidecar) {
+    let plain = Sidecar::start(json!({"engine": "memory"}), extra.clone()).await;
+    (plain, tls_sidecar(pki, extra).await)
+}
+
 /// A TLS connection to the sidecar that trusts the test CA, offering `alpn`.
 async fn tls_connect(addr: SocketAddr, pki: &TestPki, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(pki.client_config(alpn)));
@@ -48,34 +54,6 @@ async fn tls_connect(addr: SocketAddr, pki: &TestPki, alpn: &[&[u8]]) -> TlsStre
         .await
         .expect("handshake within 30 s")
         .expect("TLS handshake")
-}
-
-fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
-}
-
-async fn into_resp(resp: http::Response<hyper::body::Incoming>) -> Resp {
-    let status = resp.status().as_u16();
-    let headers = header_pairs(resp.headers());
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .expect("response body");
-    Resp {
-        status,
-        headers,
-        body,
-    }
 }
 
 fn request(uri: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
@@ -154,7 +132,7 @@ impl H2Stream {
         .expect("response within 30 s")
         .expect("h2 response");
         assert_eq!(resp.version(), http::Version::HTTP_2);
-        into_resp(resp).await
+        Resp::read(resp).await.expect("response body")
     }
 }
 
@@ -176,22 +154,7 @@ where
         .expect("response within 30 s")
         .expect("h1 response");
     assert_eq!(resp.version(), http::Version::HTTP_11);
-    into_resp(resp).await
-}
-
-fn assert_only_injected(r: &Resp) {
-    let mut names: Vec<String> = r
-        .up_reserved()
-        .into_iter()
-        .map(|n| n.to_ascii_lowercase())
-        .collect();
-    names.sort();
-    assert_eq!(
-        names,
-        ["x-session", "x-session-flash", "x-session-status"],
-        "{:?}",
-        r.up_headers()
-    );
+    Resp::read(resp).await.expect("response body")
 }
 
 /// Resolves when the peer closed the connection (EOF or reset); panics after `limit`.
@@ -463,9 +426,11 @@ async fn the_upstream_sees_http11_on_the_wire() {
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_clients_are_disconnected_after_header_read() {
     let pki = TestPki::new("silent");
-    let timeouts = json!({"timeouts": {"header_read": "300ms", "idle": "60s"}});
-    let plain = Sidecar::start(json!({"engine": "memory"}), timeouts.clone()).await;
-    let tls = tls_sidecar(&pki, timeouts).await;
+    let (plain, tls) = plain_and_tls(
+        &pki,
+        json!({"timeouts": {"header_read": "300ms", "idle": "60s"}}),
+    )
+    .await;
     let limit = Duration::from_secs(15);
 
     // Plain TCP, nothing sent (hyper's protocol sniffing has no timer of its own).
@@ -493,9 +458,11 @@ async fn silent_clients_are_disconnected_after_header_read() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_h2_connection_outlives_header_read_and_closes_after_idle() {
     let pki = TestPki::new("idle");
-    let timeouts = json!({"timeouts": {"header_read": "300ms", "idle": "2s"}});
-    let plain = Sidecar::start(json!({"engine": "memory"}), timeouts.clone()).await;
-    let tls = tls_sidecar(&pki, timeouts).await;
+    let (plain, tls) = plain_and_tls(
+        &pki,
+        json!({"timeouts": {"header_read": "300ms", "idle": "2s"}}),
+    )
+    .await;
 
     for name in ["h2c", "h2 over TLS"] {
         // Connected here, not up front: a connection waiting its turn would idle out.

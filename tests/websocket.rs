@@ -18,7 +18,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use support::{Client, SECRET_A, SetCookie, start_config};
+use support::{Client, SECRET_A, SetCookie, header_pairs, start_config};
 use tokio_tungstenite::tungstenite::{
     self, ClientRequestBuilder, Message, WebSocket,
     handshake::server::{ErrorResponse, Request as WsRequest, Response as WsResponse},
@@ -91,17 +91,7 @@ fn serve(stream: TcpStream, seen: Arc<Mutex<Vec<Headers>>>) {
 #[allow(clippy::result_large_err)]
 fn websocket(stream: TcpStream, seen: Arc<Mutex<Vec<Headers>>>) {
     let callback = |req: &WsRequest, mut resp: WsResponse| -> Result<WsResponse, ErrorResponse> {
-        let headers = req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        seen.lock().unwrap().push(headers);
+        seen.lock().unwrap().push(header_pairs(req.headers()));
         resp.headers_mut().insert(
             "x-session-set",
             HeaderValue::from_static(r#"{"ws":"joined"}"#),
@@ -167,17 +157,7 @@ fn connect(addr: SocketAddr, extra: &[(&str, &str)]) -> (WebSocket<TcpStream>, H
     let (ws, resp) = tungstenite::client(req, stream)
         .unwrap_or_else(|e| panic!("WebSocket handshake through the sidecar failed: {e}"));
     assert_eq!(resp.status().as_u16(), 101);
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    (ws, headers)
+    (ws, header_pairs(resp.headers()))
 }
 
 fn round_trip(ws: &mut WebSocket<TcpStream>, msg: Message) {

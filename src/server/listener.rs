@@ -289,14 +289,14 @@ impl Connection {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        // Counted, and holding its share of the caps, until dropped: by hyper, or by the
-        // tunnel the connection becomes.
-        let io = self
-            .proxy
-            .metrics()
-            .track_connection(io, self.admitted.take());
+        // The IO holds the connection's gauge count and its share of the caps until it
+        // is dropped: by hyper, or by the tunnel the connection becomes.
+        let held = (
+            self.proxy.metrics().connection_opened(),
+            self.admitted.take(),
+        );
         let activity = Activity::accepted(http1_only);
-        let io = TokioIo::new(WatchedIo::new(io, activity.clone()));
+        let io = TokioIo::new(WatchedIo::new(io, activity.clone(), held));
         let proxy = self.proxy.clone();
         let in_service = activity.clone();
         let peer = self.peer;

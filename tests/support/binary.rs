@@ -228,15 +228,16 @@ impl Binary {
         status
     }
 
+    /// Wait up to `bound` for the child to exit, and assert it exited with status 0.
+    pub async fn wait_exit_0(&mut self, bound: Duration) {
+        let status = self.wait_exit(bound).await;
+        assert!(status.success(), "exit status {status}\n{}", self.log());
+    }
+
     /// SIGTERM, wait for a clean exit (status 0), return the whole log.
     pub async fn stop(mut self) -> String {
         self.signal("TERM");
-        let status = self.wait_exit(WAIT).await;
-        assert!(
-            status.success(),
-            "exit status after SIGTERM: {status}\n{}",
-            self.log()
-        );
+        self.wait_exit_0(WAIT).await;
         self.log()
     }
 

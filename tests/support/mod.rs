@@ -53,6 +53,15 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Upstream::listen(serve_scripted).await
+    }
+
+    /// Bind a loopback port and hand every accepted connection, with the request log, to
+    /// `handle` (which must not block: it spawns what takes time).
+    async fn listen<H>(handle: H) -> Upstream
+    where
+        H: Fn(tokio::net::TcpStream, Arc<Mutex<Vec<Seen>>>) + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -64,17 +73,7 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let log = log.clone();
-                        async move { Ok::<_, Infallible>(answer(req, log).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
-                });
+                handle(stream, log.clone());
             }
         });
         Upstream { addr, seen }
@@ -95,16 +94,7 @@ async fn answer(
     req: Request<hyper::body::Incoming>,
     log: Arc<Mutex<Vec<Seen>>>,
 ) -> Response<UpBody> {
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = header_pairs(req.headers());
     let get = |name: &str| {
         req.headers()
             .get(name)
@@ -158,12 +148,7 @@ async fn answer(
         if let Some(d) = frame.data_ref() {
             body_len += d.len();
         } else if let Some(t) = frame.trailers_ref() {
-            for (k, v) in t {
-                req_trailers.push((
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                ));
-            }
+            req_trailers.extend(header_pairs(t));
         }
     }
     if delay > 0 {
@@ -202,6 +187,18 @@ impl http_body::Body for FramesBody {
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         std::task::Poll::Ready(self.0.pop_front().map(Ok))
     }
+}
+
+/// A header map as `(name, value)` pairs in order (values decoded lossily as UTF-8).
+pub fn header_pairs(map: &HeaderMap) -> Vec<(String, String)> {
+    map.iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 fn add_headers(map: &mut HeaderMap, pairs: &[(String, String)]) {
@@ -253,31 +250,18 @@ impl Upstream {
             .expect("server certificate");
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind TLS upstream");
-        let addr = listener.local_addr().expect("upstream addr");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let log = log.clone();
-                tokio::spawn(async move {
-                    // A client that refuses our certificate aborts the handshake.
-                    if let Ok(Ok(tls)) =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-                    {
-                        serve_scripted(tls, log);
-                    }
-                });
-            }
-        });
-        Upstream { addr, seen }
+        Upstream::listen(move |stream, log| {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that refuses our certificate aborts the handshake.
+                if let Ok(Ok(tls)) =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+                {
+                    serve_scripted(tls, log);
+                }
+            });
+        })
+        .await
     }
 }
 
@@ -338,6 +322,23 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Read `resp` whole. A body that fails midway (the connection broke) is `Err` with
+    /// the status and headers and an empty body.
+    pub async fn read(resp: Response<hyper::body::Incoming>) -> Result<Resp, Resp> {
+        let mut r = Resp {
+            status: resp.status().as_u16(),
+            headers: header_pairs(resp.headers()),
+            body: Bytes::new(),
+        };
+        match resp.into_body().collect().await {
+            Ok(body) => {
+                r.body = body.to_bytes();
+                Ok(r)
+            }
+            Err(_) => Err(r),
+        }
+    }
+
     pub fn all(&self, name: &str) -> Vec<String> {
         self.headers
             .iter()
@@ -422,6 +423,23 @@ impl Resp {
         assert!(found.len() <= 1, "several Set-Cookie for {name}: {found:?}");
         found.into_iter().next()
     }
+}
+
+/// The upstream saw exactly the three injected reserved headers (any spelling counts as
+/// reserved), each once.
+pub fn assert_only_injected(r: &Resp) {
+    let mut names: Vec<String> = r
+        .up_reserved()
+        .into_iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["x-session", "x-session-flash", "x-session-status"],
+        "{:?}",
+        r.up_headers()
+    );
 }
 
 pub fn is_reserved(name: &str) -> bool {
@@ -538,28 +556,7 @@ impl Client {
             .await
             .expect("response within 30 s")
             .expect("response");
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let resp = Resp {
-            status,
-            headers,
-            body,
-        };
+        let resp = Resp::read(resp).await.unwrap_or_else(|head| head);
         if let Some(c) = resp.cookie(&self.cookie_name) {
             self.cookie = if c.is_clearing() || c.value.is_empty() {
                 None
