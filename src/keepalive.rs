@@ -174,21 +174,24 @@ impl Activity {
     }
 
     /// A request head was parsed: its deadline is met; the request is in flight until
-    /// the guard is dropped. Also says whether the head carried both `Content-Length`
-    /// and `Transfer-Encoding` (hyper drops the former before the service could see it;
-    /// HTTP/1 only, h2 has no such framing).
-    pub fn request(&self) -> (InFlight, bool) {
+    /// the guard is dropped. Also says what the raw scan of its head found (HTTP/1
+    /// only: h2 has no such framing, and is always [`HeadFraming::Clean`]).
+    pub fn request(&self) -> (InFlight, HeadFraming) {
         let mut st = self.state();
         st.in_flight += 1;
         st.head_started = None;
         st.idle_since = None;
         let scan = std::mem::take(&mut st.scan);
-        let ambiguous = st.proto != Proto::Http2 && scan.is_ambiguous();
+        let framing = if st.proto == Proto::Http2 {
+            HeadFraming::Clean
+        } else {
+            scan.result()
+        };
         (
             InFlight {
                 inner: self.inner.clone(),
             },
-            ambiguous,
+            framing,
         )
     }
 
@@ -267,6 +270,20 @@ impl Activity {
     }
 }
 
+/// What the raw scan of one HTTP/1 request head found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadFraming {
+    /// Seen whole, from its request line to its blank line: at most one of
+    /// `Content-Length` and `Transfer-Encoding`.
+    Clean,
+    /// Both `Content-Length` and `Transfer-Encoding` (hyper hides the former): refuse.
+    Ambiguous,
+    /// Not seen whole: the head was read, at least in part, while an earlier request on
+    /// the connection was in flight (pipelining), so the scan cannot vouch for it. A
+    /// request with `Transfer-Encoding` must then be refused too (SPEC §8.6).
+    Unseen,
+}
+
 /// Watches the raw bytes of one request head for the framing headers hyper normalises
 /// away: with both `Content-Length` and `Transfer-Encoding`, hyper removes the length
 /// before the service runs, and SPEC §8.6 wants such a request refused (400), not
@@ -283,6 +300,11 @@ struct HeadScan {
     content_length: bool,
     transfer_encoding: bool,
     done: bool,
+    /// The last bytes of the first line, to tell a request line (`... HTTP/1.1`) from
+    /// the middle of a head whose start was read unscanned.
+    first_tail: [u8; 10],
+    /// Decided when the first line ends: whether it is a request line.
+    first_line_is_request: Option<bool>,
 }
 
 impl HeadScan {
@@ -299,11 +321,23 @@ impl HeadScan {
                 self.line[self.line_len] = b.to_ascii_lowercase();
                 self.line_len += 1;
             }
+            if self.first_line_is_request.is_none() {
+                self.first_tail.copy_within(1.., 0);
+                self.first_tail[9] = b;
+            }
             self.line_bytes += 1;
         }
     }
 
     fn end_line(&mut self) {
+        if self.first_line_is_request.is_none() {
+            let tail = self
+                .first_tail
+                .strip_suffix(b"\r")
+                .unwrap_or(&self.first_tail);
+            self.first_line_is_request =
+                Some(tail.ends_with(b" HTTP/1.1") || tail.ends_with(b" HTTP/1.0"));
+        }
         let line = &self.line[..self.line_len];
         let blank = self.line_bytes == 0 || (self.line_bytes == 1 && line == b"\r");
         if blank {
@@ -319,6 +353,16 @@ impl HeadScan {
 
     fn is_ambiguous(&self) -> bool {
         self.content_length && self.transfer_encoding
+    }
+
+    fn result(&self) -> HeadFraming {
+        if self.is_ambiguous() {
+            HeadFraming::Ambiguous
+        } else if self.done && self.first_line_is_request == Some(true) {
+            HeadFraming::Clean
+        } else {
+            HeadFraming::Unseen
+        }
     }
 }
 
@@ -422,8 +466,39 @@ mod tests {
         activity.bytes_read(
             b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
         );
-        assert!(activity.request().1);
-        assert!(!activity.request().1, "reported once");
+        assert_eq!(activity.request().1, HeadFraming::Ambiguous);
+        assert_eq!(activity.request().1, HeadFraming::Unseen, "reported once");
+    }
+
+    #[test]
+    fn a_head_is_clean_only_when_seen_whole_from_its_request_line() {
+        let a = Activity::new();
+        a.bytes_read(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let (guard, framing) = a.request();
+        assert_eq!(framing, HeadFraming::Clean);
+        // Pipelined: the next head arrives while the first is in flight.
+        a.bytes_read(
+            b"POST /b HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        drop(guard);
+        assert_eq!(a.request().1, HeadFraming::Unseen);
+        // Two heads in one read: the second is not scanned.
+        let a = Activity::new();
+        a.bytes_read(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(a.request().1, HeadFraming::Clean);
+        assert_eq!(a.request().1, HeadFraming::Unseen);
+        // A head whose start was read in flight: the scan starts mid-head.
+        let a = Activity::new();
+        let (guard, _) = a.request();
+        a.bytes_read(b"POST /c HTTP/1.1\r\nContent-Le");
+        drop(guard);
+        a.bytes_read(b"ngth: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(a.request().1, HeadFraming::Unseen);
+        // HTTP/1.0 and a request line split across reads are fine.
+        let a = Activity::new();
+        a.bytes_read(b"GET / HTT");
+        a.bytes_read(b"P/1.0\r\n\r\n");
+        assert_eq!(a.request().1, HeadFraming::Clean);
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
@@ -503,7 +578,7 @@ mod tests {
         );
         // A stream in flight holds the connection open past `idle`.
         let (stream, ambiguous) = a.request();
-        assert!(!ambiguous, "no head scan on h2");
+        assert_eq!(ambiguous, HeadFraming::Clean, "no head scan on h2");
         assert_eq!(
             fires(&a, header_read, idle, Duration::from_secs(600)).await,
             None

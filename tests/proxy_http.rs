@@ -510,6 +510,30 @@ async fn content_length_with_transfer_encoding_is_refused_and_closed() {
     assert_eq!(r.status, 200);
 }
 
+/// A head pipelined behind another request is read while that one is in flight, so
+/// the raw scan cannot vouch for it: with `Transfer-Encoding` it is refused like a seen
+/// CL+TE. Pipelined requests without a transfer coding are served as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipelined_request_with_transfer_encoding_is_refused() {
+    let sc = memory(json!({})).await;
+    let (resp, closed) = tokio::task::block_in_place(|| {
+        exchange(&sc, b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nPOST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+    });
+    let statuses: Vec<&str> = resp
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &resp[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "400"], "{resp}");
+    assert!(closed, "the connection is closed: {resp}");
+    let paths: Vec<String> = sc.upstream.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/first"], "only the first request reached the app");
+
+    let (resp, _) = tokio::task::block_in_place(|| {
+        exchange(&sc, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    });
+    assert_eq!(resp.matches("HTTP/1.1 200").count(), 3, "{resp}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_transfer_encoding_is_refused_and_closed() {
     let sc = memory(json!({})).await;

@@ -32,7 +32,7 @@ use super::admission::{Admission, Admitted, Refused};
 use crate::{
     body::Body,
     config::Config,
-    keepalive::{Activity, Expiry, InFlight, WatchedIo},
+    keepalive::{Activity, Expiry, HeadFraming, InFlight, WatchedIo},
     proxy::{ConnInfo, Proxy},
     tls::TlsCerts,
 };
@@ -302,7 +302,15 @@ impl Connection {
         let peer = self.peer;
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let proxy = proxy.clone();
-            let (in_flight, ambiguous_framing) = in_service.request();
+            let (in_flight, framing) = in_service.request();
+            // A head the raw scan could not see whole (pipelined behind another
+            // request) may have hidden a Content-Length: with Transfer-Encoding it is
+            // refused like a seen CL+TE (SPEC §8.6).
+            let ambiguous_framing = match framing {
+                HeadFraming::Clean => false,
+                HeadFraming::Ambiguous => true,
+                HeadFraming::Unseen => req.headers().contains_key(http::header::TRANSFER_ENCODING),
+            };
             // The request stays in flight until its body is read too (an app may
             // answer before it has read an upload).
             let body_hold = (!http_body::Body::is_end_stream(req.body())).then(|| in_flight.also());
