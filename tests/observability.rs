@@ -240,6 +240,38 @@ async fn with_admin(store: Value, extra: Value) -> Sidecar {
 // /metrics
 // ---------------------------------------------------------------------------------------
 
+/// A client that goes away before its answer (here: an HTTP/1 disconnect while the
+/// app is still working) is counted and logged once, as nginx's 499.
+#[tokio::test]
+async fn a_client_that_leaves_early_is_counted_as_499() {
+    let s = with_admin(json!({"engine": "memory"}), json!({})).await;
+    let before = scrape(&s).await;
+    let mut stream = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Test-Delay-Ms: 3000\r\n\r\n")
+        .await
+        .expect("send");
+    // Gone once the app has the request.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.upstream.requests().iter().any(|r| r.path == "/slow") {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the app"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(stream);
+    eventually(&s, &class("4xx"), get(&before, &class("4xx")) + 1.0).await;
+    let after = scrape(&s).await;
+    assert_moved(
+        &before,
+        &after,
+        &[(&class("2xx"), 0.0), (&class("5xx"), 0.0)],
+    );
+}
+
 #[tokio::test]
 async fn counters_move_by_exact_amounts() {
     let s = with_admin(

@@ -3,6 +3,7 @@
 //! Header details live in [`headers`], the upstream client in [`forward`], upgrades in
 //! [`upgrade`], and the decision of what to write in [`crate::lifecycle`].
 
+pub mod access;
 pub mod connect;
 pub mod forward;
 pub mod headers;
@@ -32,6 +33,7 @@ use crate::{
 };
 
 use self::{
+    access::AccessLine,
     forward::Upstream,
     request_id::{RequestIds, X_REQUEST_ID},
 };
@@ -189,31 +191,29 @@ impl Proxy {
     where
         B: RequestBody,
     {
-        let started = Instant::now();
         let settings = self.settings();
         // A trusted proxy's sane X-Request-Id is kept; anything else gets a fresh id.
         let request_id = self
             .request_ids
             .for_request(req.headers(), settings.is_trusted(conn.peer));
-        let method = req.method().clone();
+        // Written once, when this function returns or when the client goes away first.
+        let mut line = AccessLine::new(&self.metrics, &req, request_id);
         let version = req.version();
-        // The path only: query strings carry tokens often enough to stay out of logs.
-        let path = req.uri().path().to_owned();
         let has_body = request_has_body(&req);
-        let mut session_status = SessionStatus::None;
         let response = match self
-            .process(&settings, req, conn, &request_id, &mut session_status)
+            .process(&settings, req, conn, &line.request_id, &mut line.session)
             .await
         {
             Ok(resp) => resp,
             Err(e) => {
                 let status = e.status();
+                let request_id = &line.request_id;
                 if status.is_server_error() {
                     tracing::warn!(request_id = %request_id, error = %e, "request failed");
                 } else {
                     tracing::info!(request_id = %request_id, error = %e, "request refused");
                 }
-                let mut resp = e.into_response(&request_id);
+                let mut resp = e.into_response(request_id);
                 if version == http::Version::HTTP_2 {
                     // h2 has no `Connection` field (hyper would strip it with a warning),
                     // and an unread body is one stream, not a connection-reuse hazard.
@@ -227,18 +227,7 @@ impl Proxy {
                 resp
             }
         };
-        self.metrics.request(response.status());
-        // Never cookie values, session data or query strings (SECURITY, pitfall 20).
-        tracing::info!(
-            target: "session_sidecar::access",
-            method = %method,
-            path = %path,
-            status = response.status().as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            session = session_status.as_str(),
-            request_id = %request_id,
-            protocol = protocol_name(version),
-        );
+        line.answered(response.status());
         response
     }
 
@@ -515,18 +504,6 @@ impl Proxy {
             }
         }
         result
-    }
-}
-
-/// The access log's protocol field.
-fn protocol_name(version: http::Version) -> &'static str {
-    match version {
-        http::Version::HTTP_09 => "HTTP/0.9",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_11 => "HTTP/1.1",
-        http::Version::HTTP_2 => "HTTP/2",
-        http::Version::HTTP_3 => "HTTP/3",
-        _ => "other",
     }
 }
 
