@@ -1,8 +1,9 @@
 //! The process lifecycle with the real binary and real signals (SPEC §9, issue 4):
 //! `SIGHUP` re-reads the configuration without dropping connections (secret rotation,
-//! bypass and cookie attributes; a broken file is rejected and the old settings stay),
-//! `SIGTERM` stops accepting at once, lets a slow in-flight request finish, closes idle
-//! keep-alive connections promptly, gives tunnels up to `timeouts.shutdown`, and exits 0.
+//! bypass and cookie attributes, TLS certificate files renewed in place; a broken file
+//! is rejected and the old settings stay), `SIGTERM` stops accepting at once, lets a
+//! slow in-flight request finish, closes idle keep-alive connections promptly, gives
+//! tunnels up to `timeouts.shutdown`, and exits 0.
 //!
 //! Signals are sent with `kill(1)` to the child's pid only. The upstream is the scripted
 //! in-process one from `support` (`X-Test-Delay-Ms`, `X-Test-Reply`, `/ws` echo).
@@ -529,7 +530,15 @@ async fn tls_connect(
     addr: SocketAddr,
     pki: &TestPki,
 ) -> Result<(TlsStream<TcpStream>, CertificateDer<'static>), std::io::Error> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(pki.client_config(&[b"http/1.1"])));
+    tls_connect_with(addr, Arc::new(pki.client_config(&[b"http/1.1"]))).await
+}
+
+/// A TLS connection (HTTP/1.1 by ALPN) with `config`; the leaf the server presented.
+async fn tls_connect_with(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<(TlsStream<TcpStream>, CertificateDer<'static>), std::io::Error> {
+    let connector = tokio_rustls::TlsConnector::from(config);
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from("localhost").unwrap();
     let tls = tokio::time::timeout(WAIT, connector.connect(name, tcp))
@@ -615,4 +624,124 @@ async fn reload_swaps_certificates_for_new_handshakes_and_rejects_a_bad_one_whol
     );
 
     running.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// SIGHUP through the binary: TLS certificates
+// ---------------------------------------------------------------------------------------
+
+/// A client (ALPN `http/1.1`, no session resumption) trusting every CA in `pkis`: the
+/// handshake succeeds with either leaf, so the test sees which one the server chose
+/// instead of a failure.
+fn trusting_all(pkis: &[&TestPki]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for pki in pkis {
+        for cert in CertificateDer::pem_file_iter(&pki.ca_file).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Every handshake is a full one: a resumed TLS 1.3 session carries no certificate,
+    // and rustls would report the one remembered from the session it resumed.
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// The JSON log lines whose message starts with `message`.
+fn log_lines(proc: &Binary, message: &str) -> Vec<serde_json::Value> {
+    proc.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_re_reads_overwritten_certificate_files_without_dropping_connections() {
+    let upstream = Upstream::start().await;
+    let (first, second) = (TestPki::new("first"), TestPki::new("second"));
+    let (first_leaf, second_leaf) = (leaf_of(&first), leaf_of(&second));
+    assert_ne!(first_leaf, second_leaf);
+    // The paths never change: only the files' content does (a renewal in place).
+    let (cert, key) = (&first.cert_file, &first.key_file);
+    let tls = format!(
+        "tls: {{ cert: {}, key: {} }}\n",
+        serde_json::to_string(cert).unwrap(),
+        serde_json::to_string(key).unwrap()
+    );
+    let proc = sidecar(&upstream, &tls).await;
+    let client = trusting_all(&[&first, &second]);
+
+    // A keep-alive connection made with the first certificate.
+    let (stream, leaf) = tls_connect_with(proc.addr, client.clone()).await.unwrap();
+    assert_eq!(leaf, first_leaf, "served the first leaf at start");
+    let mut old_conn = Conn::over(stream, proc.addr).await;
+    let r = old_conn.send("/before", None, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.up_one("x-forwarded-proto"), "https");
+
+    // Overwrite both files with the second pair and SIGHUP.
+    std::fs::copy(&second.cert_file, cert).unwrap();
+    std::fs::copy(&second.key_file, key).unwrap();
+    proc.reload().await;
+    assert_eq!(
+        log_lines(&proc, "configuration reloaded;").len(),
+        1,
+        "{}",
+        proc.log()
+    );
+    assert!(
+        log_lines(&proc, "configuration reload rejected").is_empty(),
+        "{}",
+        proc.log()
+    );
+
+    // New handshakes get the second leaf; the old connection still works.
+    let (stream, leaf) = tls_connect_with(proc.addr, client.clone()).await.unwrap();
+    assert_eq!(leaf, second_leaf, "a new connection gets the second leaf");
+    let r = Conn::over(stream, proc.addr)
+        .await
+        .send("/new", None, &[])
+        .await;
+    assert_eq!(r.status, 200);
+    let r = old_conn.send("/after-reload", None, &[]).await;
+    assert_eq!(r.status, 200, "the old keep-alive TLS connection survives");
+    assert_eq!(r.echo()["path"], "/after-reload");
+
+    // A broken key file: rejected, naming the file; the second pair stays in force.
+    std::fs::write(key, "not a private key\n").unwrap();
+    proc.reload().await;
+    let rejected = log_lines(&proc, "configuration reload rejected");
+    assert_eq!(rejected.len(), 1, "{}", proc.log());
+    let error = rejected[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("tls.key") && error.contains(&key.display().to_string()),
+        "the rejection names the key file: {}",
+        rejected[0]
+    );
+    assert_eq!(log_lines(&proc, "configuration reloaded;").len(), 1);
+    let (stream, leaf) = tls_connect_with(proc.addr, client.clone()).await.unwrap();
+    assert_eq!(
+        leaf, second_leaf,
+        "still the second leaf after the rejection"
+    );
+    let r = Conn::over(stream, proc.addr)
+        .await
+        .send("/after-rejection", None, &[])
+        .await;
+    assert_eq!(r.status, 200);
+    let r = old_conn.send("/still-open", None, &[]).await;
+    assert_eq!(r.status, 200, "the first connection is still open");
+    assert_eq!(upstream.requests().len(), 5);
+    proc.stop().await;
 }

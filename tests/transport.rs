@@ -1,7 +1,8 @@
 //! The client side of the proxy with real clients: TLS termination (rustls), HTTP/2 over
 //! TLS via ALPN and as h2c prior knowledge (hyper's h2 client), forwarding h2 requests to
 //! an HTTP/1.1 upstream (`Host`, cookie crumbs, reserved headers), the connection timers
-//! on h2 and on silent clients, and start-up failures on bad certificates.
+//! on h2 and on silent clients, start-up failures on bad certificates, and h2 requests in
+//! the binary's JSON access log (`protocol: HTTP/2`) and in `/metrics`.
 
 mod common;
 mod support;
@@ -20,7 +21,11 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use session_sidecar::{config::Config, server};
-use support::{Resp, Sidecar, assert_only_injected, certs::TestPki};
+use support::{
+    Resp, Sidecar, assert_only_injected,
+    binary::{Binary, LISTENING},
+    certs::TestPki,
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -417,6 +422,117 @@ async fn the_upstream_sees_http11_on_the_wire() {
     assert_eq!(named("host"), [authority.as_str()], "{head}");
     assert_eq!(named("cookie"), ["a=1; b=2"], "{head}");
     running.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/2 in the access log and the metrics (the real binary)
+// ---------------------------------------------------------------------------------------
+
+/// The admin listener's address from the binary's JSON startup line
+/// (`"admin":"Some(127.0.0.1:PORT)"`).
+fn admin_addr_in(log: &str) -> SocketAddr {
+    log.lines()
+        .filter(|l| l.contains(LISTENING))
+        .find_map(|l| {
+            let line: Value = serde_json::from_str(l).ok()?;
+            line["admin"].as_str()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no admin address in the startup line:\n{log}"))
+}
+
+/// The value of `series` (`name{labels}`) in a Prometheus text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a float sample"))
+}
+
+/// Scrape the admin listener at `admin` until `series` equals `want` (a request is
+/// counted when its response is answered, not necessarily before the client has it).
+async fn metric_reaches(admin: SocketAddr, series: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tcp = TcpStream::connect(admin).await.expect("connect to admin");
+        let r = h1_request(tcp, &admin.to_string(), "/metrics", &[]).await;
+        assert_eq!(r.status, 200);
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let now = sample(&text, series);
+        if now == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {now:?}, expected {want}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_are_logged_as_http2_and_counted() {
+    let upstream = support::Upstream::start().await;
+    let pki = TestPki::new("h2-log");
+    let bin = Binary::spawn(&format!(
+        "listen: 127.0.0.1:0\nupstream: {}\nsecrets: [\"{}\"]\nstore: {{ engine: memory }}\n\
+         admin: {{ listen: \"127.0.0.1:0\" }}\nlog: {{ format: json }}\n\
+         tls: {{ cert: {}, key: {} }}\n",
+        upstream.url(),
+        support::SECRET_A,
+        serde_json::to_string(&pki.cert_file).unwrap(),
+        serde_json::to_string(&pki.key_file).unwrap(),
+    ))
+    .await;
+    let admin = admin_addr_in(&bin.log());
+    let requests_2xx = "session_sidecar_requests_total{class=\"2xx\"}";
+
+    // Three concurrent streams on one h2 connection (ALPN over TLS).
+    let tls = tls_connect(bin.addr, &pki, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let h2 = H2::handshake(tls, "https", &format!("localhost:{}", bin.addr.port())).await;
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            let stream = h2.stream();
+            tokio::spawn(async move { (i, stream.send(&format!("/h2/{i}?q=x"), &[]).await) })
+        })
+        .collect();
+    let mut h2_ids = Vec::new();
+    for task in tasks {
+        let (i, r) = task.await.expect("stream task");
+        assert_eq!(r.status, 200, "stream {i}: {:?}", r.body);
+        h2_ids.push((format!("/h2/{i}"), r.up_one("x-request-id")));
+    }
+    metric_reaches(admin, requests_2xx, 3.0).await;
+
+    // One HTTP/1.1 request over TLS, for contrast.
+    let tls = tls_connect(bin.addr, &pki, &[b"http/1.1"]).await;
+    let host = format!("localhost:{}", bin.addr.port());
+    let r = h1_request(tls, &host, "/h1", &[]).await;
+    assert_eq!(r.status, 200);
+    let h1_id = r.up_one("x-request-id");
+    metric_reaches(admin, requests_2xx, 4.0).await;
+
+    let log = bin.stop().await;
+    let access: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|l: &Value| l["target"] == "session_sidecar::access")
+        .collect();
+    assert_eq!(access.len(), 4, "{log}");
+    let line_for = |path: &str| -> &Value {
+        let found: Vec<&Value> = access.iter().filter(|l| l["path"] == path).collect();
+        assert_eq!(found.len(), 1, "one access line for {path}: {log}");
+        found[0]
+    };
+    for (path, id) in &h2_ids {
+        let line = line_for(path);
+        assert_eq!(line["protocol"], "HTTP/2", "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["method"], "GET", "{line}");
+        assert_eq!(line["request_id"], id.as_str(), "{line}");
+    }
+    let line = line_for("/h1");
+    assert_eq!(line["protocol"], "HTTP/1.1", "{line}");
+    assert_eq!(line["request_id"], h1_id.as_str(), "{line}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -193,7 +193,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             stopped.clone(),
         )));
     }
-    tracing::info!(%addr, tls = tls.is_some(), admin = ?admin_addr, engine = ?config.store.engine, "session-sidecar listening");
+    let admin = admin_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string());
+    tracing::info!(%addr, tls = tls.is_some(), %admin, engine = ?config.store.engine, "session-sidecar listening");
     Ok(Running {
         addr,
         admin_addr,
