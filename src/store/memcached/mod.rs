@@ -308,6 +308,36 @@ impl MemcachedStore {
         exptime(self.idle_ms(max_age).min(remaining_ms), now_ms / 1000)
     }
 
+    /// The session (and pending flash) after `plan`'s ops, and its memcached expiry.
+    /// Both maps are validated here, before anything is written. `None` when the
+    /// session passed its absolute limit since it was read.
+    fn next_state(
+        &self,
+        stored: &Stored,
+        flash: Option<&FieldMap>,
+        plan: &WritePlan,
+    ) -> Result<Option<(Stored, FieldMap, u64)>, StoreError> {
+        let now = now_ms();
+        let Some(remaining) = self.remaining_ms(stored.created_ms, now) else {
+            return Ok(None);
+        };
+        let empty = FieldMap::new();
+        let (data, flash) = apply_ops(
+            &stored.data,
+            flash.unwrap_or(&empty),
+            &plan.ops,
+            self.lifetimes.max_size,
+        )?;
+        let max_age = plan.max_age.or(stored.max_age);
+        let exp = self.exptime_for(max_age, remaining, now);
+        let next = Stored {
+            created_ms: stored.created_ms,
+            max_age,
+            data,
+        };
+        Ok(Some((next, flash, exp)))
+    }
+
     async fn load_unbounded(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
         let keys = self.keys(id);
         let mut lease = self.lease(keys.server).await?;
@@ -555,26 +585,11 @@ impl MemcachedStore {
             else {
                 return Ok(WriteOutcome::Gone);
             };
-            let now = now_ms();
-            let Some(remaining) = self.remaining_ms(stored.created_ms, now) else {
+            let current_flash = flash_seen.as_ref().map(|(_, f)| f);
+            let Some((next, _, exp)) = self.next_state(&stored, current_flash, plan)? else {
                 return Ok(WriteOutcome::Gone);
             };
-            let empty = FieldMap::new();
-            let current_flash = flash_seen.as_ref().map_or(&empty, |(_, f)| f);
-            // Both maps are validated here, before anything is written.
-            let (data, _) = apply_ops(
-                &stored.data,
-                current_flash,
-                &plan.ops,
-                self.lifetimes.max_size,
-            )?;
-            let max_age = plan.max_age.or(stored.max_age);
-            let exp = self.exptime_for(max_age, remaining, now);
-            let value = encode_session(&Stored {
-                created_ms: stored.created_ms,
-                max_age,
-                data,
-            });
+            let value = encode_session(&next);
             let reply = lease
                 .run(
                     &[Cmd::Set {
@@ -694,24 +709,9 @@ impl MemcachedStore {
             // One connection at a time: holding one per server while waiting for another
             // could deadlock two moves between the same two servers.
             drop(lease);
-            let now = now_ms();
-            let Some(remaining) = self.remaining_ms(stored.created_ms, now) else {
+            let current_flash = seen.as_ref().map(|(_, f)| f);
+            let Some((moved, flash, exp)) = self.next_state(&stored, current_flash, plan)? else {
                 return Ok(WriteOutcome::Gone);
-            };
-            let empty = FieldMap::new();
-            let current_flash = seen.as_ref().map_or(&empty, |(_, f)| f);
-            let (data, flash) = apply_ops(
-                &stored.data,
-                current_flash,
-                &plan.ops,
-                self.lifetimes.max_size,
-            )?;
-            let max_age = plan.max_age.or(stored.max_age);
-            let exp = self.exptime_for(max_age, remaining, now);
-            let moved = Stored {
-                created_ms: stored.created_ms,
-                max_age,
-                data,
             };
             self.add_items(&new, &moved, &flash, exp).await?;
 
