@@ -308,24 +308,36 @@ struct HeadScan {
 }
 
 impl HeadScan {
-    fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if self.done {
-                return;
+    fn feed(&mut self, mut bytes: &[u8]) {
+        // Line by line rather than byte by byte: this sees every request head.
+        while !self.done && !bytes.is_empty() {
+            let (part, rest, ends) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
+                None => (bytes, &bytes[bytes.len()..], false),
+            };
+            let room = self.line.len() - self.line_len;
+            for (slot, &b) in self.line[self.line_len..]
+                .iter_mut()
+                .zip(part.iter().take(room))
+            {
+                *slot = b.to_ascii_lowercase();
             }
-            if b == b'\n' {
-                self.end_line();
-                continue;
-            }
-            if self.line_len < self.line.len() {
-                self.line[self.line_len] = b.to_ascii_lowercase();
-                self.line_len += 1;
-            }
+            self.line_len += part.len().min(room);
             if self.first_line_is_request.is_none() {
-                self.first_tail.copy_within(1.., 0);
-                self.first_tail[9] = b;
+                // Keep the last `first_tail.len()` bytes of the first line.
+                let keep = self.first_tail.len();
+                if part.len() >= keep {
+                    self.first_tail.copy_from_slice(&part[part.len() - keep..]);
+                } else {
+                    self.first_tail.copy_within(part.len().., 0);
+                    self.first_tail[keep - part.len()..].copy_from_slice(part);
+                }
             }
-            self.line_bytes += 1;
+            self.line_bytes += part.len();
+            if ends {
+                self.end_line();
+            }
+            bytes = rest;
         }
     }
 
@@ -468,6 +480,39 @@ mod tests {
         );
         assert_eq!(activity.request().1, HeadFraming::Ambiguous);
         assert_eq!(activity.request().1, HeadFraming::Unseen, "reported once");
+    }
+
+    #[test]
+    fn head_scan_is_independent_of_how_reads_split_the_head() {
+        let heads: [&[u8]; 5] = [
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /a/very/long/path?q=1 HTTP/1.1\r\nHost: x\r\ncontent-length: 5\r\n\r\n",
+            b"GET / HTTP/1.0\r\nX: y\r\n\r\nTransfer-Encoding: chunked\r\n",
+            b"ngth: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"G\nTransfer-Encoding: x\nContent-Length: 1\n\n",
+        ];
+        for head in heads {
+            let whole = {
+                let mut s = HeadScan::default();
+                s.feed(head);
+                (s.is_ambiguous(), s.done, s.first_line_is_request)
+            };
+            let bytewise = {
+                let mut s = HeadScan::default();
+                for b in head.chunks(1) {
+                    s.feed(b);
+                }
+                (s.is_ambiguous(), s.done, s.first_line_is_request)
+            };
+            assert_eq!(whole, bytewise, "{}", String::from_utf8_lossy(head));
+            for at in 0..=head.len() {
+                let mut s = HeadScan::default();
+                s.feed(&head[..at]);
+                s.feed(&head[at..]);
+                let split = (s.is_ambiguous(), s.done, s.first_line_is_request);
+                assert_eq!(whole, split, "split at {at}");
+            }
+        }
     }
 
     #[test]

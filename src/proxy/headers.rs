@@ -59,6 +59,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// speak HTTP/2 straight to the app, where no reserved header is stripped any more
 /// (h2c smuggling, Bishop Fox 2020). The request is forwarded as a plain one.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    // One pass over the names present decides what goes: most messages carry none of
+    // these or only `Connection`, and a `remove` per fixed name (hashing each) was a
+    // visible share of the request path (issue 5).
     let mut listed: Vec<HeaderName> = Vec::new();
     let mut wants_upgrade = false;
     for value in headers.get_all(header::CONNECTION) {
@@ -67,18 +70,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
             let token = token.trim();
             if token.eq_ignore_ascii_case("upgrade") {
                 wants_upgrade = true;
-            } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-                // Host frames the request for the app; listing it must not drop it.
-                && name != header::HOST
+            } else if !token.eq_ignore_ascii_case("host") // Host frames the request for the app
+                // Only names that are there (`keep-alive` usually is not): no allocation.
+                && headers.contains_key(token)
+                && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
             {
                 listed.push(name);
             }
         }
     }
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name) && !listed.contains(name))
+        .cloned()
+        .collect();
+    for name in listed.into_iter().chain(doomed) {
         headers.remove(name);
     }
     let upgrade = headers.remove(header::UPGRADE);
@@ -147,27 +153,38 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Set `X-Forwarded-For/-Proto/-Host` (SPEC §8.3). A client's own values are kept
+/// A peer address as an `X-Forwarded-For` value (computed once per connection).
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(peer.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Set `X-Forwarded-For/-Proto/-Host` (SPEC §8.3); `peer` is [`peer_value`]. A client's own values are kept
 /// (and `For` extended) only when the peer is a trusted proxy; otherwise they are
 /// replaced, so an app never trusts an address the client made up (oauth2-proxy
 /// GHSA-7x63-xv5r-3p2x). An untrusted `Forwarded` header is removed for the same reason.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, scheme: &'static str) {
-    let peer_text = peer.to_string();
-    let xff = if trusted {
-        let prior: Vec<&str> = headers
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: &HeaderValue,
+    trusted: bool,
+    scheme: &'static str,
+) {
+    let prior: Vec<&str> = if trusted {
+        headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .collect();
-        if prior.is_empty() {
-            peer_text
-        } else {
-            format!("{}, {peer_text}", prior.join(", "))
-        }
+            .collect()
     } else {
-        peer_text
+        Vec::new()
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    let xff = if prior.is_empty() {
+        // The common case: the peer's address, rendered once per connection.
+        Ok(peer.clone())
+    } else {
+        let peer = peer.to_str().unwrap_or_default();
+        HeaderValue::try_from(format!("{}, {peer}", prior.join(", ")))
+    };
+    if let Ok(v) = xff {
         headers.insert(&X_FORWARDED_FOR, v);
     }
     if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -467,7 +484,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("forwarded", "for=6.6.6.6"),
         ]);
-        set_forwarded(&mut h, peer, false, "http");
+        set_forwarded(&mut h, &peer_value(peer), false, "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
         assert_eq!(h["x-forwarded-host"], "app.test");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -477,7 +494,7 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, peer, true, "http");
+        set_forwarded(&mut h, &peer_value(peer), true, "http");
         assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.7");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

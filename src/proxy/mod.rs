@@ -114,10 +114,13 @@ impl<B> RequestBody for B where
 }
 
 /// What the pipeline knows about the client connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The TCP peer (the client, or a trusted proxy in front of us).
     pub peer: SocketAddr,
+    /// `peer`'s address as an `X-Forwarded-For` value ([`headers::peer_value`]),
+    /// rendered once per connection rather than on every request.
+    pub peer_value: HeaderValue,
     /// `"http"` or `"https"`: how the client reached us (`X-Forwarded-Proto`).
     pub scheme: &'static str,
     /// The raw head carried both `Content-Length` and `Transfer-Encoding` (see
@@ -277,7 +280,7 @@ impl Proxy {
         }
         headers::set_forwarded(
             req.headers_mut(),
-            conn.peer.ip(),
+            &conn.peer_value,
             settings.is_trusted(conn.peer),
             conn.scheme,
         );

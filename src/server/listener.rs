@@ -300,6 +300,7 @@ impl Connection {
         let proxy = self.proxy.clone();
         let in_service = activity.clone();
         let peer = self.peer;
+        let peer_value = crate::proxy::headers::peer_value(peer.ip());
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let proxy = proxy.clone();
             let (in_flight, framing) = in_service.request();
@@ -321,17 +322,22 @@ impl Connection {
             let in_service = in_service.clone();
             let conn = ConnInfo {
                 peer,
+                peer_value: peer_value.clone(),
                 scheme,
                 ambiguous_framing,
             };
-            async move {
+            // Boxed: hyper keeps room for the service's future in every connection, also
+            // while it idles, and the pipeline's future is several KiB (store calls,
+            // upstream exchange). One allocation per request instead keeps idle
+            // keep-alive connections small (issue 5: RSS with 1,000 of them).
+            Box::pin(async move {
                 let resp = proxy.handle(req, &conn).await;
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     in_service.upgraded();
                 }
                 // In flight until hyper drops the body, i.e. the response is sent.
                 Ok::<_, Infallible>(resp.map(|body| hold_until_sent(body, in_flight)))
-            }
+            })
         });
         let conn = builder.serve_connection_with_upgrades(io, service);
         let mut conn = std::pin::pin!(conn);
