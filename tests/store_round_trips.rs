@@ -66,3 +66,49 @@ async fn one_store_command_per_read_and_one_more_per_write() {
     }
     assert_eq!(sidecar_calls(&redis), 0, "{:?}", command_calls(&redis));
 }
+
+/// memcached `cmd_get`, `cmd_touch`, `cmd_set` since the server started. A load is one
+/// round trip of two commands: the session `mg` that refreshes its TTL (a touch) and the
+/// flash `mg` (a get), pipelined.
+fn memcached_counts(server: &common::MemcachedServer) -> [u64; 3] {
+    let stats = server.stats();
+    ["cmd_get", "cmd_touch", "cmd_set"].map(|k| {
+        stats
+            .get(k)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in stats"))
+    })
+}
+
+/// The same budget on memcached: a read is one round trip, and a write is one more
+/// because the pipeline hands the version it loaded to the write, so the session is not
+/// read again (issue 5): per write request one touch, one get (the flash) and one set.
+#[tokio::test]
+async fn memcached_write_requests_do_not_read_the_session_twice() {
+    let server = common::MemcachedServer::start();
+    let sc = Sidecar::start(
+        json!({"engine": "memcached", "storage": {"servers": [server.addr()]}}),
+        json!({}),
+    )
+    .await;
+    let mut c = sc.client();
+    c.write(&[("x-session-set", r#"{"a":1}"#)]).await;
+
+    let before = memcached_counts(&server);
+    for _ in 0..10 {
+        assert_eq!(c.get("/").await.sstatus(), "active");
+    }
+    let after = memcached_counts(&server);
+    assert_eq!([0, 1, 2].map(|i| after[i] - before[i]), [10, 10, 0]);
+
+    let before = after;
+    for _ in 0..10 {
+        assert_eq!(
+            c.write(&[("x-session-incr", r#"{"n":1}"#)]).await.status,
+            200
+        );
+    }
+    let after = memcached_counts(&server);
+    assert_eq!([0, 1, 2].map(|i| after[i] - before[i]), [10, 10, 10]);
+    assert_eq!(c.get("/").await.session()["n"], 10);
+}

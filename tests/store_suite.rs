@@ -16,7 +16,7 @@ use session_sidecar::{
     cookie::SessionId,
     protocol::Op,
     store::{
-        ApplyError, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
+        ApplyError, Base, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
         WritePlan, memcached::MemcachedStore, memory::MemoryStore, redis::RedisStore,
     },
 };
@@ -127,6 +127,7 @@ fn plan(target: Target, ops: Vec<Op>) -> WritePlan {
         target,
         ops,
         max_age: None,
+        base: None,
     }
 }
 
@@ -276,6 +277,7 @@ mod cases {
             target: Target::Create(from.clone()),
             ops: vec![set("user", "\"ann\""), flash("msg", "\"hi\"")],
             max_age: Some(100),
+            base: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -335,6 +337,7 @@ mod cases {
             target: Target::Create(old.clone()),
             ops: vec![set("user", "\"ann\""), flash("old", "1")],
             max_age: Some(100),
+            base: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -434,12 +437,14 @@ mod cases {
                 flash("m", "1"),
             ],
             max_age: Some(500),
+            base: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         let existing = |ops: Vec<Op>| WritePlan {
             target: Target::Existing(id.clone()),
             ops,
             max_age: Some(7),
+            base: None,
         };
 
         let e = rejected(s, existing(vec![set("new", "1"), Op::Incr(f("f"), 1)])).await;
@@ -540,6 +545,7 @@ mod cases {
             target: Target::Create(id.clone()),
             ops: vec![set("a", "1")],
             max_age: Some(120),
+            base: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         assert_eq!(load(s, &id).await.expect("exists").max_age, Some(120));
@@ -547,6 +553,7 @@ mod cases {
             target: Target::Existing(id.clone()),
             ops: vec![],
             max_age: Some(30),
+            base: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         assert_eq!(load(s, &id).await.expect("exists").max_age, Some(30));
@@ -592,6 +599,7 @@ mod cases {
             target: Target::Create(remember.clone()),
             ops: vec![set("a", "1")],
             max_age: Some(5),
+            base: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         // A load refreshes a remember-me session with its own lifetime, not session.ttl
@@ -754,6 +762,7 @@ mod redis_only {
                 flash("msg", "\"hi\""),
             ],
             max_age: Some(600),
+            base: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
 
@@ -1120,6 +1129,7 @@ mod memcached_only {
             target: Target::Create(remember.clone()),
             ops: vec![set("who", "\"remember\"")],
             max_age: Some(600),
+            base: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
         let plain = create(&s, vec![set("who", "\"plain\"")]).await;
@@ -1140,6 +1150,111 @@ mod memcached_only {
         assert_eq!(p.data.get(&f("n")).map(String::as_str), Some("5"));
     }
 
+    /// `cmd_get`, `cmd_touch` and `cmd_set` of the server since it started (a meta `mg`
+    /// that refreshes the TTL counts as a touch).
+    fn command_counts(server: &MemcachedServer) -> [u64; 3] {
+        let stats = server.stats();
+        ["cmd_get", "cmd_touch", "cmd_set"].map(|k| {
+            stats
+                .get(k)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {k} in stats"))
+        })
+    }
+
+    fn deltas(before: [u64; 3], after: [u64; 3]) -> [u64; 3] {
+        [0, 1, 2].map(|i| after[i] - before[i])
+    }
+
+    fn based_on(loaded: LoadedSession, target: Target, ops: Vec<Op>) -> WritePlan {
+        WritePlan {
+            target,
+            ops,
+            max_age: None,
+            base: Some(Base {
+                seen: loaded
+                    .seen
+                    .expect("memcached loads report the version they read"),
+                data: loaded.data,
+                max_age: loaded.max_age,
+            }),
+        }
+    }
+
+    /// A write handed the version its request loaded does not read the session again:
+    /// a read + write request costs two round trips, not three (issue 5).
+    #[tokio::test]
+    async fn a_write_based_on_the_current_load_does_not_read_again() {
+        let server = MemcachedServer::start();
+        let s = store(&[&server], lifetimes());
+        let id = create(&s, vec![set("n", "1")]).await;
+        let loaded = load(&s, &id).await.expect("session");
+
+        let before = command_counts(&server);
+        let w = based_on(
+            loaded,
+            Target::Existing(id.clone()),
+            vec![Op::Incr(f("n"), 1)],
+        );
+        assert_eq!(apply(&s, w).await, WriteOutcome::Applied);
+        assert_eq!(
+            deltas(before, command_counts(&server)),
+            [0, 0, 1],
+            "one ms, no read"
+        );
+        assert_eq!(
+            load(&s, &id).await.expect("session").data,
+            fields(&[("n", "2")])
+        );
+
+        // Without the base the same write reads first.
+        let before = command_counts(&server);
+        let w = plan(Target::Existing(id.clone()), vec![Op::Incr(f("n"), 1)]);
+        assert_eq!(apply(&s, w).await, WriteOutcome::Applied);
+        assert_eq!(deltas(before, command_counts(&server)), [1, 0, 1]);
+        assert_eq!(
+            load(&s, &id).await.expect("session").data,
+            fields(&[("n", "3")])
+        );
+    }
+
+    /// A base that is no longer current (another request wrote, or destroyed the session,
+    /// after this one loaded) is never trusted: the CAS fails and the write starts over
+    /// from a fresh read, so no update is lost and no session is revived.
+    #[tokio::test]
+    async fn a_stale_base_loses_no_update_and_revives_nothing() {
+        let server = MemcachedServer::start();
+        let s = store(&[&server], lifetimes());
+        let id = create(&s, vec![set("n", "1"), set("keep", "true")]).await;
+        let stale = load(&s, &id).await.expect("session");
+        let w = plan(
+            Target::Existing(id.clone()),
+            vec![set("n", "5"), set("other", "1")],
+        );
+        assert_eq!(apply(&s, w).await, WriteOutcome::Applied);
+
+        let w = based_on(
+            stale,
+            Target::Existing(id.clone()),
+            vec![Op::Incr(f("n"), 1)],
+        );
+        assert_eq!(apply(&s, w).await, WriteOutcome::Applied);
+        assert_eq!(
+            load(&s, &id).await.expect("session").data,
+            fields(&[("keep", "true"), ("n", "6"), ("other", "1")])
+        );
+
+        let stale = load(&s, &id).await.expect("session");
+        assert_eq!(
+            apply(&s, plan(Target::Destroy(id.clone()), vec![])).await,
+            WriteOutcome::Applied
+        );
+        let w = based_on(stale, Target::Existing(id.clone()), vec![set("n", "7")]);
+        assert_eq!(apply(&s, w).await, WriteOutcome::Gone);
+        assert_eq!(load(&s, &id).await, None);
+        assert_eq!(server.items(), 0);
+    }
+
     #[tokio::test]
     async fn key_layout_and_ttls() {
         let server = MemcachedServer::start();
@@ -1154,6 +1269,7 @@ mod memcached_only {
             target: Target::Create(id.clone()),
             ops: vec![set("user", "\"ann\""), flash("msg", "\"hi\"")],
             max_age: Some(600),
+            base: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
 
@@ -1227,6 +1343,7 @@ mod memcached_only {
             target: Target::Existing(id.clone()),
             ops: vec![],
             max_age: Some(40 * day),
+            base: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
         assert!(load(&s, &id).await.is_some());

@@ -29,7 +29,10 @@ use crate::{
     lifecycle::{self, CookieAction, CookiePolicy, Decision, SessionView},
     metrics::{Metrics, RejectReason, StoreOp, UpstreamErrorKind},
     protocol::{ChangeSet, ReservedPrefix, SessionStatus, encode_object},
-    store::{LoadedSession, SessionStore, StoreError, WriteOutcome, WritePlan, any::AnyStore},
+    store::{
+        Base, LoadedSession, SessionStore, StoreError, Target, WriteOutcome, WritePlan,
+        any::AnyStore,
+    },
 };
 
 use self::{
@@ -374,7 +377,9 @@ impl Proxy {
                     ..ChangeSet::default()
                 };
             }
-            let cookie = self.persist(settings, &session.view, &changes).await?;
+            let cookie = self
+                .persist(settings, &session.view, session.loaded, &changes)
+                .await?;
             set_cookie(settings, resp.headers_mut(), cookie);
         }
 
@@ -446,6 +451,7 @@ impl Proxy {
         &self,
         settings: &Settings,
         view: &SessionView,
+        loaded: Option<LoadedSession>,
         changes: &ChangeSet,
     ) -> Result<CookieAction, ProxyError> {
         let new_id = || SessionId::generate().map_err(|e| ProxyError::Random(e.to_string()));
@@ -455,9 +461,18 @@ impl Proxy {
                 ProxyError::WriteWithoutStore
             })?;
         let Decision { plan, cookie } = decision;
-        let Some(plan) = plan else {
+        let Some(mut plan) = plan else {
             return Ok(cookie);
         };
+        if let (Target::Existing(_), Some(loaded)) = (&plan.target, loaded) {
+            // The session as this request loaded it: an engine that reported a version
+            // can write without reading it again.
+            plan.base = loaded.seen.map(|seen| Base {
+                seen,
+                data: loaded.data,
+                max_age: loaded.max_age,
+            });
+        }
         match self.apply(&plan).await? {
             WriteOutcome::Applied => Ok(cookie),
             WriteOutcome::Gone => {

@@ -45,6 +45,28 @@ pub struct LoadedSession {
     pub max_age: Option<u64>,
     /// Seconds left until `absolute_ttl` (caps a cookie's `Max-Age`).
     pub remaining: u64,
+    /// The version of the stored session this load read, for engines whose writes can
+    /// use it (memcached); `None` from the others.
+    pub seen: Option<Seen>,
+}
+
+/// The version of a stored session a load read (memcached: the session item's CAS and
+/// creation time). Handed back with the same request's write as a [`Base`], it lets the
+/// engine write without reading the session again: one round trip for a load and one
+/// for a write, unless someone else wrote in between (then the CAS fails and the engine
+/// reads again, as without it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub cas: u64,
+    pub created_ms: u64,
+}
+
+/// What this request loaded, as the starting point of its write to the same session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    pub seen: Seen,
+    pub data: FieldMap,
+    pub max_age: Option<u64>,
 }
 
 /// Which session(s) a write touches. Chosen by the pipeline from the request's cookie
@@ -74,6 +96,10 @@ pub struct WritePlan {
     pub ops: Vec<Op>,
     /// New per-session idle lifetime (`X-Session-Max-Age`), in seconds.
     pub max_age: Option<u64>,
+    /// With [`Target::Existing`]: the session as this request loaded it, when the engine
+    /// reported a version ([`LoadedSession::seen`]). Only an optimisation: an engine
+    /// checks it is still current before relying on it.
+    pub base: Option<Base>,
 }
 
 /// The result of a write that reached the store.

@@ -395,6 +395,7 @@ impl RedisStore {
                     flash,
                     max_age,
                     remaining,
+                    seen: None,
                 }))
             }
             "CORRUPT" => Err(corrupt("session meta fields")),

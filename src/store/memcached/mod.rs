@@ -96,8 +96,8 @@ use self::{
     ring::Ring,
 };
 use super::{
-    FieldMap, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome, WritePlan,
-    apply_ops,
+    FieldMap, Lifetimes, LoadedSession, Seen, SessionStore, StoreError, Target, WriteOutcome,
+    WritePlan, apply_ops,
 };
 use crate::{config::StoreConfig, cookie::SessionId, protocol::Op};
 
@@ -361,8 +361,8 @@ impl MemcachedStore {
             .await
             .map_err(unavailable)?;
         let [session, flash] = two(replies)?;
-        let stored = match session {
-            Reply::Value { data, .. } => decode_session(&data)?,
+        let (cas, stored) = match session {
+            Reply::Value { cas, data } => (cas, decode_session(&data)?),
             Reply::Miss => return Ok(None),
             _ => return Err(unexpected("session read")),
         };
@@ -421,6 +421,11 @@ impl MemcachedStore {
             flash: delivered,
             max_age: stored.max_age,
             remaining: remaining / 1000,
+            // Touching the item (the refresh above) leaves its CAS as it was.
+            seen: Some(Seen {
+                cas,
+                created_ms: stored.created_ms,
+            }),
         }))
     }
 
@@ -580,9 +585,23 @@ impl MemcachedStore {
         let with_flash = plan.ops.iter().any(|op| matches!(op, Op::FlashSet(..)));
         let mut lease = self.lease(keys.server).await?;
         let mut retries = 0;
+        // What this request loaded, if the pipeline handed it back: the first attempt
+        // writes against it without reading again (a flash merge reads the flash item
+        // anyway, so it reads both as before).
+        let mut base = plan.base.as_ref().filter(|_| !with_flash).map(|b| {
+            let stored = Stored {
+                created_ms: b.seen.created_ms,
+                max_age: b.max_age,
+                data: b.data.clone(),
+            };
+            (b.seen.cas, stored, None)
+        });
         let (flash_seen, exp) = loop {
-            let Some((cas, stored, flash_seen)) = self.read(&mut lease, &keys, with_flash).await?
-            else {
+            let read = match base.take() {
+                Some(loaded) => Some(loaded),
+                None => self.read(&mut lease, &keys, with_flash).await?,
+            };
+            let Some((cas, stored, flash_seen)) = read else {
                 return Ok(WriteOutcome::Gone);
             };
             let current_flash = flash_seen.as_ref().map(|(_, f)| f);
