@@ -349,6 +349,10 @@ const SIZE_HINT: &str =
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// Upper bound of every duration, so `Instant + d` and TTL arithmetic cannot overflow.
 const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+/// Default `store.storage.max_connections` with `engine: redis` (multiplexed
+/// connections); memcached's pool of exclusive connections keeps 16.
+pub const REDIS_DEFAULT_CONNECTIONS: usize = 2;
+
 /// Upper bound of `limits.max_connections` and `limits.max_connections_per_ip`: about
 /// Linux's ceiling on open file descriptors per process (`fs.nr_open`, 1048576).
 const MAX_CONNECTIONS_LIMIT: i128 = 1_000_000;
@@ -1309,6 +1313,12 @@ impl Ctx<'_> {
                     ("memcached", Engine::Memcached),
                 ],
             )?;
+        }
+        if store.engine == Engine::Redis {
+            // Redis connections are multiplexed: each carries every concurrent request,
+            // and fewer connections batch more commands per write (issue 5 measured
+            // 16 against 1 and 2). Two keep one working while the other reconnects.
+            store.storage.max_connections = REDIS_DEFAULT_CONNECTIONS;
         }
         if let Some(v) = &raw.key_prefix {
             let p = self.string(v, "store.key_prefix")?;
@@ -3647,6 +3657,11 @@ mod tests {
         assert!(c.redacted_yaml().contains("max_connections: 4"));
         let c = ok("store: {engine: redis, storage: {max_connections: 3}}\n");
         assert_eq!(c.store.storage.max_connections, 3);
+        // Defaults differ: Redis connections are multiplexed, memcached's are leased.
+        let c = ok("store: {engine: redis}\n");
+        assert_eq!(c.store.storage.max_connections, REDIS_DEFAULT_CONNECTIONS);
+        let c = ok("store: {engine: memcached}\n");
+        assert_eq!(c.store.storage.max_connections, 16);
         assert_err(
             "store: {engine: memory, storage: {max_connections: 4}}\n",
             3,
