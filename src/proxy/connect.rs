@@ -3,8 +3,8 @@
 //! bounds a whole connect (TCP, TLS handshake or unix connect) by
 //! `timeouts.upstream_connect`.
 //!
-//! The connectors are `tower_service::Service<Uri>` so hyper-util's pooled client can use
-//! them; the pool itself is configured in [`super::forward`].
+//! The connectors are `tower_service::Service<Uri>` (hyper-util's connector interface);
+//! the pool that uses them is [`super::pool`], configured in [`super::forward`].
 
 use std::{
     future::Future,

@@ -1,26 +1,22 @@
 //! The upstream side (SPEC §8.1): a pooled keep-alive HTTP/1.1 client to an `http://`,
 //! `https://` or `unix:` upstream, with connect and response-header timeouts.
 //!
-//! One [`Upstream`] type dispatches over three hyper-util clients that differ only in
-//! their connector ([`super::connect`]); the pool settings are the same for all three.
+//! One [`Upstream`] type dispatches over three pools ([`super::pool`]) that differ only
+//! in their connector ([`super::connect`]); the pool settings are the same for all three.
 
 use std::time::Duration;
 
 use http::{
-    Request, Response, Uri, Version,
+    HeaderValue, Request, Response, Uri, Version, header,
     uri::{Authority, PathAndQuery, Scheme},
 };
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{
-        Client,
-        connect::{Connect, HttpConnector},
-    },
-    rt::{TokioExecutor, TokioTimer},
-};
+use hyper_util::client::legacy::connect::HttpConnector;
 
-use super::connect::{self, ConnectTimeout, TlsSetupError, UnixConnector};
+use super::{
+    connect::{self, ConnectTimeout, TlsSetupError, UnixConnector},
+    pool::{Pool, PooledBody},
+};
 use crate::{
     body::Body,
     config::{Config, Upstream as UpstreamConfig},
@@ -45,20 +41,20 @@ pub const POOL_MAX_IDLE: usize = 256;
 const UNIX_AUTHORITY: &str = "localhost";
 
 /// Where requests go and how long we wait for them.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Upstream {
     client: Clients,
-    scheme: Scheme,
-    authority: Authority,
+    /// The `Host` of a request that arrives without one: the upstream's authority.
+    host: HeaderValue,
     response_timeout: Duration,
 }
 
-/// The pooled client, by kind of upstream.
-#[derive(Debug, Clone)]
+/// The pool, by kind of upstream.
+#[derive(Debug)]
 enum Clients {
-    Http(Client<ConnectTimeout<HttpConnector>, Body>),
-    Https(Client<ConnectTimeout<HttpsConnector<HttpConnector>>, Body>),
-    Unix(Client<ConnectTimeout<UnixConnector>, Body>),
+    Http(Pool<ConnectTimeout<HttpConnector>>),
+    Https(Pool<ConnectTimeout<HttpsConnector<HttpConnector>>>),
+    Unix(Pool<ConnectTimeout<UnixConnector>>),
 }
 
 /// Why an upstream could not be set up from the config.
@@ -73,7 +69,7 @@ pub enum UpstreamSetupError {
 impl Upstream {
     pub fn from_config(config: &Config) -> Result<Self, UpstreamSetupError> {
         let connect_timeout = config.timeouts.upstream_connect;
-        let (client, scheme, authority) = match &config.upstream {
+        let (client, authority) = match &config.upstream {
             UpstreamConfig::Tcp { https, authority } => {
                 let authority: Authority = authority
                     .parse()
@@ -96,49 +92,57 @@ impl Upstream {
                     // ALPN set and would offer none for HTTP/1.1 only. SNI and
                     // verification use the URI's host, i.e. the configured upstream host.
                     let https = HttpsConnector::from((tcp, tls));
+                    let target = target(Scheme::HTTPS, &authority)?;
                     (
-                        Clients::Https(pooled(ConnectTimeout::new(https, connect_timeout))),
-                        Scheme::HTTPS,
+                        Clients::Https(pooled(ConnectTimeout::new(https, connect_timeout), target)),
                         authority,
                     )
                 } else {
                     tcp.enforce_http(true);
+                    let target = target(Scheme::HTTP, &authority)?;
                     (
-                        Clients::Http(pooled(ConnectTimeout::new(tcp, connect_timeout))),
-                        Scheme::HTTP,
+                        Clients::Http(pooled(ConnectTimeout::new(tcp, connect_timeout), target)),
                         authority,
                     )
                 }
             }
-            UpstreamConfig::Unix(path) => (
-                Clients::Unix(pooled(ConnectTimeout::new(
-                    UnixConnector::new(path),
-                    connect_timeout,
-                ))),
-                Scheme::HTTP,
-                Authority::from_static(UNIX_AUTHORITY),
-            ),
+            UpstreamConfig::Unix(path) => {
+                let authority = Authority::from_static(UNIX_AUTHORITY);
+                let target = target(Scheme::HTTP, &authority)?;
+                (
+                    Clients::Unix(pooled(
+                        ConnectTimeout::new(UnixConnector::new(path), connect_timeout),
+                        target,
+                    )),
+                    authority,
+                )
+            }
         };
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| UpstreamSetupError::BadAuthority(authority.to_string()))?;
         Ok(Upstream {
             client,
-            scheme,
-            authority,
+            host,
             response_timeout: config.timeouts.upstream_response,
         })
     }
 
     /// Send `req` (its URI holding only path and query) to the upstream and wait for the
     /// response headers; the body streams afterwards.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        *req.uri_mut() = upstream_uri(&self.scheme, &self.authority, req.uri())
-            .map_err(|e| ProxyError::UpstreamUnreachable(e.to_string()))?;
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<PooledBody>, ProxyError> {
+        *req.uri_mut() = origin_form(req.uri());
         *req.version_mut() = Version::HTTP_11;
-        // The client keeps the request's `Host`; only a request without one gets the
-        // URI's authority (hyper-util's `set_host`, on by default).
-        let response = match &self.client {
-            Clients::Http(c) => c.request(req),
-            Clients::Https(c) => c.request(req),
-            Clients::Unix(c) => c.request(req),
+        // The request's `Host` is kept; only a request without one gets the upstream's
+        // authority (as hyper-util's `set_host` did).
+        req.headers_mut()
+            .entry(header::HOST)
+            .or_insert_with(|| self.host.clone());
+        let response = async {
+            match &self.client {
+                Clients::Http(c) => c.send(req).await,
+                Clients::Https(c) => c.send(req).await,
+                Clients::Unix(c) => c.send(req).await,
+            }
         };
         match tokio::time::timeout(self.response_timeout, response).await {
             Err(_) => Err(ProxyError::UpstreamTimeout),
@@ -150,36 +154,35 @@ impl Upstream {
     }
 }
 
-/// A pooled HTTP/1.1 client over `connector`.
-fn pooled<C>(connector: C) -> Client<C, Body>
+/// A pool over `connector`, connecting to `target`.
+fn pooled<C>(connector: C, target: Uri) -> Pool<C>
 where
-    C: Connect + Clone,
+    C: tower_service::Service<Uri, Error = crate::body::BoxError> + Clone + Send + Sync + 'static,
+    C::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    C::Future: Send,
 {
-    Client::builder(TokioExecutor::new())
-        // Without a pool timer the idle timeout is silently ignored and idle sockets
-        // pile up (DEPENDENCIES pitfall 3).
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE)
-        .build(connector)
+    Pool::new(connector, target, POOL_MAX_IDLE, POOL_IDLE_TIMEOUT)
 }
 
-/// The absolute URI of a forwarded request: the upstream's scheme and authority, the
-/// request's path and query (`/` when it has none, e.g. `OPTIONS *` aside).
-fn upstream_uri(
-    scheme: &Scheme,
-    authority: &Authority,
-    original: &Uri,
-) -> Result<Uri, http::Error> {
+/// The URI the connector connects to (and, for `https`, verifies).
+fn target(scheme: Scheme, authority: &Authority) -> Result<Uri, UpstreamSetupError> {
+    Uri::builder()
+        .scheme(scheme)
+        .authority(authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|_| UpstreamSetupError::BadAuthority(authority.to_string()))
+}
+
+/// The origin-form request target of a forwarded request: the request's path and query
+/// only (`/` when it has none). An absolute-form target (a client talking to a proxy)
+/// loses its own scheme and authority: requests go to the configured upstream only.
+fn origin_form(original: &Uri) -> Uri {
     let path = original
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme(scheme.clone())
-        .authority(authority.clone())
-        .path_and_query(path)
-        .build()
+    Uri::from(path)
 }
 
 /// The error and its causes on one line, for the log.
@@ -199,27 +202,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn uris_keep_path_and_query_and_take_the_upstream_authority() {
-        let auth = Authority::from_static("app.internal:8443");
+    fn requests_go_out_in_origin_form() {
         let uri = |s: &'static str| Uri::from_static(s);
+        assert_eq!(origin_form(&uri("/a/b?x=1&y")), "/a/b?x=1&y");
+        // An absolute-form request target loses its own authority: the request goes
+        // to the configured upstream only.
+        assert_eq!(origin_form(&uri("http://evil.example/p?q")), "/p?q");
+        assert_eq!(origin_form(&uri("http://evil.example")), "/");
+        let auth = Authority::from_static("app.internal:8443");
         assert_eq!(
-            upstream_uri(&Scheme::HTTPS, &auth, &uri("/a/b?x=1&y")).expect("uri"),
-            "https://app.internal:8443/a/b?x=1&y"
-        );
-        // An absolute-form request target (a client talking to a proxy) loses its own
-        // authority: the request goes to the configured upstream only.
-        assert_eq!(
-            upstream_uri(&Scheme::HTTP, &auth, &uri("http://evil.example/p?q")).expect("uri"),
-            "http://app.internal:8443/p?q"
-        );
-        assert_eq!(
-            upstream_uri(&Scheme::HTTP, &auth, &uri("http://evil.example")).expect("uri"),
-            "http://app.internal:8443/"
-        );
-        let unix = Authority::from_static(UNIX_AUTHORITY);
-        assert_eq!(
-            upstream_uri(&Scheme::HTTP, &unix, &uri("/x")).expect("uri"),
-            "http://localhost/x"
+            target(Scheme::HTTPS, &auth).expect("target"),
+            "https://app.internal:8443/"
         );
     }
 

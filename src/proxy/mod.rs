@@ -7,6 +7,7 @@ pub mod access;
 pub mod connect;
 pub mod forward;
 pub mod headers;
+pub mod pool;
 pub mod request_id;
 pub mod upgrade;
 
@@ -265,7 +266,10 @@ impl Proxy {
         let session = if bypass {
             None
         } else {
-            Some(self.load_session(settings, &req).await?)
+            // Boxed, as the other store and upstream calls below: the engines' futures
+            // are KiBs, and inline they made this future ~17 KiB, copied whole on every
+            // request (issue 5).
+            Some(Box::pin(self.load_session(settings, &req)).await?)
         };
         if let Some(s) = &session {
             *session_status = s.view.status;
@@ -306,7 +310,7 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let req = req.map(|b| strip_reserved_trailers(b, settings.prefix.clone()));
         let sent = Instant::now();
-        let mut resp = match self.upstream.send(req).await {
+        let mut resp = match Box::pin(self.upstream.send(req)).await {
             Ok(resp) => {
                 self.metrics.upstream_latency(sent.elapsed().as_secs_f64());
                 resp
@@ -377,9 +381,8 @@ impl Proxy {
                     ..ChangeSet::default()
                 };
             }
-            let cookie = self
-                .persist(settings, &session.view, session.loaded, &changes)
-                .await?;
+            let cookie =
+                Box::pin(self.persist(settings, &session.view, session.loaded, &changes)).await?;
             set_cookie(settings, resp.headers_mut(), cookie);
         }
 
