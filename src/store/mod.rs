@@ -11,6 +11,7 @@
 pub mod any;
 pub mod memcached;
 pub mod memory;
+pub mod pairs;
 pub mod redis;
 
 use std::{collections::BTreeMap, future::Future, time::Duration};

@@ -65,8 +65,8 @@ use redis::{
 use tokio::sync::OnceCell;
 
 use super::{
-    ApplyError, FieldMap, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
-    WritePlan,
+    ApplyError, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
+    WritePlan, pairs::decode_pairs,
 };
 use crate::{config::StoreConfig, cookie::SessionId, protocol::Op};
 
@@ -377,29 +377,9 @@ impl RedisStore {
             .run(&inv, true)
             .await
             .map_err(|e| self.store_error(e))?;
-        let mut items = as_array(reply)?.into_iter();
-        match text(items.next().as_ref())?.as_str() {
-            "NONE" => Ok(None),
-            "FOUND" => {
-                let data = field_map(items.next())?;
-                let flash = field_map(items.next())?;
-                let max_age = match text(items.next().as_ref())?.as_str() {
-                    "" => None,
-                    s => Some(s.parse().map_err(|_| corrupt("max_age"))?),
-                };
-                let remaining = text(items.next().as_ref())?
-                    .parse()
-                    .map_err(|_| corrupt("remaining lifetime"))?;
-                Ok(Some(LoadedSession {
-                    data,
-                    flash,
-                    max_age,
-                    remaining,
-                    seen: None,
-                }))
-            }
-            "CORRUPT" => Err(corrupt("session meta fields")),
-            _ => Err(corrupt("load reply")),
+        match reply {
+            Value::BulkString(bytes) => decode_load_reply(&bytes),
+            _ => Err(corrupt("reply type")),
         }
     }
 
@@ -513,23 +493,99 @@ fn text(v: Option<&Value>) -> Result<String, StoreError> {
     }
 }
 
-/// A flat `[field, value, ...]` array into a field map; fields must be JSON strings.
-fn field_map(v: Option<Value>) -> Result<FieldMap, StoreError> {
-    let items = match v {
-        Some(v) => as_array(v)?,
-        None => return Err(corrupt("field list")),
+/// The load script's reply (see `redis/load.lua`): `N`, `C`, or
+/// `F <max_age or -> <seconds left> <data bytes>\n` then data pairs and flash pairs
+/// ([`super::pairs`]).
+fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> {
+    match bytes {
+        b"N" => return Ok(None),
+        b"C" => return Err(corrupt("session meta fields")),
+        _ => {}
+    }
+    let newline = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| corrupt("load reply"))?;
+    let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| corrupt("load reply"))?;
+    let mut parts = header.split(' ');
+    if parts.next() != Some("F") {
+        return Err(corrupt("load reply"));
+    }
+    let max_age = match parts.next() {
+        Some("-") => None,
+        Some(t) => Some(t.parse().map_err(|_| corrupt("max_age"))?),
+        None => return Err(corrupt("max_age")),
     };
-    if !items.len().is_multiple_of(2) {
-        return Err(corrupt("field list"));
+    let remaining = parts
+        .next()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| corrupt("remaining lifetime"))?;
+    let data_len: usize = parts
+        .next()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| corrupt("load reply"))?;
+    let body = &bytes[newline + 1..];
+    if parts.next().is_some() || data_len > body.len() {
+        return Err(corrupt("load reply"));
     }
-    let mut map = FieldMap::new();
-    let mut it = items.iter();
-    while let (Some(f), Some(v)) = (it.next(), it.next()) {
-        let field = text(Some(f))?;
-        if !field.starts_with('"') {
-            return Err(corrupt("field name"));
+    let (data, flash) = body.split_at(data_len);
+    let pairs = |b| decode_pairs(b).map_err(corrupt);
+    Ok(Some(LoadedSession {
+        data: pairs(data)?,
+        flash: pairs(flash)?,
+        max_age,
+        remaining,
+        seen: None,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FieldMap;
+
+    fn fields(pairs: &[(&str, &str)]) -> FieldMap {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn load_replies_decode() {
+        assert_eq!(decode_load_reply(b"N").unwrap(), None);
+        let found =
+            decode_load_reply(b"F 600 2591999 17\n6:\"user\",5:\"ann\",5:\"msg\",4:\"hi\",")
+                .unwrap()
+                .expect("found");
+        assert_eq!(found.data, fields(&[("\"user\"", "\"ann\"")]));
+        assert_eq!(found.flash, fields(&[("\"msg\"", "\"hi\"")]));
+        assert_eq!((found.max_age, found.remaining), (Some(600), 2_591_999));
+        let empty = decode_load_reply(b"F - 5 0\n").unwrap().expect("found");
+        assert!(empty.data.is_empty() && empty.flash.is_empty());
+        assert_eq!((empty.max_age, empty.remaining), (None, 5));
+    }
+
+    #[test]
+    fn malformed_load_replies_are_corrupt() {
+        for bad in [
+            &b"C"[..],
+            b"",
+            b"X",
+            b"F - 5 0",
+            b"F x 5 0\n",
+            b"F - -5 0\n",
+            b"F - 5\n",
+            b"F - 5 0 extra\n",
+            b"F - 5 99\n3:\"a\",1:1,",
+            b"F - 5 3\n3:\"a\",1:1,",
+            b"F - 5 0\n3:\"a\",0:,",
+        ] {
+            assert!(
+                matches!(decode_load_reply(bad), Err(StoreError::Corrupt(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        map.insert(field, text(Some(v))?);
     }
-    Ok(map)
 }

@@ -98,6 +98,7 @@ use self::{
 use super::{
     FieldMap, Lifetimes, LoadedSession, Seen, SessionStore, StoreError, Target, WriteOutcome,
     WritePlan, apply_ops,
+    pairs::{decode_pairs, encode_pairs},
 };
 use crate::{config::StoreConfig, cookie::SessionId, protocol::Op};
 
@@ -970,17 +971,6 @@ fn encode_flash(flash: &FieldMap) -> Vec<u8> {
     out
 }
 
-fn encode_pairs(map: &FieldMap, out: &mut Vec<u8>) {
-    for (field, value) in map {
-        for part in [field, value] {
-            out.extend_from_slice(part.len().to_string().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(part.as_bytes());
-            out.push(b',');
-        }
-    }
-}
-
 fn decode_session(bytes: &[u8]) -> Result<Stored, StoreError> {
     let (header, rest) = split_header(bytes)?;
     let mut parts = header.split(' ');
@@ -1002,7 +992,7 @@ fn decode_session(bytes: &[u8]) -> Result<Stored, StoreError> {
     Ok(Stored {
         created_ms,
         max_age,
-        data: decode_pairs(rest)?,
+        data: decode_pairs(rest).map_err(corrupt)?,
     })
 }
 
@@ -1011,7 +1001,7 @@ fn decode_flash(bytes: &[u8]) -> Result<FieldMap, StoreError> {
     if header != "F1" {
         return Err(corrupt("not a flash item"));
     }
-    decode_pairs(rest)
+    decode_pairs(rest).map_err(corrupt)
 }
 
 fn split_header(bytes: &[u8]) -> Result<(&str, &[u8]), StoreError> {
@@ -1021,46 +1011,6 @@ fn split_header(bytes: &[u8]) -> Result<(&str, &[u8]), StoreError> {
         .ok_or_else(|| corrupt("no header"))?;
     let header = std::str::from_utf8(&bytes[..end]).map_err(|_| corrupt("header"))?;
     Ok((header, &bytes[end + 1..]))
-}
-
-fn decode_pairs(mut rest: &[u8]) -> Result<FieldMap, StoreError> {
-    let mut map = FieldMap::new();
-    while !rest.is_empty() {
-        let field = netstring(&mut rest)?;
-        let value = netstring(&mut rest)?;
-        // Fields are JSON string literals, values non-empty JSON text; both ASCII.
-        if field.len() < 2 || !field.starts_with('"') || !field.ends_with('"') {
-            return Err(corrupt("field name"));
-        }
-        if value.is_empty() {
-            return Err(corrupt("empty value"));
-        }
-        map.insert(field.to_owned(), value.to_owned());
-    }
-    Ok(map)
-}
-
-fn netstring<'a>(rest: &mut &'a [u8]) -> Result<&'a str, StoreError> {
-    let colon = rest
-        .iter()
-        .take(10)
-        .position(|&b| b == b':')
-        .ok_or_else(|| corrupt("length"))?;
-    let len: usize = std::str::from_utf8(&rest[..colon])
-        .ok()
-        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| corrupt("length"))?;
-    let body = &rest[colon + 1..];
-    if body.len() < len + 1 || body[len] != b',' {
-        return Err(corrupt("truncated"));
-    }
-    let text = std::str::from_utf8(&body[..len])
-        .ok()
-        .filter(|t| t.is_ascii())
-        .ok_or_else(|| corrupt("non-ASCII text"))?;
-    *rest = &body[len + 1..];
-    Ok(text)
 }
 
 #[cfg(test)]

@@ -27,3 +27,7 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- One field and its value as netstrings ('<len>:<bytes>,' twice; src/store/pairs.rs).
+local function netstring_pair(field, value)
+  return #field .. ':' .. field .. ',' .. #value .. ':' .. value .. ','
+end

@@ -4,9 +4,11 @@
 -- ARGV[1] db_sessions  ARGV[2] db_notifications  ARGV[3] session.ttl in ms
 -- ARGV[4] session.absolute_ttl in ms
 --
--- Returns {'NONE'} | {'CORRUPT'} |
---         {'FOUND', {data field, value, ...}, {flash field, value, ...}, max_age or '',
---          seconds left to the absolute limit}
+-- Returns one string (a nested array reply costs the client far more to parse):
+--   'N' (none) | 'C' (corrupt) |
+--   'F <max_age or -> <seconds left to the absolute limit> <bytes of data>\n' ..
+--     data pairs .. flash pairs
+-- where pairs are netstrings, '<len>:<field>,<len>:<value>,' (src/store/pairs.rs).
 
 local db_sessions = tonumber(ARGV[1])
 local db_notifications = tonumber(ARGV[2])
@@ -18,7 +20,7 @@ local now = now_ms()
 use_db(db_sessions)
 local raw = redis.call('HGETALL', KEYS[1])
 if #raw == 0 then
-  return {'NONE'}
+  return 'N'
 end
 
 -- User fields are JSON string literals and so start with '"' (byte 34); meta fields never do.
@@ -27,8 +29,7 @@ local created, max_age
 for i = 1, #raw, 2 do
   local field = raw[i]
   if string.byte(field, 1) == 34 then
-    data[#data + 1] = field
-    data[#data + 1] = raw[i + 1]
+    data[#data + 1] = netstring_pair(field, raw[i + 1])
   elseif field == 'created' then
     created = tonumber(raw[i + 1])
   elseif field == 'max_age' then
@@ -36,7 +37,7 @@ for i = 1, #raw, 2 do
   end
 end
 if not created then
-  return {'CORRUPT'}
+  return 'C'
 end
 
 local remaining = created + absolute_ms - now
@@ -45,14 +46,14 @@ if remaining <= 0 then
   redis.call('DEL', KEYS[1])
   use_db(db_notifications)
   redis.call('DEL', KEYS[2])
-  return {'NONE'}
+  return 'N'
 end
 
 local idle = ttl_ms
 if max_age then
   local seconds = tonumber(max_age)
   if not seconds then
-    return {'CORRUPT'}
+    return 'C'
   end
   idle = seconds * 1000
 end
@@ -62,8 +63,14 @@ redis.call('PEXPIRE', KEYS[1], int_text(math.min(idle, remaining)))
 -- when several requests of the session load concurrently.
 use_db(db_notifications)
 local flash = redis.call('HGETALL', KEYS[2])
+local pending = {}
 if #flash > 0 then
   redis.call('DEL', KEYS[2])
+  for i = 1, #flash, 2 do
+    pending[#pending + 1] = netstring_pair(flash[i], flash[i + 1])
+  end
 end
 
-return {'FOUND', data, flash, max_age or '', int_text(math.floor(remaining / 1000))}
+data = table.concat(data)
+return 'F ' .. (max_age or '-') .. ' ' .. int_text(math.floor(remaining / 1000)) .. ' ' ..
+  #data .. '\n' .. data .. table.concat(pending)
