@@ -71,13 +71,7 @@ async fn one_store_command_per_read_and_one_more_per_write() {
 /// round trip of two commands: the session `mg` that refreshes its TTL (a touch) and the
 /// flash `mg` (a get), pipelined.
 fn memcached_counts(server: &common::MemcachedServer) -> [u64; 3] {
-    let stats = server.stats();
-    ["cmd_get", "cmd_touch", "cmd_set"].map(|k| {
-        stats
-            .get(k)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {k} in stats"))
-    })
+    server.counters(["cmd_get", "cmd_touch", "cmd_set"])
 }
 
 /// The same budget on memcached: a read is one round trip, and a write is one more

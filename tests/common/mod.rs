@@ -372,6 +372,18 @@ impl MemcachedServer {
         mc_stats(self.port)
     }
 
+    /// The named numeric `stats` counters, e.g. `["cmd_get", "cmd_touch", "cmd_set"]`
+    /// (a meta `mg` that refreshes the TTL counts as a touch).
+    pub fn counters<const N: usize>(&self, names: [&str; N]) -> [u64; N] {
+        let stats = self.stats();
+        names.map(|k| {
+            stats
+                .get(k)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {k} in stats"))
+        })
+    }
+
     /// Items currently stored (`curr_items`).
     pub fn items(&self) -> u64 {
         self.stats()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One command for the benchmark (issue 5): installs what is missing (nginx, wrk,
+# redis-server, memcached, python3 from Debian's packages), builds the sidecar in release
+# mode and runs bench/bench.py, which starts every peer on loopback, measures and prints
+# a table of ratios to nginx proxy_pass. Arguments are passed on (`--help` lists them).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+missing=()
+for tool in nginx:nginx wrk:wrk redis-server:redis-server redis-cli:redis-tools \
+            memcached:memcached python3:python3; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] \
+    || missing+=("${tool#*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "bench: missing ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+  # The packages start system services on the default ports; the benchmark starts its
+  # own on free ports and wants the cores to itself.
+  for svc in nginx redis-server memcached; do (service "$svc" stop >/dev/null 2>&1 || true); done
+fi
+
+cargo build --release --locked --bin session-sidecar
+# 1,000 idle connections plus wrk's need more than the usual 1,024 descriptors.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+exec python3 bench/bench.py --binary target/release/session-sidecar "$@"
