@@ -391,6 +391,20 @@ class Stores:
                 "incr_misses", "decr_hits", "decr_misses"]
         return sum(s.get(k, 0) for k in keys)
 
+    def memcached_round_trips(self) -> int:
+        """The sidecar pipelines a load's two `mg` (the session's, counted as a touch, and
+        the flash's, a get) and sends a TTL correction (a touch) without waiting; every
+        other command is its own exchange. So round trips = gets + sets + deletes."""
+        s = self.memcached_stats()
+        return sum(s.get(k, 0) for k in ("cmd_get", "cmd_set", "delete_hits", "delete_misses"))
+
+    def round_trips(self, store: str | None) -> int:
+        if store == "redis":
+            return self.redis_round_trips()
+        if store == "memcached":
+            return self.memcached_round_trips()
+        return 0
+
     def commands(self, store: str | None) -> int:
         if store == "redis":
             return self.redis_commands()
@@ -415,7 +429,7 @@ def wrk(args, row: Row, duration: float, lua: Path) -> dict:
 
 def measure(args, row: Row, stores: Stores, lua: Path) -> dict:
     before_cmds = stores.commands(row.store)
-    before_trips = stores.redis_round_trips() if row.store == "redis" else 0
+    before_trips = stores.round_trips(row.store)
     before_ops = row.sidecar.store_ops() if row.sidecar else (0.0, 0.0)
     before_cpu = cpu_seconds(row.pid) if row.pid else 0.0
     store_pid = stores.pids.get(row.store or "")
@@ -432,12 +446,8 @@ def measure(args, row: Row, stores: Stores, lua: Path) -> dict:
         after = row.sidecar.store_ops()
         result["loads"] = (after[0] - before_ops[0]) / n
         result["applies"] = (after[1] - before_ops[1]) / n
-        if row.store == "redis":
-            result["round_trips"] = (stores.redis_round_trips() - before_trips) / n
-        elif row.store == "memcached":
-            # Each load and each write is one round trip when no flash is pending and
-            # no CAS conflicts (tests/store_round_trips.rs counts it on the server).
-            result["round_trips"] = result["loads"] + result["applies"]
+        if row.store:
+            result["round_trips"] = (stores.round_trips(row.store) - before_trips) / n
         # Session work must have happened on every request: only the requests in flight
         # when wrk stops (at most one per connection) reach the store uncounted by wrk.
         slack = (args.connections + 1) / n + 0.001
