@@ -78,6 +78,16 @@ async fn serve(mut stream: TcpStream, after: AfterResponse, counts: &Counts) {
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
         buf.drain(..head_end);
+        // A body to skip after answering (`/upload` answers before reading it).
+        let mut body_left: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         counts.requests.fetch_add(1, Ordering::SeqCst);
         let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
         let response: Vec<u8> = match path.as_str() {
@@ -91,6 +101,18 @@ async fn serve(mut stream: TcpStream, after: AfterResponse, counts: &Counts) {
         };
         if stream.write_all(&response).await.is_err() {
             return;
+        }
+        while body_left > 0 {
+            let take = body_left.min(buf.len());
+            buf.drain(..take);
+            body_left -= take;
+            if body_left > 0 {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
         }
         if let AfterResponse::CloseAfter(delay) = after {
             tokio::time::sleep(delay).await;
@@ -205,5 +227,32 @@ async fn idle_connections_are_closed_after_the_idle_bound() {
     );
     assert_eq!(get(running.addr, "/").await, 200);
     assert_eq!(counts.opened.load(Ordering::SeqCst), 2);
+    running.shutdown().await;
+}
+
+/// An app may answer before it has read an upload. Its connection must not be handed to
+/// the next request while the upload still streams: that request would wait for it.
+#[tokio::test]
+async fn a_connection_still_receiving_an_upload_is_not_handed_out() {
+    let (url, counts) = raw_upstream(AfterResponse::KeepOpen).await;
+    let running = sidecar(&url).await;
+    let mut uploader = TcpStream::connect(running.addr).await.expect("connect");
+    uploader
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .expect("send");
+    uploader.write_all(&[b'u'; 1000]).await.expect("send");
+    let mut head = [0u8; 64];
+    let n = uploader.read(&mut head).await.expect("early response");
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+    settle().await;
+    // The upload is still open (99,000 bytes to go): another request gets its own
+    // connection instead of waiting behind it.
+    let status = tokio::time::timeout(Duration::from_secs(5), get(running.addr, "/"))
+        .await
+        .expect("a request waited for another request's upload");
+    assert_eq!(status, 200);
+    assert_eq!(counts.opened.load(Ordering::SeqCst), 2);
+    drop(uploader);
     running.shutdown().await;
 }

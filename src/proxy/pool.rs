@@ -16,7 +16,8 @@
 //!   sent again on another one; one already sent is never repeated.
 //!
 //! A connection goes back to the pool when the response body has been read to its end
-//! (or had none); a response dropped before its end, and a `101` (the connection
+//! (or had none) and the request has been sent whole (an app may answer before it has
+//! read an upload); a response dropped before its end, and a `101` (the connection
 //! becomes a tunnel), never come back.
 
 use std::{
@@ -229,8 +230,20 @@ impl PooledBody {
     }
 
     fn go_home(&mut self) {
-        if let Some((sender, idle)) = self.home.take() {
+        let Some((mut sender, idle)) = self.home.take() else {
+            return;
+        };
+        if sender.is_ready() {
             idle.put(sender);
+        } else {
+            // The response ended before the request did (an app that answered before
+            // reading an upload): parked now, the connection would make the next
+            // request wait for the rest of the upload. It is parked when it is free.
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    idle.put(sender);
+                }
+            });
         }
     }
 }
