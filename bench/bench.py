@@ -242,19 +242,21 @@ class Sidecar:
     cookie: str = ""  # one session's cookie, for the checks
     cookie_file: str = ""  # all sessions' cookies, for wrk
 
-    def metric(self, series: str) -> float:
+    def store_ops(self) -> tuple[float, float]:
+        """Store loads and writes so far, from one scrape of `/metrics`."""
         conn = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=5)
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
         conn.close()
+        values = {}
         for line in text.splitlines():
-            if line.startswith(series + " "):
-                return float(line.split()[1])
-        raise BenchError(f"{self.name}: no {series} in /metrics")
-
-    def store_ops(self) -> tuple[float, float]:
+            name, _, value = line.partition(" ")
+            values[name] = value
         base = "session_sidecar_store_duration_seconds_count"
-        return (self.metric(base + '{op="load"}'), self.metric(base + '{op="apply"}'))
+        try:
+            return (float(values[base + '{op="load"}']), float(values[base + '{op="apply"}']))
+        except KeyError as missing:
+            raise BenchError(f"{self.name}: no {missing} in /metrics") from None
 
 
 def request(port: int, path: str, cookie: str | None = None) -> http.client.HTTPResponse:
@@ -360,15 +362,6 @@ class Stores:
                 calls[name] = int(stats["calls"])
         return calls
 
-    def redis_commands(self) -> int:
-        """Every command Redis ran, those inside the session scripts included."""
-        return sum(n for name, n in self.redis_calls().items() if not name.startswith(("info", "config")))
-
-    def redis_round_trips(self) -> int:
-        """Top-level calls: the sidecar sends only its scripts on the request path."""
-        calls = self.redis_calls()
-        return calls.get("evalsha", 0) + calls.get("eval", 0)
-
     def memcached_stats(self) -> dict[str, int]:
         with socket.create_connection(("127.0.0.1", self.memcached_port), timeout=5) as s:
             s.sendall(b"stats\r\n")
@@ -385,32 +378,25 @@ class Stores:
                 out[parts[1]] = int(parts[2])
         return out
 
-    def memcached_commands(self) -> int:
-        s = self.memcached_stats()
-        keys = ["cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_misses", "incr_hits",
-                "incr_misses", "decr_hits", "decr_misses"]
-        return sum(s.get(k, 0) for k in keys)
+    def counts(self, store: str | None) -> tuple[int, int]:
+        """(commands, round trips) the store has served so far, from one query.
 
-    def memcached_round_trips(self) -> int:
-        """The sidecar pipelines a load's two `mg` (the session's, counted as a touch, and
-        the flash's, a get) and sends a TTL correction (a touch) without waiting; every
-        other command is its own exchange. So round trips = gets + sets + deletes."""
-        s = self.memcached_stats()
-        return sum(s.get(k, 0) for k in ("cmd_get", "cmd_set", "delete_hits", "delete_misses"))
-
-    def round_trips(self, store: str | None) -> int:
+        Redis: commands include those its scripts ran; round trips are the top-level
+        script calls, the only commands the sidecar sends on the request path.
+        memcached: the sidecar pipelines a load's two `mg` (the session's, counted as a
+        touch, and the flash's, a get) and never waits for a TTL correction (a touch);
+        every other command is its own exchange, so round trips = gets + sets + deletes.
+        """
         if store == "redis":
-            return self.redis_round_trips()
+            calls = self.redis_calls()
+            commands = sum(n for name, n in calls.items() if not name.startswith(("info", "config")))
+            return commands, calls.get("evalsha", 0) + calls.get("eval", 0)
         if store == "memcached":
-            return self.memcached_round_trips()
-        return 0
-
-    def commands(self, store: str | None) -> int:
-        if store == "redis":
-            return self.redis_commands()
-        if store == "memcached":
-            return self.memcached_commands()
-        return 0
+            s = self.memcached_stats()
+            trips = ["cmd_get", "cmd_set", "delete_hits", "delete_misses"]
+            others = ["cmd_touch", "incr_hits", "incr_misses", "decr_hits", "decr_misses"]
+            return sum(s.get(k, 0) for k in trips + others), sum(s.get(k, 0) for k in trips)
+        return 0, 0
 
 
 def wrk(args, row: Row, duration: float, lua: Path) -> dict:
@@ -428,8 +414,7 @@ def wrk(args, row: Row, duration: float, lua: Path) -> dict:
 
 
 def measure(args, row: Row, stores: Stores, lua: Path) -> dict:
-    before_cmds = stores.commands(row.store)
-    before_trips = stores.round_trips(row.store)
+    before_cmds, before_trips = stores.counts(row.store)
     before_ops = row.sidecar.store_ops() if row.sidecar else (0.0, 0.0)
     before_cpu = cpu_seconds(row.pid) if row.pid else 0.0
     store_pid = stores.pids.get(row.store or "")
@@ -440,14 +425,15 @@ def measure(args, row: Row, stores: Stores, lua: Path) -> dict:
     result["store_cpu_us"] = (cpu_seconds(store_pid) - before_store_cpu) * 1e6 / n if store_pid else None
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["cpu_us"] = cpu * 1e6 / n if row.pid else None
-    result["store_cmds"] = (stores.commands(row.store) - before_cmds) / n if row.store else None
+    after_cmds, after_trips = stores.counts(row.store)
+    result["store_cmds"] = (after_cmds - before_cmds) / n if row.store else None
     result["round_trips"] = None
     if row.sidecar:
         after = row.sidecar.store_ops()
         result["loads"] = (after[0] - before_ops[0]) / n
         result["applies"] = (after[1] - before_ops[1]) / n
         if row.store:
-            result["round_trips"] = (stores.round_trips(row.store) - before_trips) / n
+            result["round_trips"] = (after_trips - before_trips) / n
         # Session work must have happened on every request: only the requests in flight
         # when wrk stops (at most one per connection) reach the store uncounted by wrk.
         slack = (args.connections + 1) / n + 0.001

@@ -94,14 +94,24 @@ impl Upstream {
                     let https = HttpsConnector::from((tcp, tls));
                     let target = target(Scheme::HTTPS, &authority)?;
                     (
-                        Clients::Https(pooled(ConnectTimeout::new(https, connect_timeout), target)),
+                        Clients::Https(Pool::new(
+                            ConnectTimeout::new(https, connect_timeout),
+                            target,
+                            POOL_MAX_IDLE,
+                            POOL_IDLE_TIMEOUT,
+                        )),
                         authority,
                     )
                 } else {
                     tcp.enforce_http(true);
                     let target = target(Scheme::HTTP, &authority)?;
                     (
-                        Clients::Http(pooled(ConnectTimeout::new(tcp, connect_timeout), target)),
+                        Clients::Http(Pool::new(
+                            ConnectTimeout::new(tcp, connect_timeout),
+                            target,
+                            POOL_MAX_IDLE,
+                            POOL_IDLE_TIMEOUT,
+                        )),
                         authority,
                     )
                 }
@@ -110,9 +120,11 @@ impl Upstream {
                 let authority = Authority::from_static(UNIX_AUTHORITY);
                 let target = target(Scheme::HTTP, &authority)?;
                 (
-                    Clients::Unix(pooled(
+                    Clients::Unix(Pool::new(
                         ConnectTimeout::new(UnixConnector::new(path), connect_timeout),
                         target,
+                        POOL_MAX_IDLE,
+                        POOL_IDLE_TIMEOUT,
                     )),
                     authority,
                 )
@@ -152,16 +164,6 @@ impl Upstream {
             Ok(Ok(resp)) => Ok(resp),
         }
     }
-}
-
-/// A pool over `connector`, connecting to `target`.
-fn pooled<C>(connector: C, target: Uri) -> Pool<C>
-where
-    C: tower_service::Service<Uri, Error = crate::body::BoxError> + Clone + Send + Sync + 'static,
-    C::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    C::Future: Send,
-{
-    Pool::new(connector, target, POOL_MAX_IDLE, POOL_IDLE_TIMEOUT)
 }
 
 /// The URI the connector connects to (and, for `https`, verifies).

@@ -81,7 +81,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     }
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| HOP_BY_HOP.contains(name) && !listed.contains(name))
+        .filter(|name| HOP_BY_HOP.contains(name))
         .cloned()
         .collect();
     for name in listed.into_iter().chain(doomed) {

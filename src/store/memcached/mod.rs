@@ -430,16 +430,22 @@ impl MemcachedStore {
         }))
     }
 
+    /// Data and flash of a brand-new session after `plan`'s ops, validated.
+    fn fresh_state(&self, plan: &WritePlan) -> Result<(FieldMap, FieldMap), StoreError> {
+        let empty = FieldMap::new();
+        Ok(apply_ops(
+            &empty,
+            &empty,
+            &plan.ops,
+            self.lifetimes.max_size,
+        )?)
+    }
+
     async fn apply_unbounded(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
         match &plan.target {
             Target::Existing(id) => self.update(id, plan).await,
             Target::Create(id) => {
-                let (data, flash) = apply_ops(
-                    &FieldMap::new(),
-                    &FieldMap::new(),
-                    &plan.ops,
-                    self.lifetimes.max_size,
-                )?;
+                let (data, flash) = self.fresh_state(plan)?;
                 self.create(id, plan.max_age, &data, &flash).await?;
                 Ok(WriteOutcome::Applied)
             }
@@ -449,12 +455,7 @@ impl MemcachedStore {
             }
             Target::DestroyThenCreate { old, new } => {
                 // Validate first: a rejected change set leaves the old session untouched.
-                let (data, flash) = apply_ops(
-                    &FieldMap::new(),
-                    &FieldMap::new(),
-                    &plan.ops,
-                    self.lifetimes.max_size,
-                )?;
+                let (data, flash) = self.fresh_state(plan)?;
                 self.destroy(old).await?;
                 self.create(new, plan.max_age, &data, &flash).await?;
                 Ok(WriteOutcome::Applied)
