@@ -2632,7 +2632,7 @@ mod tests {
 
     #[test]
     fn sample_sidecar_yaml_is_valid() {
-        let text = include_str!("../sidecar.yaml");
+        let text = include_str!("../../sidecar.yaml");
         let c = Config::from_yaml_str_with_env(text, Path::new("sidecar.yaml"), &env)
             .unwrap_or_else(|e| panic!("sidecar.yaml:\n{e}"));
         assert_eq!(c.secrets, vec![Secret(SECRET_VALUE.into())]);
