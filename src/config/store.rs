@@ -1,0 +1,553 @@
+//! The `store` section: engine, shared settings and `store.storage`.
+
+use std::time::Duration;
+
+use serde_saphyr::{Location, Spanned};
+
+use super::{raw::*, reader::*, types::*, values::*};
+
+impl Ctx<'_> {
+    pub(super) fn store(
+        &self,
+        raw: Option<&Spanned<RawStore>>,
+    ) -> Result<StoreConfig, ConfigError> {
+        let mut store = StoreConfig {
+            engine: Engine::Memory,
+            storage: StorageConfig {
+                url: None,
+                host: "127.0.0.1".to_owned(),
+                port: 6379,
+                username: None,
+                password: None,
+                db_sessions: 0,
+                db_notifications: 1,
+                max_connections: 16,
+                tls: false,
+                servers: vec!["127.0.0.1:11211".to_owned()],
+                max_entries: 100_000,
+            },
+            key_prefix: "session:".to_owned(),
+            timeout: Duration::from_millis(500),
+            on_error: OnError::Reject,
+        };
+        let Some(raw) = raw.map(|r| &r.value) else {
+            return Ok(store);
+        };
+        if let Some(v) = &raw.engine {
+            store.engine = self.choice(
+                v,
+                "store.engine",
+                &[
+                    ("memory", Engine::Memory),
+                    ("redis", Engine::Redis),
+                    ("memcached", Engine::Memcached),
+                ],
+            )?;
+        }
+        if store.engine == Engine::Redis {
+            // Redis connections are multiplexed: each carries every concurrent request,
+            // and fewer connections batch more commands per write (issue 5 measured
+            // 16 against 1 and 2). Two keep one working while the other reconnects.
+            store.storage.max_connections = REDIS_DEFAULT_CONNECTIONS;
+        }
+        if let Some(v) = &raw.key_prefix {
+            let p = self.string(v, "store.key_prefix")?;
+            let ok = !p.is_empty()
+                && p.len() <= 64
+                && p.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+            if !ok {
+                return Err(self.err(
+                    &v.referenced,
+                    format!(
+                        "`store.key_prefix`: {:?} is not a valid prefix",
+                        sanitize(&p)
+                    ),
+                    Some(
+                        "use 1 to 64 printable ASCII characters without spaces, `{` or `}` \
+                         (braces would break the Redis cluster hash tag of the key layout)"
+                            .to_owned(),
+                    ),
+                ));
+            }
+            store.key_prefix = p;
+        }
+        if let Some(v) = &raw.timeout {
+            store.timeout = self.duration(v, "store.timeout", false)?;
+        }
+        if let Some(v) = &raw.on_error {
+            store.on_error = self.choice(
+                v,
+                "store.on_error",
+                &[
+                    ("reject", OnError::Reject),
+                    ("anonymous", OnError::Anonymous),
+                ],
+            )?;
+        }
+        if let Some(s) = &raw.storage {
+            self.storage(&s.value, store.engine, &mut store.storage)?;
+        }
+        Ok(store)
+    }
+
+    pub(super) fn storage(
+        &self,
+        raw: &RawStorage,
+        engine: Engine,
+        out: &mut StorageConfig,
+    ) -> Result<(), ConfigError> {
+        // Which engine each present key belongs to, with where it was written.
+        let present: [(&str, Engine, Option<&Location>); 10] = [
+            (
+                "url",
+                Engine::Redis,
+                raw.url.as_ref().map(|v| &v.referenced),
+            ),
+            (
+                "host",
+                Engine::Redis,
+                raw.host.as_ref().map(|v| &v.referenced),
+            ),
+            (
+                "port",
+                Engine::Redis,
+                raw.port.as_ref().map(|v| &v.referenced),
+            ),
+            (
+                "username",
+                Engine::Redis,
+                raw.username.as_ref().map(|v| &v.referenced),
+            ),
+            (
+                "password",
+                Engine::Redis,
+                raw.password.as_ref().map(|v| &v.referenced),
+            ),
+            (
+                "db_sessions",
+                Engine::Redis,
+                raw.db_sessions.as_ref().map(|v| &v.referenced),
+            ),
+            (
+                "db_notifications",
+                Engine::Redis,
+                raw.db_notifications.as_ref().map(|v| &v.referenced),
+            ),
+            (
+                "tls",
+                Engine::Redis,
+                raw.tls.as_ref().map(|v| &v.referenced),
+            ),
+            (
+                "servers",
+                Engine::Memcached,
+                raw.servers.as_ref().map(|v| &v.referenced),
+            ),
+            (
+                "max_entries",
+                Engine::Memory,
+                raw.max_entries.as_ref().map(|v| &v.referenced),
+            ),
+        ];
+        for (key, owner, at) in present {
+            if let Some(at) = at
+                && owner != engine
+            {
+                return Err(self.err(
+                    at,
+                    format!(
+                        "`store.storage.{key}` is a {} setting, but `store.engine` is {}",
+                        engine_name(owner),
+                        engine_name(engine)
+                    ),
+                    Some(format!(
+                        "remove it, or set `store.engine: {}`",
+                        engine_name(owner)
+                    )),
+                ));
+            }
+        }
+        // Both network engines pool connections (per Redis, per memcached server).
+        if let Some(v) = &raw.max_connections
+            && engine == Engine::Memory
+        {
+            return Err(self.err(
+                &v.referenced,
+                "`store.storage.max_connections` is a redis or memcached setting, but \
+                 `store.engine` is memory"
+                    .to_owned(),
+                Some("remove it, or set `store.engine: redis` or `memcached`".to_owned()),
+            ));
+        }
+        for (key, v) in [("sentinel", &raw.sentinel), ("cluster", &raw.cluster)] {
+            if let Some(v) = v {
+                return Err(self.err(
+                    &v.referenced,
+                    format!("`store.storage.{key}` is not supported yet (planned, SPEC §11)"),
+                    Some("use a single Redis server through `url` or `host`/`port`".to_owned()),
+                ));
+            }
+        }
+
+        if let Some(u) = &raw.url {
+            for (key, at) in [
+                ("host", raw.host.as_ref().map(|v| &v.referenced)),
+                ("port", raw.port.as_ref().map(|v| &v.referenced)),
+                ("username", raw.username.as_ref().map(|v| &v.referenced)),
+                ("password", raw.password.as_ref().map(|v| &v.referenced)),
+            ] {
+                if let Some(at) = at {
+                    return Err(self.err(
+                        at,
+                        format!("`store.storage.{key}` cannot be combined with `url`"),
+                        Some(format!(
+                            "put the {key} into the URL (redis://user:password@host:port/db), \
+                             or remove `url`"
+                        )),
+                    ));
+                }
+            }
+            let url = self.string(u, "store.storage.url")?;
+            // The URL may hold a password: messages describe it, never echo it.
+            let info = parse_redis_url(&url).map_err(|why| {
+                self.err(
+                    &u.referenced,
+                    format!("`store.storage.url`: {why}"),
+                    Some(
+                        "for example redis://127.0.0.1:6379/0, rediss://user:pass@host:6380 \
+                         or redis+unix:///run/redis.sock"
+                            .to_owned(),
+                    ),
+                )
+            })?;
+            if let Some(db) = info.db {
+                if let Some(v) = &raw.db_sessions {
+                    return Err(self.err(
+                        &v.referenced,
+                        "`store.storage.db_sessions` conflicts with the database number in `url`",
+                        Some("keep only one of them".to_owned()),
+                    ));
+                }
+                out.db_sessions = db;
+            }
+            if let Some(v) = &raw.tls
+                && let Some(url_tls) = info.tls
+                && self.bool(v, "store.storage.tls")? != url_tls
+            {
+                return Err(self.err(
+                    &v.referenced,
+                    "`store.storage.tls` contradicts the scheme of `url`",
+                    Some("`rediss://` means TLS, `redis://` means plain TCP".to_owned()),
+                ));
+            }
+            out.tls = info.tls.unwrap_or(false);
+            out.url = Some(Secret(url));
+        }
+        if let Some(v) = &raw.host {
+            let h = self.string(v, "store.storage.host")?;
+            if h.is_empty() || h.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(self.err(
+                    &v.referenced,
+                    "`store.storage.host` must be a host name or IP address",
+                    None,
+                ));
+            }
+            out.host = h;
+        }
+        if let Some(v) = &raw.port {
+            out.port = self.int(v, "store.storage.port", 1, 65_535)? as u16;
+        }
+        out.username = self.opt_string(&raw.username, "store.storage.username")?;
+        if let Some(v) = &raw.password {
+            out.password = Some(Secret(self.string(v, "store.storage.password")?));
+        }
+        if let Some(v) = &raw.db_sessions {
+            out.db_sessions = self.int(v, "store.storage.db_sessions", 0, i32::MAX.into())? as i64;
+        }
+        if let Some(v) = &raw.db_notifications {
+            out.db_notifications =
+                self.int(v, "store.storage.db_notifications", 0, i32::MAX.into())? as i64;
+        }
+        if let Some(v) = &raw.max_connections {
+            out.max_connections = self.int(v, "store.storage.max_connections", 1, 65_535)? as usize;
+        }
+        if let Some(v) = &raw.tls
+            && raw.url.is_none()
+        {
+            out.tls = self.bool(v, "store.storage.tls")?;
+        }
+        if let Some(list) = &raw.servers {
+            if list.value.is_empty() {
+                return Err(self.err(
+                    &list.referenced,
+                    "`store.storage.servers` needs at least one server",
+                    Some("for example servers: [\"127.0.0.1:11211\"]".to_owned()),
+                ));
+            }
+            let mut servers = Vec::new();
+            for v in &list.value {
+                let s = self.string(v, "store.storage.servers")?;
+                if !is_host_port(&s) {
+                    return Err(self.err(
+                        &v.referenced,
+                        format!(
+                            "`store.storage.servers`: {:?} is not host:port",
+                            sanitize(&s)
+                        ),
+                        Some("for example 10.0.0.5:11211".to_owned()),
+                    ));
+                }
+                servers.push(s);
+            }
+            out.servers = servers;
+        }
+        if let Some(v) = &raw.max_entries {
+            out.max_entries =
+                self.int(v, "store.storage.max_entries", 1, u32::MAX.into())? as usize;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn engine_name(e: Engine) -> &'static str {
+    match e {
+        Engine::Memory => "memory",
+        Engine::Redis => "redis",
+        Engine::Memcached => "memcached",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testutil::*;
+
+    #[test]
+    fn store_engine_and_storage() {
+        assert_eq!(ok("store: {engine: redis}\n").store.engine, Engine::Redis);
+        assert_eq!(
+            ok("store: {engine: Memcached}\n").store.engine,
+            Engine::Memcached
+        );
+        let e = assert_err("store: {engine: mysql}\n", 3, 17, "unknown value \"mysql\"");
+        assert!(
+            e.hint()
+                .unwrap_or_default()
+                .contains("memory, redis, memcached")
+        );
+        assert_eq!(
+            ok("store: {on_error: anonymous}\n").store.on_error,
+            OnError::Anonymous
+        );
+        assert_err("store: {on_error: ignore}\n", 3, 19, "store.on_error");
+
+        let c = ok(
+            "store:\n  engine: redis\n  storage:\n    host: redis.internal\n    port: 6380\n    \
+             username: app\n    password: pw\n    db_sessions: 10\n    db_notifications: 11\n    \
+             max_connections: 4\n    tls: true\n",
+        );
+        let s = &c.store.storage;
+        assert_eq!((s.host.as_str(), s.port), ("redis.internal", 6380));
+        assert_eq!(s.username.as_deref(), Some("app"));
+        assert_eq!(s.password, Some(Secret("pw".into())));
+        assert_eq!(
+            (s.db_sessions, s.db_notifications, s.max_connections),
+            (10, 11, 4)
+        );
+        assert!(s.tls);
+
+        let c = ok(
+            "store:\n  engine: memcached\n  storage: {servers: [\"10.0.0.1:11211\", \"[::1]:11211\"]}\n",
+        );
+        assert_eq!(c.store.storage.servers.len(), 2);
+        assert_err(
+            "store:\n  engine: memcached\n  storage: {servers: []}\n",
+            5,
+            22,
+            "at least one",
+        );
+        assert_err(
+            "store:\n  engine: memcached\n  storage: {servers: [host]}\n",
+            5,
+            23,
+            "not host:port",
+        );
+        assert_eq!(
+            ok("store: {storage: {max_entries: 10}}\n")
+                .store
+                .storage
+                .max_entries,
+            10
+        );
+        assert_err("store: {storage: {max_entries: 0}}\n", 3, 32, "between 1");
+
+        assert_err(
+            "store: {engine: redis, storage: {port: 0}}\n",
+            3,
+            40,
+            "between 1 and 65535",
+        );
+        assert_err(
+            "store: {engine: redis, storage: {port: 1.5}}\n",
+            3,
+            40,
+            "integer",
+        );
+        assert_err(
+            "store: {engine: redis, storage: {db_sessions: -1}}\n",
+            3,
+            47,
+            "between 0",
+        );
+        assert_err(
+            "store: {engine: redis, storage: {max_connections: 0}}\n",
+            3,
+            51,
+            "between 1",
+        );
+        assert_err(
+            "store: {engine: redis, storage: {tls: maybe}}\n",
+            3,
+            39,
+            "true or false",
+        );
+    }
+
+    #[test]
+    fn settings_of_another_engine_are_rejected() {
+        let e = assert_err(
+            "store:\n  engine: redis\n  storage:\n    servers: [\"a:1\"]\n",
+            6,
+            14,
+            "`store.storage.servers` is a memcached setting, but `store.engine` is redis",
+        );
+        assert!(
+            e.hint()
+                .unwrap_or_default()
+                .contains("store.engine: memcached")
+        );
+        assert_err("store:\n  storage:\n    host: x\n", 5, 11, "redis setting");
+        assert_err(
+            "store: {engine: memcached, storage: {max_entries: 5}}\n",
+            3,
+            51,
+            "memory setting",
+        );
+        assert_err(
+            "store: {engine: redis, storage: {sentinel: {master_name: m}}}\n",
+            3,
+            44,
+            "not supported yet",
+        );
+    }
+
+    #[test]
+    fn redis_url() {
+        let c = ok(
+            "store:\n  engine: redis\n  storage:\n    url: \"rediss://u:${REDIS_PASSWORD}@r:6380/3\"\n",
+        );
+        let s = &c.store.storage;
+        assert_eq!(
+            s.url,
+            Some(Secret("rediss://u:hunter2-redis-password@r:6380/3".into()))
+        );
+        assert_eq!(s.db_sessions, 3);
+        assert!(s.tls);
+        assert!(
+            ok("store: {engine: redis, storage: {url: \"redis+unix:///run/r.sock\"}}\n")
+                .store
+                .storage
+                .url
+                .is_some()
+        );
+        let e = assert_err(
+            "store:\n  engine: redis\n  storage:\n    url: redis://:pw@r\n    host: r\n",
+            7,
+            11,
+            "cannot be combined with `url`",
+        );
+        assert!(e.hint().is_some());
+        assert_err(
+            "store: {engine: redis, storage: {url: \"redis://r/2\", db_sessions: 1}}\n",
+            3,
+            67,
+            "conflicts",
+        );
+        assert_err(
+            "store: {engine: redis, storage: {url: \"redis://r\", tls: true}}\n",
+            3,
+            57,
+            "contradicts",
+        );
+        // Messages about a bad URL never echo it (it may hold a password).
+        for bad in [
+            "http://:secretpw@r",
+            "redis://:secretpw@",
+            "redis://:secretpw@r/x",
+            "secretpw",
+        ] {
+            let e = err(&format!(
+                "store: {{engine: redis, storage: {{url: \"{bad}\"}}}}\n"
+            ));
+            assert!(!e.to_string().contains("secretpw"), "{e}");
+            assert!(e.message().contains("store.storage.url"), "{e}");
+        }
+        assert_eq!(
+            redact_url("redis://u:p@h:1/0"),
+            "redis://u:<redacted>@h:1/0"
+        );
+        assert_eq!(redact_url("redis://p@h"), "redis://<redacted>@h");
+        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(
+            redact_url("redis+unix:///s.sock?db=1&pass=x"),
+            "redis+unix:///s.sock?db=1&pass=<redacted>"
+        );
+    }
+
+    #[test]
+    fn key_prefix_rules() {
+        assert_eq!(
+            ok("store: {key_prefix: \"app:sess:\"}\n").store.key_prefix,
+            "app:sess:"
+        );
+        for bad in ["\"\"", "\"a b\"", "\"{tag}\"", "\"a}\"", "\"é\""] {
+            let e = err(&format!("store: {{key_prefix: {bad}}}\n"));
+            assert!(e.message().contains("key_prefix"), "{bad}: {e}");
+            assert!(e.hint().unwrap_or_default().contains("hash tag"), "{bad}");
+        }
+        let long = "k".repeat(65);
+        assert!(
+            err(&format!("store: {{key_prefix: {long}}}\n"))
+                .message()
+                .contains("key_prefix")
+        );
+        assert!(
+            parse(&format!(
+                "{BASE}store: {{key_prefix: {}}}\n",
+                "k".repeat(64)
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn max_connections_belongs_to_both_network_engines() {
+        let c = ok("store: {engine: memcached, storage: {max_connections: 4}}\n");
+        assert_eq!(c.store.storage.max_connections, 4);
+        assert!(c.redacted_yaml().contains("max_connections: 4"));
+        let c = ok("store: {engine: redis, storage: {max_connections: 3}}\n");
+        assert_eq!(c.store.storage.max_connections, 3);
+        // Defaults differ: Redis connections are multiplexed, memcached's are leased.
+        let c = ok("store: {engine: redis}\n");
+        assert_eq!(c.store.storage.max_connections, REDIS_DEFAULT_CONNECTIONS);
+        let c = ok("store: {engine: memcached}\n");
+        assert_eq!(c.store.storage.max_connections, 16);
+        assert_err(
+            "store: {engine: memory, storage: {max_connections: 4}}\n",
+            3,
+            52,
+            "redis or memcached setting",
+        );
+    }
+}
