@@ -17,10 +17,8 @@
 //! (e.g. `session.absolute_ttl` is used by both), and a later `SIGHUP` still reports a
 //! restart-only difference that has not been applied.
 
-use std::fmt::Debug;
-
 use crate::config::{
-    AdminConfig, Config, CookieConfig, HeadersConfig, Limits, LogConfig, Secret, SessionConfig,
+    AdminConfig, Config, CookieConfig, HeadersConfig, Limits, LogConfig, SessionConfig,
     StoreConfig, Timeouts, TlsConfig,
 };
 
@@ -70,11 +68,8 @@ pub fn plan(old: &Config, new: Config) -> Plan {
         "upstream_tls",
         old.upstream_tls != upstream_tls,
     );
-    mark(
-        &mut changed,
-        "secrets",
-        !same_secrets(&old.secrets, &secrets),
-    );
+    // `Secret` equality compares the values (its `Debug` hides them).
+    mark(&mut changed, "secrets", old.secrets != secrets);
     let store = compare_store(&old.store, store, &mut restart, &mut changed);
     compare_session(&old.session, &session, &mut restart);
     compare_cookies(&old.cookies, &cookies, &mut changed);
@@ -118,21 +113,6 @@ fn mark(list: &mut Vec<&'static str>, key: &'static str, differs: bool) {
     if differs && !list.contains(&key) {
         list.push(key);
     }
-}
-
-/// For sections without `PartialEq`: their `Debug` form (never carrying secrets, see
-/// [`Secret`]) differs. Used as a catch-all so a field added to a restart-only section
-/// is still reported, by section name.
-fn debug_differs<T: Debug>(a: &T, b: &T) -> bool {
-    format!("{a:?}") != format!("{b:?}")
-}
-
-fn same_secrets(a: &[Secret], b: &[Secret]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0)
-}
-
-fn same_secret(a: Option<&Secret>, b: Option<&Secret>) -> bool {
-    a.map(|s| &s.0) == b.map(|s| &s.0)
 }
 
 /// Turning TLS on or off changes the listener (restart); new `cert`/`key` paths are
@@ -179,14 +159,12 @@ fn compare_store(
     restart: &mut Vec<&'static str>,
     changed: &mut Vec<&'static str>,
 ) -> StoreConfig {
-    mark(restart, "store.engine", old.engine != new.engine);
     mark(
         restart,
-        "store.storage",
-        debug_differs(&old.storage, &new.storage)
-            || !same_secret(old.storage.url.as_ref(), new.storage.url.as_ref())
-            || !same_secret(old.storage.password.as_ref(), new.storage.password.as_ref()),
+        "store.engine",
+        old.storage.engine_name() != new.storage.engine_name(),
     );
+    mark(restart, "store.storage", old.storage != new.storage);
     mark(
         restart,
         "store.key_prefix",
@@ -203,7 +181,7 @@ fn compare_store(
         ..new
     };
     if !restart.iter().any(|k| k.starts_with("store.")) {
-        mark(restart, "store", debug_differs(&rest, old));
+        mark(restart, "store", &rest != old);
     }
     effective
 }
@@ -217,7 +195,7 @@ fn compare_session(old: &SessionConfig, new: &SessionConfig, restart: &mut Vec<&
     );
     mark(restart, "session.max_size", old.max_size != new.max_size);
     if !restart.iter().any(|k| k.starts_with("session.")) {
-        mark(restart, "session", debug_differs(old, new));
+        mark(restart, "session", old != new);
     }
 }
 
@@ -232,7 +210,7 @@ fn compare_cookies(old: &CookieConfig, new: &CookieConfig, changed: &mut Vec<&'s
     mark(changed, "cookies.rolling", old.rolling != new.rolling);
     mark(changed, "cookies.forward", old.forward != new.forward);
     if !changed.iter().any(|k| k.starts_with("cookies.")) {
-        mark(changed, "cookies", debug_differs(old, new));
+        mark(changed, "cookies", old != new);
     }
 }
 
@@ -269,7 +247,7 @@ fn compare_timeouts(old: &Timeouts, new: &Timeouts, restart: &mut Vec<&'static s
     mark(restart, "timeouts.idle", old.idle != new.idle);
     mark(restart, "timeouts.shutdown", old.shutdown != new.shutdown);
     if !restart.iter().any(|k| k.starts_with("timeouts.")) {
-        mark(restart, "timeouts", debug_differs(old, new));
+        mark(restart, "timeouts", old != new);
     }
 }
 
@@ -290,14 +268,14 @@ fn compare_limits(old: &Limits, new: &Limits, restart: &mut Vec<&'static str>) {
         old.max_connections_per_ip != new.max_connections_per_ip,
     );
     if !restart.iter().any(|k| k.starts_with("limits.")) {
-        mark(restart, "limits", debug_differs(old, new));
+        mark(restart, "limits", old != new);
     }
 }
 
 fn compare_admin(old: &AdminConfig, new: &AdminConfig, restart: &mut Vec<&'static str>) {
     mark(restart, "admin.listen", old.listen != new.listen);
     if !restart.iter().any(|k| k.starts_with("admin.")) {
-        mark(restart, "admin", debug_differs(old, new));
+        mark(restart, "admin", old != new);
     }
 }
 
@@ -305,7 +283,7 @@ fn compare_log(old: &LogConfig, new: &LogConfig, restart: &mut Vec<&'static str>
     mark(restart, "log.format", old.format != new.format);
     mark(restart, "log.level", old.level != new.level);
     if !restart.iter().any(|k| k.starts_with("log.")) {
-        mark(restart, "log", debug_differs(old, new));
+        mark(restart, "log", old != new);
     }
 }
 
@@ -430,7 +408,7 @@ mod tests {
         assert_eq!(e.listen, old.listen);
         assert_eq!(e.upstream, old.upstream);
         assert_eq!(e.upstream_tls, None);
-        assert_eq!(e.store.engine, old.store.engine);
+        assert_eq!(e.store.storage, old.store.storage);
         assert_eq!(e.store.key_prefix, old.store.key_prefix);
         assert_eq!(e.session.ttl, old.session.ttl);
         assert_eq!(e.headers.prefix, "X-Session");
@@ -446,15 +424,10 @@ mod tests {
         let new = cfg("store: { engine: redis, storage: { password: two } }\n");
         let p = plan(&old, new);
         assert_eq!(p.needs_restart, ["store.storage"]);
-        assert_eq!(
-            p.effective
-                .store
-                .storage
-                .password
-                .as_ref()
-                .map(|s| &s.0[..]),
-            Some("one")
-        );
+        let crate::config::Storage::Redis(redis) = &p.effective.store.storage else {
+            panic!("redis storage: {:?}", p.effective.store.storage);
+        };
+        assert_eq!(redis.password.as_ref().map(|s| &s.0[..]), Some("one"));
     }
 
     #[test]

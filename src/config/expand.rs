@@ -84,10 +84,10 @@ mod tests {
             "store:\n  engine: redis\n  key_prefix: \"app${PORT}:\"\n  storage:\n    port: ${PORT}\n    \
              password: \"${TRICKY}\"\n",
         );
-        assert_eq!(c.store.storage.port, 6380);
+        assert_eq!(redis(&c).port, 6380);
         assert_eq!(c.store.key_prefix, "app6380:");
         assert_eq!(
-            c.store.storage.password,
+            redis(&c).password,
             Some(Secret("a: b # c ${SESSION_SECRET} $${".into()))
         );
         let e = assert_err("listen: \"${NOPE}:80\"\n", 3, 9, "`NOPE` is not set");

@@ -159,17 +159,28 @@ mod tests {
         );
         assert!(c.upstream_tls.is_none());
         assert_eq!(c.secrets, vec![Secret(SECRET_VALUE.into())]);
-        assert_eq!(c.store.engine, Engine::Memory);
-        let s = &c.store.storage;
+        assert_eq!(
+            c.store.storage,
+            Storage::Memory(MemoryOptions {
+                max_entries: 100_000
+            })
+        );
+        let r = ok("store: {engine: redis}\n");
+        let s = redis(&r);
         assert!(s.url.is_none());
         assert_eq!(s.host, "127.0.0.1");
         assert_eq!(s.port, 6379);
         assert!(s.username.is_none() && s.password.is_none());
         assert_eq!((s.db_sessions, s.db_notifications), (0, 1));
-        assert_eq!(s.max_connections, 16);
-        assert!(!s.tls);
-        assert_eq!(s.servers, vec!["127.0.0.1:11211".to_owned()]);
-        assert_eq!(s.max_entries, 100_000);
+        assert_eq!(s.max_connections, 2);
+        let m = ok("store: {engine: memcached}\n");
+        assert_eq!(
+            memcached(&m),
+            &MemcachedOptions {
+                servers: vec!["127.0.0.1:11211".to_owned()],
+                max_connections: 16,
+            }
+        );
         assert_eq!(c.store.key_prefix, "session:");
         assert_eq!(c.store.timeout, Duration::from_millis(500));
         assert_eq!(c.store.on_error, OnError::Reject);
@@ -202,7 +213,7 @@ mod tests {
     #[test]
     fn empty_sections_and_nulls_mean_defaults() {
         let c = ok("store:\nsession: {}\ncookies: {domain: null}\nlisten: ~\n");
-        assert_eq!(c.store.engine, Engine::Memory);
+        assert_eq!(c.store.storage.engine_name(), "memory");
         assert_eq!(c.listen.port(), 8080);
         assert!(c.cookies.domain.is_none());
     }

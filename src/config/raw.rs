@@ -130,7 +130,7 @@ pub(super) struct RawStore {
     pub(super) on_error: Option<Str>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStorage {
     pub(super) url: Option<Str>,
@@ -142,7 +142,7 @@ pub(super) struct RawStorage {
     pub(super) db_notifications: Option<Val>,
     pub(super) max_connections: Option<Val>,
     pub(super) tls: Option<Val>,
-    // Named by SPEC §7 but planned (§11): recognised so the error says so.
+    // Recognised so that the error says they are not supported yet.
     pub(super) sentinel: Option<Spanned<serde::de::IgnoredAny>>,
     pub(super) cluster: Option<Spanned<serde::de::IgnoredAny>>,
     pub(super) servers: Option<Spanned<Vec<Str>>>,

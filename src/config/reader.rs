@@ -279,6 +279,33 @@ impl Ctx<'_> {
         }
     }
 
+    /// As [`Ctx::int`], every rejection carrying `hint`.
+    pub(super) fn int_with_hint(
+        &self,
+        v: &Val,
+        key: &str,
+        min: i128,
+        max: i128,
+        hint: &str,
+    ) -> Result<i128, ConfigError> {
+        self.int(v, key, min, max).map_err(|e| match e {
+            ConfigError::Invalid {
+                path,
+                line,
+                column,
+                message,
+                ..
+            } => ConfigError::Invalid {
+                path,
+                line,
+                column,
+                message,
+                hint: Some(hint.to_owned()),
+            },
+            e @ ConfigError::Io { .. } => e,
+        })
+    }
+
     /// A connection limit: an integer from 1 to [`MAX_CONNECTIONS_LIMIT`]; every
     /// rejection carries `hint`.
     pub(super) fn connection_count(
@@ -287,24 +314,9 @@ impl Ctx<'_> {
         key: &str,
         hint: &str,
     ) -> Result<usize, ConfigError> {
-        match self.int(v, key, 1, MAX_CONNECTIONS_LIMIT) {
-            Ok(n) => usize::try_from(n)
-                .map_err(|_| self.err(&v.referenced, format!("`{key}` is too large"), None)),
-            Err(ConfigError::Invalid {
-                path,
-                line,
-                column,
-                message,
-                ..
-            }) => Err(ConfigError::Invalid {
-                path,
-                line,
-                column,
-                message,
-                hint: Some(hint.to_owned()),
-            }),
-            Err(e) => Err(e),
-        }
+        let n = self.int_with_hint(v, key, 1, MAX_CONNECTIONS_LIMIT, hint)?;
+        usize::try_from(n)
+            .map_err(|_| self.err(&v.referenced, format!("`{key}` is too large"), None))
     }
 
     pub(super) fn bool(&self, v: &Val, key: &str) -> Result<bool, ConfigError> {

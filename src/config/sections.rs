@@ -1,7 +1,7 @@
 //! One builder per section (the store's is in `store`), applying defaults and
 //! checking every rule.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
@@ -12,7 +12,7 @@ impl Ctx<'_> {
     pub(super) fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let listen = match &raw.listen {
             Some(v) => self.socket_addr(v, "listen")?,
-            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            None => DEFAULT_LISTEN,
         };
 
         let tls = match &raw.tls {
@@ -99,11 +99,7 @@ impl Ctx<'_> {
 
         let timeouts = self.timeouts(raw.timeouts.as_ref())?;
 
-        let mut limits = Limits {
-            max_header_size: 32 * 1024,
-            max_connections: 10_000,
-            max_connections_per_ip: Some(1024),
-        };
+        let mut limits = Limits::default();
         if let Some(l) = raw.limits.as_ref().map(|l| &l.value) {
             if let Some(v) = &l.max_header_size {
                 // hyper refuses a read buffer below 8 KiB.
@@ -129,13 +125,13 @@ impl Ctx<'_> {
 
         let admin_listen = match raw.admin.as_ref().map(|a| &a.value.listen) {
             None | Some(Nullable::Absent) => {
-                let default = SocketAddr::from(([127, 0, 0, 1], 9090));
+                let default = DEFAULT_ADMIN_LISTEN;
                 if let Some(v) = &raw.listen
                     && listen == default
                 {
                     return Err(self.err(
                         &v.referenced,
-                        "`listen` is the default address of `admin.listen` (127.0.0.1:9090)",
+                        format!("`listen` is the default address of `admin.listen` ({DEFAULT_ADMIN_LISTEN})"),
                         Some(
                             "choose another port, or move the admin listener with `admin.listen`"
                                 .into(),
@@ -228,11 +224,7 @@ impl Ctx<'_> {
         &self,
         raw: Option<&Spanned<RawSession>>,
     ) -> Result<SessionConfig, ConfigError> {
-        let mut s = SessionConfig {
-            ttl: Duration::from_secs(86_400),
-            absolute_ttl: Duration::from_secs(30 * 86_400),
-            max_size: 8 * 1024,
-        };
+        let mut s = SessionConfig::default();
         let Some(raw) = raw.map(|r| &r.value) else {
             return Ok(s);
         };
@@ -268,17 +260,7 @@ impl Ctx<'_> {
         &self,
         raw: Option<&Spanned<RawCookies>>,
     ) -> Result<CookieConfig, ConfigError> {
-        let mut c = CookieConfig {
-            name: "session".to_owned(),
-            path: "/".to_owned(),
-            domain: None,
-            secure: true,
-            http_only: true,
-            same_site: SameSite::Lax,
-            lifetime: None,
-            rolling: false,
-            forward: false,
-        };
+        let mut c = CookieConfig::default();
         let Some(section) = raw else {
             return Ok(c);
         };
@@ -400,10 +382,7 @@ impl Ctx<'_> {
         &self,
         raw: Option<&Spanned<RawHeaders>>,
     ) -> Result<HeadersConfig, ConfigError> {
-        let mut h = HeadersConfig {
-            prefix: "X-Session".to_owned(),
-            expose_id: false,
-        };
+        let mut h = HeadersConfig::default();
         let Some(raw) = raw.map(|r| &r.value) else {
             return Ok(h);
         };
@@ -433,13 +412,7 @@ impl Ctx<'_> {
         &self,
         raw: Option<&Spanned<RawTimeouts>>,
     ) -> Result<Timeouts, ConfigError> {
-        let mut t = Timeouts {
-            header_read: Duration::from_secs(10),
-            upstream_connect: Duration::from_secs(5),
-            upstream_response: Duration::from_secs(60),
-            idle: Duration::from_secs(60),
-            shutdown: Duration::from_secs(30),
-        };
+        let mut t = Timeouts::default();
         let Some(raw) = raw.map(|r| &r.value) else {
             return Ok(t);
         };
@@ -469,10 +442,7 @@ impl Ctx<'_> {
     }
 
     pub(super) fn log(&self, raw: Option<&Spanned<RawLog>>) -> Result<LogConfig, ConfigError> {
-        let mut l = LogConfig {
-            format: LogFormat::Text,
-            level: "info".to_owned(),
-        };
+        let mut l = LogConfig::default();
         let Some(raw) = raw.map(|r| &r.value) else {
             return Ok(l);
         };

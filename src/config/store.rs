@@ -1,59 +1,60 @@
-//! The `store` section: engine, shared settings and `store.storage`.
-
-use std::time::Duration;
+//! The `store` section: the engine with its `store.storage` options, and the settings
+//! every engine shares.
+//!
+//! Every rule an engine has about its options is checked here, with the position of
+//! the value, so that what `session-sidecar check` accepts, the engines build without
+//! a configuration error (docs/configuration.md#check-is-authoritative).
 
 use serde_saphyr::{Location, Spanned};
 
 use super::{raw::*, reader::*, types::*, values::*};
+
+/// `store.engine`, before its options are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Memory,
+    Redis,
+    Memcached,
+}
+
+const ENGINES: &[(&str, Engine)] = &[
+    ("memory", Engine::Memory),
+    ("redis", Engine::Redis),
+    ("memcached", Engine::Memcached),
+];
+
+impl Engine {
+    fn name(self) -> &'static str {
+        ENGINES
+            .iter()
+            .find(|(_, e)| *e == self)
+            .map_or("memory", |(n, _)| n)
+    }
+}
+
+const REDIS_URL_HINT: &str = "for example redis://127.0.0.1:6379/0, redis://user:pass@host:6380 \
+     or redis+unix:///run/redis.sock";
+const DB_NUMBER_HINT: &str = "a Redis database number, 0 or more (a default Redis has 16: 0 to 15)";
+const NO_REDIS_TLS_HINT: &str = "TLS to Redis is not in this build: use `redis://` with \
+     `tls: false`, or reach Redis through a TLS tunnel (stunnel, a service mesh)";
 
 impl Ctx<'_> {
     pub(super) fn store(
         &self,
         raw: Option<&Spanned<RawStore>>,
     ) -> Result<StoreConfig, ConfigError> {
-        let mut store = StoreConfig {
-            engine: Engine::Memory,
-            storage: StorageConfig {
-                url: None,
-                host: "127.0.0.1".to_owned(),
-                port: 6379,
-                username: None,
-                password: None,
-                db_sessions: 0,
-                db_notifications: 1,
-                max_connections: 16,
-                tls: false,
-                servers: vec!["127.0.0.1:11211".to_owned()],
-                max_entries: 100_000,
-            },
-            key_prefix: "session:".to_owned(),
-            timeout: Duration::from_millis(500),
-            on_error: OnError::Reject,
-        };
+        let mut store = StoreConfig::default();
         let Some(raw) = raw.map(|r| &r.value) else {
             return Ok(store);
         };
-        if let Some(v) = &raw.engine {
-            store.engine = self.choice(
-                v,
-                "store.engine",
-                &[
-                    ("memory", Engine::Memory),
-                    ("redis", Engine::Redis),
-                    ("memcached", Engine::Memcached),
-                ],
-            )?;
-        }
-        if store.engine == Engine::Redis {
-            // Redis connections are multiplexed: each carries every concurrent request,
-            // and fewer connections batch more commands per write (issue 5 measured
-            // 16 against 1 and 2). Two keep one working while the other reconnects.
-            store.storage.max_connections = REDIS_DEFAULT_CONNECTIONS;
-        }
+        let engine = match &raw.engine {
+            Some(v) => self.choice(v, "store.engine", ENGINES)?,
+            None => Engine::Memory,
+        };
         if let Some(v) = &raw.key_prefix {
             let p = self.string(v, "store.key_prefix")?;
             let ok = !p.is_empty()
-                && p.len() <= 64
+                && p.len() <= MAX_KEY_PREFIX_LEN
                 && p.bytes()
                     .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
             if !ok {
@@ -63,11 +64,11 @@ impl Ctx<'_> {
                         "`store.key_prefix`: {:?} is not a valid prefix",
                         sanitize(&p)
                     ),
-                    Some(
-                        "use 1 to 64 printable ASCII characters without spaces, `{` or `}` \
-                         (braces would break the Redis cluster hash tag of the key layout)"
-                            .to_owned(),
-                    ),
+                    Some(format!(
+                        "use 1 to {MAX_KEY_PREFIX_LEN} printable ASCII characters without \
+                         spaces, `{{` or `}}` (braces would break the Redis cluster hash tag \
+                         of the key layout)"
+                    )),
                 ));
             }
             store.key_prefix = p;
@@ -85,69 +86,65 @@ impl Ctx<'_> {
                 ],
             )?;
         }
-        if let Some(s) = &raw.storage {
-            self.storage(&s.value, store.engine, &mut store.storage)?;
-        }
+        let none = RawStorage::default();
+        let storage = raw.storage.as_ref().map_or(&none, |s| &s.value);
+        store.storage = self.storage(storage, engine)?;
         Ok(store)
     }
 
-    pub(super) fn storage(
-        &self,
-        raw: &RawStorage,
-        engine: Engine,
-        out: &mut StorageConfig,
-    ) -> Result<(), ConfigError> {
+    fn storage(&self, raw: &RawStorage, engine: Engine) -> Result<Storage, ConfigError> {
         // Which engine each present key belongs to, with where it was written.
-        let present: [(&str, Engine, Option<&Location>); 10] = [
+        let at = |v: Option<&Location>| v.copied();
+        let present: [(&str, Engine, Option<Location>); 10] = [
             (
                 "url",
                 Engine::Redis,
-                raw.url.as_ref().map(|v| &v.referenced),
+                at(raw.url.as_ref().map(|v| &v.referenced)),
             ),
             (
                 "host",
                 Engine::Redis,
-                raw.host.as_ref().map(|v| &v.referenced),
+                at(raw.host.as_ref().map(|v| &v.referenced)),
             ),
             (
                 "port",
                 Engine::Redis,
-                raw.port.as_ref().map(|v| &v.referenced),
+                at(raw.port.as_ref().map(|v| &v.referenced)),
             ),
             (
                 "username",
                 Engine::Redis,
-                raw.username.as_ref().map(|v| &v.referenced),
+                at(raw.username.as_ref().map(|v| &v.referenced)),
             ),
             (
                 "password",
                 Engine::Redis,
-                raw.password.as_ref().map(|v| &v.referenced),
+                at(raw.password.as_ref().map(|v| &v.referenced)),
             ),
             (
                 "db_sessions",
                 Engine::Redis,
-                raw.db_sessions.as_ref().map(|v| &v.referenced),
+                at(raw.db_sessions.as_ref().map(|v| &v.referenced)),
             ),
             (
                 "db_notifications",
                 Engine::Redis,
-                raw.db_notifications.as_ref().map(|v| &v.referenced),
+                at(raw.db_notifications.as_ref().map(|v| &v.referenced)),
             ),
             (
                 "tls",
                 Engine::Redis,
-                raw.tls.as_ref().map(|v| &v.referenced),
+                at(raw.tls.as_ref().map(|v| &v.referenced)),
             ),
             (
                 "servers",
                 Engine::Memcached,
-                raw.servers.as_ref().map(|v| &v.referenced),
+                at(raw.servers.as_ref().map(|v| &v.referenced)),
             ),
             (
                 "max_entries",
                 Engine::Memory,
-                raw.max_entries.as_ref().map(|v| &v.referenced),
+                at(raw.max_entries.as_ref().map(|v| &v.referenced)),
             ),
         ];
         for (key, owner, at) in present {
@@ -155,15 +152,15 @@ impl Ctx<'_> {
                 && owner != engine
             {
                 return Err(self.err(
-                    at,
+                    &at,
                     format!(
                         "`store.storage.{key}` is a {} setting, but `store.engine` is {}",
-                        engine_name(owner),
-                        engine_name(engine)
+                        owner.name(),
+                        engine.name()
                     ),
                     Some(format!(
                         "remove it, or set `store.engine: {}`",
-                        engine_name(owner)
+                        owner.name()
                     )),
                 ));
             }
@@ -184,12 +181,31 @@ impl Ctx<'_> {
             if let Some(v) = v {
                 return Err(self.err(
                     &v.referenced,
-                    format!("`store.storage.{key}` is not supported yet (planned, SPEC §11)"),
+                    format!("`store.storage.{key}` is not supported yet"),
                     Some("use a single Redis server through `url` or `host`/`port`".to_owned()),
                 ));
             }
         }
+        Ok(match engine {
+            Engine::Memory => Storage::Memory(self.memory(raw)?),
+            Engine::Redis => Storage::Redis(self.redis(raw)?),
+            Engine::Memcached => Storage::Memcached(self.memcached(raw)?),
+        })
+    }
 
+    fn memory(&self, raw: &RawStorage) -> Result<MemoryOptions, ConfigError> {
+        let mut out = MemoryOptions::default();
+        if let Some(v) = &raw.max_entries {
+            out.max_entries =
+                self.int(v, "store.storage.max_entries", 1, u32::MAX.into())? as usize;
+        }
+        Ok(out)
+    }
+
+    fn redis(&self, raw: &RawStorage) -> Result<RedisOptions, ConfigError> {
+        let mut out = RedisOptions::default();
+        // The database the Redis client would select from the URL, and where the URL is.
+        let mut url_client_db = None;
         if let Some(u) = &raw.url {
             for (key, at) in [
                 ("host", raw.host.as_ref().map(|v| &v.referenced)),
@@ -210,17 +226,14 @@ impl Ctx<'_> {
             }
             let url = self.string(u, "store.storage.url")?;
             // The URL may hold a password: messages describe it, never echo it.
-            let info = parse_redis_url(&url).map_err(|why| {
+            let bad_url = |why: String| {
                 self.err(
                     &u.referenced,
                     format!("`store.storage.url`: {why}"),
-                    Some(
-                        "for example redis://127.0.0.1:6379/0, rediss://user:pass@host:6380 \
-                         or redis+unix:///run/redis.sock"
-                            .to_owned(),
-                    ),
+                    Some(REDIS_URL_HINT.to_owned()),
                 )
-            })?;
+            };
+            let info = parse_redis_url(&url).map_err(bad_url)?;
             if let Some(db) = info.db {
                 if let Some(v) = &raw.db_sessions {
                     return Err(self.err(
@@ -241,7 +254,15 @@ impl Ctx<'_> {
                     Some("`rediss://` means TLS, `redis://` means plain TCP".to_owned()),
                 ));
             }
-            out.tls = info.tls.unwrap_or(false);
+            if info.tls == Some(true) {
+                return Err(self.err(
+                    &u.referenced,
+                    "`store.storage.url`: `rediss://` (TLS to Redis) is not supported by this \
+                     build",
+                    Some(NO_REDIS_TLS_HINT.to_owned()),
+                ));
+            }
+            url_client_db = Some((redis_client_db(&url).map_err(bad_url)?, u.referenced));
             out.url = Some(Secret(url));
         }
         if let Some(v) = &raw.host {
@@ -263,26 +284,68 @@ impl Ctx<'_> {
             out.password = Some(Secret(self.string(v, "store.storage.password")?));
         }
         if let Some(v) = &raw.db_sessions {
-            out.db_sessions = self.int(v, "store.storage.db_sessions", 0, i32::MAX.into())? as i64;
+            out.db_sessions = self.db_number(v, "store.storage.db_sessions")?;
         }
         if let Some(v) = &raw.db_notifications {
-            out.db_notifications =
-                self.int(v, "store.storage.db_notifications", 0, i32::MAX.into())? as i64;
+            out.db_notifications = self.db_number(v, "store.storage.db_notifications")?;
         }
         if let Some(v) = &raw.max_connections {
             out.max_connections = self.int(v, "store.storage.max_connections", 1, 65_535)? as usize;
         }
+        // With a URL, its scheme decided (above); a unix socket has no TLS to turn on.
         if let Some(v) = &raw.tls
             && raw.url.is_none()
+            && self.bool(v, "store.storage.tls")?
         {
-            out.tls = self.bool(v, "store.storage.tls")?;
+            return Err(self.err(
+                &v.referenced,
+                "`store.storage.tls: true`: TLS to Redis is not supported by this build",
+                Some(NO_REDIS_TLS_HINT.to_owned()),
+            ));
+        }
+        // The client selects a database given in the URL (`/2`, or `?db=2` on a unix
+        // socket URL); the store keeps every connection on the numbers set here.
+        if let Some((db, at)) = url_client_db
+            && db != 0
+            && db != i64::from(out.db_sessions)
+        {
+            return Err(self.err(
+                &at,
+                format!(
+                    "`store.storage.url` selects database {db}, but `store.storage.db_sessions` \
+                     is {}",
+                    out.db_sessions
+                ),
+                Some(
+                    "remove the database from the URL and set `store.storage.db_sessions` \
+                     instead"
+                        .to_owned(),
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A Redis database number (the server decides how many it has; see
+    /// `check_databases` at start).
+    fn db_number(&self, v: &Val, key: &str) -> Result<u32, ConfigError> {
+        let n = self.int_with_hint(v, key, 0, i32::MAX.into(), DB_NUMBER_HINT)?;
+        u32::try_from(n).map_err(|_| self.err(&v.referenced, format!("`{key}` is too large"), None))
+    }
+
+    fn memcached(&self, raw: &RawStorage) -> Result<MemcachedOptions, ConfigError> {
+        let mut out = MemcachedOptions::default();
+        if let Some(v) = &raw.max_connections {
+            out.max_connections = self.int(v, "store.storage.max_connections", 1, 65_535)? as usize;
         }
         if let Some(list) = &raw.servers {
             if list.value.is_empty() {
                 return Err(self.err(
                     &list.referenced,
                     "`store.storage.servers` needs at least one server",
-                    Some("for example servers: [\"127.0.0.1:11211\"]".to_owned()),
+                    Some(format!(
+                        "for example servers: [\"{DEFAULT_MEMCACHED_SERVER}\"]"
+                    )),
                 ));
             }
             let mut servers = Vec::new();
@@ -302,19 +365,7 @@ impl Ctx<'_> {
             }
             out.servers = servers;
         }
-        if let Some(v) = &raw.max_entries {
-            out.max_entries =
-                self.int(v, "store.storage.max_entries", 1, u32::MAX.into())? as usize;
-        }
-        Ok(())
-    }
-}
-
-pub(super) fn engine_name(e: Engine) -> &'static str {
-    match e {
-        Engine::Memory => "memory",
-        Engine::Redis => "redis",
-        Engine::Memcached => "memcached",
+        Ok(out)
     }
 }
 
@@ -325,10 +376,16 @@ mod tests {
 
     #[test]
     fn store_engine_and_storage() {
-        assert_eq!(ok("store: {engine: redis}\n").store.engine, Engine::Redis);
         assert_eq!(
-            ok("store: {engine: Memcached}\n").store.engine,
-            Engine::Memcached
+            ok("store: {engine: redis}\n").store.storage.engine_name(),
+            "redis"
+        );
+        assert_eq!(
+            ok("store: {engine: Memcached}\n")
+                .store
+                .storage
+                .engine_name(),
+            "memcached"
         );
         let e = assert_err("store: {engine: mysql}\n", 3, 17, "unknown value \"mysql\"");
         assert!(
@@ -345,9 +402,9 @@ mod tests {
         let c = ok(
             "store:\n  engine: redis\n  storage:\n    host: redis.internal\n    port: 6380\n    \
              username: app\n    password: pw\n    db_sessions: 10\n    db_notifications: 11\n    \
-             max_connections: 4\n    tls: true\n",
+             max_connections: 4\n    tls: false\n",
         );
-        let s = &c.store.storage;
+        let s = redis(&c);
         assert_eq!((s.host.as_str(), s.port), ("redis.internal", 6380));
         assert_eq!(s.username.as_deref(), Some("app"));
         assert_eq!(s.password, Some(Secret("pw".into())));
@@ -355,12 +412,19 @@ mod tests {
             (s.db_sessions, s.db_notifications, s.max_connections),
             (10, 11, 4)
         );
-        assert!(s.tls);
+        // TLS to Redis is not in this build: refused at load, not at start.
+        let e = assert_err(
+            "store: {engine: redis, storage: {tls: true}}\n",
+            3,
+            39,
+            "TLS to Redis is not supported",
+        );
+        assert!(e.hint().unwrap_or_default().contains("tunnel"), "{e}");
 
         let c = ok(
             "store:\n  engine: memcached\n  storage: {servers: [\"10.0.0.1:11211\", \"[::1]:11211\"]}\n",
         );
-        assert_eq!(c.store.storage.servers.len(), 2);
+        assert_eq!(memcached(&c).servers.len(), 2);
         assert_err(
             "store:\n  engine: memcached\n  storage: {servers: []}\n",
             5,
@@ -374,11 +438,8 @@ mod tests {
             "not host:port",
         );
         assert_eq!(
-            ok("store: {storage: {max_entries: 10}}\n")
-                .store
-                .storage
-                .max_entries,
-            10
+            ok("store: {storage: {max_entries: 10}}\n").store.storage,
+            Storage::Memory(MemoryOptions { max_entries: 10 })
         );
         assert_err("store: {storage: {max_entries: 0}}\n", 3, 32, "between 1");
 
@@ -445,22 +506,48 @@ mod tests {
     #[test]
     fn redis_url() {
         let c = ok(
-            "store:\n  engine: redis\n  storage:\n    url: \"rediss://u:${REDIS_PASSWORD}@r:6380/3\"\n",
+            "store:\n  engine: redis\n  storage:\n    url: \"redis://u:${REDIS_PASSWORD}@r:6380/3\"\n",
         );
-        let s = &c.store.storage;
+        let s = redis(&c);
         assert_eq!(
             s.url,
-            Some(Secret("rediss://u:hunter2-redis-password@r:6380/3".into()))
+            Some(Secret("redis://u:hunter2-redis-password@r:6380/3".into()))
         );
         assert_eq!(s.db_sessions, 3);
-        assert!(s.tls);
         assert!(
-            ok("store: {engine: redis, storage: {url: \"redis+unix:///run/r.sock\"}}\n")
-                .store
-                .storage
-                .url
-                .is_some()
+            redis(&ok(
+                "store: {engine: redis, storage: {url: \"redis+unix:///run/r.sock\"}}\n"
+            ))
+            .url
+            .is_some()
         );
+        // TLS to Redis is not in this build; the message does not echo the URL.
+        let e = assert_err(
+            "store:\n  engine: redis\n  storage:\n    url: \"rediss://u:${REDIS_PASSWORD}@r:6380/3\"\n",
+            6,
+            10,
+            "`rediss://` (TLS to Redis) is not supported",
+        );
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.hint().unwrap_or_default().contains("tunnel"), "{e}");
+        assert_err(
+            "store: {engine: redis, storage: {url: \"rediss://r\", tls: true}}\n",
+            3,
+            39,
+            "not supported",
+        );
+        // A database the client would select from the URL must be `db_sessions`.
+        let e = assert_err(
+            "store: {engine: redis, storage: {url: \"redis+unix:///r.sock?db=3\"}}\n",
+            3,
+            39,
+            "`store.storage.url` selects database 3, but `store.storage.db_sessions` is 0",
+        );
+        assert!(e.hint().unwrap_or_default().contains("db_sessions"), "{e}");
+        let c = ok(
+            "store: {engine: redis, storage: {url: \"redis+unix:///r.sock?db=3\", db_sessions: 3}}\n",
+        );
+        assert_eq!(redis(&c).db_sessions, 3);
         let e = assert_err(
             "store:\n  engine: redis\n  storage:\n    url: redis://:pw@r\n    host: r\n",
             7,
@@ -534,15 +621,15 @@ mod tests {
     #[test]
     fn max_connections_belongs_to_both_network_engines() {
         let c = ok("store: {engine: memcached, storage: {max_connections: 4}}\n");
-        assert_eq!(c.store.storage.max_connections, 4);
+        assert_eq!(memcached(&c).max_connections, 4);
         assert!(c.redacted_yaml().contains("max_connections: 4"));
         let c = ok("store: {engine: redis, storage: {max_connections: 3}}\n");
-        assert_eq!(c.store.storage.max_connections, 3);
+        assert_eq!(redis(&c).max_connections, 3);
         // Defaults differ: Redis connections are multiplexed, memcached's are leased.
         let c = ok("store: {engine: redis}\n");
-        assert_eq!(c.store.storage.max_connections, REDIS_DEFAULT_CONNECTIONS);
+        assert_eq!(redis(&c).max_connections, REDIS_DEFAULT_CONNECTIONS);
         let c = ok("store: {engine: memcached}\n");
-        assert_eq!(c.store.storage.max_connections, 16);
+        assert_eq!(memcached(&c).max_connections, DEFAULT_MEMCACHED_CONNECTIONS);
         assert_err(
             "store: {engine: memory, storage: {max_connections: 4}}\n",
             3,

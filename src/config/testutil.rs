@@ -48,3 +48,19 @@ pub(super) fn assert_err(extra: &str, line: u64, col: u64, needle: &str) -> Conf
     assert!(e.message().contains(needle), "{needle:?} not in: {e}");
     e
 }
+
+/// The Redis options of `c` (panics for another engine).
+pub(super) fn redis(c: &Config) -> &RedisOptions {
+    match &c.store.storage {
+        Storage::Redis(o) => o,
+        other => panic!("expected redis, got {other:?}"),
+    }
+}
+
+/// The memcached options of `c` (panics for another engine).
+pub(super) fn memcached(c: &Config) -> &MemcachedOptions {
+    match &c.store.storage {
+        Storage::Memcached(o) => o,
+        other => panic!("expected memcached, got {other:?}"),
+    }
+}

@@ -1,4 +1,10 @@
 //! The public configuration types, with the default of every key next to it.
+//!
+//! Every type derives `PartialEq` (`SIGHUP` compares sections with `==`, see
+//! [`crate::reload`]) and `Serialize`: serializing a [`Config`] is the redacted printout
+//! of `session-sidecar check` ([`Config::redacted_yaml`]), in the YAML shape the file
+//! is written in (durations and sizes in their config spelling, secrets and URL
+//! passwords as `<redacted>`, a literal `${` as `$${`).
 
 use std::{
     fmt,
@@ -7,12 +13,16 @@ use std::{
     time::Duration,
 };
 
+use serde::{Serialize, Serializer};
+
+use super::redact as ser;
 use crate::cookie::SameSite;
 
 /// The whole effective configuration, defaults applied and validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
     /// Where the file came from (for messages and SIGHUP re-reads).
+    #[serde(skip)]
     pub path: PathBuf,
     pub listen: SocketAddr,
     pub tls: Option<TlsConfig>,
@@ -25,6 +35,7 @@ pub struct Config {
     pub cookies: CookieConfig,
     pub headers: HeadersConfig,
     /// Path prefixes without session handling.
+    #[serde(serialize_with = "ser::escaped_list")]
     pub bypass: Vec<String>,
     /// Peers whose `X-Forwarded-*` are kept.
     pub trusted_proxies: Vec<IpNet>,
@@ -34,24 +45,37 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-/// A secret; `Debug` never shows it.
+/// `listen` when absent.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
+/// A secret. Equality compares the values; `Debug` and `Serialize` never show them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(ser::REDACTED)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TlsConfig {
+    #[serde(serialize_with = "ser::path")]
     pub cert: PathBuf,
+    #[serde(serialize_with = "ser::path")]
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UpstreamTls {
+    #[serde(serialize_with = "ser::opt_path")]
     pub ca: Option<PathBuf>,
 }
 
@@ -66,89 +90,273 @@ pub enum Upstream {
     Unix(PathBuf),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    Memory,
-    Redis,
-    Memcached,
+impl Serialize for Upstream {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = match self {
+            Upstream::Tcp { https, authority } => {
+                format!("{}://{authority}", if *https { "https" } else { "http" })
+            }
+            Upstream::Unix(p) => format!("unix:{}", p.to_string_lossy()),
+        };
+        ser::escaped(&text, s)
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
-    Reject,
-    Anonymous,
-}
-
-#[derive(Debug, Clone)]
+/// `store`: the engine with its own options, and the settings every engine shares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoreConfig {
-    pub engine: Engine,
-    pub storage: StorageConfig,
-    /// Prefix of every store key (default `session:`).
+    /// `store.engine` and `store.storage`, written as those two keys.
+    #[serde(flatten)]
+    pub storage: Storage,
+    /// Prefix of every store key.
+    #[serde(serialize_with = "ser::escaped")]
     pub key_prefix: String,
-    /// Bound on each store call (default 500ms).
+    /// Bound on each store call.
+    #[serde(serialize_with = "ser::duration")]
     pub timeout: Duration,
     pub on_error: OnError,
 }
 
-/// `store.storage`: the union of every engine's settings (pycket's names); each engine
-/// reads its own and validation rejects settings of another engine.
-#[derive(Debug, Clone)]
-pub struct StorageConfig {
-    /// `redis://…` URL; when set, host/port/username/password/db come from it unless
-    /// also given explicitly (validation rejects giving both).
+/// `store.key_prefix` when absent.
+pub const DEFAULT_KEY_PREFIX: &str = "session:";
+/// The longest `store.key_prefix` (every engine's keys stay within their limits with
+/// it; memcached's 250 bytes is the tightest).
+pub const MAX_KEY_PREFIX_LEN: usize = 64;
+/// `store.timeout` when absent.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// `store.engine` with its `store.storage` options: each engine has its own keys, and a
+/// key of another engine is an error at load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "engine", content = "storage", rename_all = "lowercase")]
+pub enum Storage {
+    Memory(MemoryOptions),
+    Redis(RedisOptions),
+    Memcached(MemcachedOptions),
+}
+
+impl Storage {
+    /// The engine's name as `store.engine` spells it.
+    pub fn engine_name(&self) -> &'static str {
+        match self {
+            Storage::Memory(_) => "memory",
+            Storage::Redis(_) => "redis",
+            Storage::Memcached(_) => "memcached",
+        }
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage::Memory(MemoryOptions::default())
+    }
+}
+
+/// `store.storage` with `engine: memory`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemoryOptions {
+    /// The most sessions kept.
+    pub max_entries: usize,
+}
+
+/// `store.storage.max_entries` when absent.
+pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+
+impl Default for MemoryOptions {
+    fn default() -> Self {
+        MemoryOptions {
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+/// `store.storage` with `engine: redis` (pycket's names). TLS to Redis is not in this
+/// build: `tls: true` and `rediss://` are refused at load, so there is no TLS option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// `redis://…` or `redis+unix://…` URL; when set, the server, username and password
+    /// come from it (giving `host`, `port`, `username` or `password` too is an error),
+    /// and a database number in its path is `db_sessions`.
     pub url: Option<Secret>,
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<Secret>,
-    pub db_sessions: i64,
-    pub db_notifications: i64,
+    pub db_sessions: u32,
+    pub db_notifications: u32,
+    /// Multiplexed connections.
     pub max_connections: usize,
-    pub tls: bool,
-    /// memcached servers (`host:port`), default `["127.0.0.1:11211"]`.
-    pub servers: Vec<String>,
-    /// memory engine bound (default 100_000).
-    pub max_entries: usize,
 }
 
-#[derive(Debug, Clone)]
+/// `store.storage.host` when absent (Redis).
+pub const DEFAULT_REDIS_HOST: &str = "127.0.0.1";
+/// `store.storage.port` when absent (Redis).
+pub const DEFAULT_REDIS_PORT: u16 = 6379;
+/// `store.storage.db_sessions` when absent.
+pub const DEFAULT_DB_SESSIONS: u32 = 0;
+/// `store.storage.db_notifications` when absent.
+pub const DEFAULT_DB_NOTIFICATIONS: u32 = 1;
+/// Default `store.storage.max_connections` with `engine: redis` (multiplexed
+/// connections); memcached's pool of exclusive connections keeps
+/// [`DEFAULT_MEMCACHED_CONNECTIONS`].
+pub const REDIS_DEFAULT_CONNECTIONS: usize = 2;
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            url: None,
+            host: DEFAULT_REDIS_HOST.to_owned(),
+            port: DEFAULT_REDIS_PORT,
+            username: None,
+            password: None,
+            db_sessions: DEFAULT_DB_SESSIONS,
+            db_notifications: DEFAULT_DB_NOTIFICATIONS,
+            max_connections: REDIS_DEFAULT_CONNECTIONS,
+        }
+    }
+}
+
+/// `store.storage` with `engine: memcached`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemcachedOptions {
+    /// `host:port` of each server.
+    #[serde(serialize_with = "ser::escaped_list")]
+    pub servers: Vec<String>,
+    /// Exclusive connections per server.
+    pub max_connections: usize,
+}
+
+/// `store.storage.servers` when absent (memcached).
+pub const DEFAULT_MEMCACHED_SERVER: &str = "127.0.0.1:11211";
+/// `store.storage.max_connections` when absent with `engine: memcached`.
+pub const DEFAULT_MEMCACHED_CONNECTIONS: usize = 16;
+
+impl Default for MemcachedOptions {
+    fn default() -> Self {
+        MemcachedOptions {
+            servers: vec![DEFAULT_MEMCACHED_SERVER.to_owned()],
+            max_connections: DEFAULT_MEMCACHED_CONNECTIONS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    Reject,
+    Anonymous,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            storage: Storage::default(),
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            timeout: DEFAULT_STORE_TIMEOUT,
+            on_error: OnError::Reject,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SessionConfig {
+    #[serde(serialize_with = "ser::duration")]
     pub ttl: Duration,
+    #[serde(serialize_with = "ser::duration")]
     pub absolute_ttl: Duration,
+    #[serde(serialize_with = "ser::size")]
     pub max_size: usize,
 }
 
-#[derive(Debug, Clone)]
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            ttl: Duration::from_secs(86_400),
+            absolute_ttl: Duration::from_secs(30 * 86_400),
+            max_size: 8 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CookieConfig {
+    #[serde(serialize_with = "ser::escaped")]
     pub name: String,
+    #[serde(serialize_with = "ser::escaped")]
     pub path: String,
     pub domain: Option<String>,
     pub secure: bool,
     pub http_only: bool,
     pub same_site: SameSite,
-    /// Persistent cookie lifetime: `expires_days` or `max_age`, as one duration.
+    /// Persistent cookie lifetime: `expires_days` or `max_age`, as one duration (shown
+    /// as `max_age`).
+    #[serde(rename = "max_age", serialize_with = "ser::opt_duration")]
     pub lifetime: Option<Duration>,
     pub rolling: bool,
     pub forward: bool,
 }
 
-#[derive(Debug, Clone)]
+impl Default for CookieConfig {
+    fn default() -> Self {
+        CookieConfig {
+            name: "session".to_owned(),
+            path: "/".to_owned(),
+            domain: None,
+            secure: true,
+            http_only: true,
+            same_site: SameSite::Lax,
+            lifetime: None,
+            rolling: false,
+            forward: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HeadersConfig {
+    #[serde(serialize_with = "ser::escaped")]
     pub prefix: String,
     pub expose_id: bool,
 }
 
-#[derive(Debug, Clone)]
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        HeadersConfig {
+            prefix: "X-Session".to_owned(),
+            expose_id: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Timeouts {
+    #[serde(serialize_with = "ser::duration")]
     pub header_read: Duration,
+    #[serde(serialize_with = "ser::duration")]
     pub upstream_connect: Duration,
+    #[serde(serialize_with = "ser::duration")]
     pub upstream_response: Duration,
+    #[serde(serialize_with = "ser::duration")]
     pub idle: Duration,
+    #[serde(serialize_with = "ser::duration")]
     pub shutdown: Duration,
 }
 
-#[derive(Debug, Clone)]
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header_read: Duration::from_secs(10),
+            upstream_connect: Duration::from_secs(5),
+            upstream_response: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            shutdown: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Limits {
+    #[serde(serialize_with = "ser::size")]
     pub max_header_size: usize,
     /// The most client connections the proxy listener holds at once (SECURITY.md G6).
     pub max_connections: usize,
@@ -157,23 +365,48 @@ pub struct Limits {
     pub max_connections_per_ip: Option<usize>,
 }
 
-#[derive(Debug, Clone)]
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_size: 32 * 1024,
+            max_connections: 10_000,
+            max_connections_per_ip: Some(1024),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AdminConfig {
     /// `None` when `admin.listen: null`.
     pub listen: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `admin.listen` when absent.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter directive such as `info` or `session_sidecar=debug`.
+    #[serde(serialize_with = "ser::escaped")]
     pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
 }
 
 /// An IPv4 or IPv6 network in CIDR form (`10.0.0.0/8`, `::1/128`; a bare address is
@@ -246,6 +479,8 @@ impl std::str::FromStr for IpNet {
     }
 }
 
-/// Default `store.storage.max_connections` with `engine: redis` (multiplexed
-/// connections); memcached's pool of exclusive connections keeps 16.
-pub const REDIS_DEFAULT_CONNECTIONS: usize = 2;
+impl Serialize for IpNet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}

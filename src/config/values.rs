@@ -216,7 +216,7 @@ pub(super) fn parse_upstream(s: &str) -> Result<Upstream, (String, String)> {
 pub(super) struct RedisUrlInfo {
     /// `Some(true)` for `rediss://`; `None` for unix sockets (no TLS setting applies).
     pub(super) tls: Option<bool>,
-    pub(super) db: Option<i64>,
+    pub(super) db: Option<u32>,
 }
 
 /// A light check of a Redis URL (the store parses it for real). The error text never
@@ -250,13 +250,23 @@ pub(super) fn parse_redis_url(s: &str) -> Result<RedisUrlInfo, String> {
     let db = match path.trim_start_matches('/') {
         "" => None,
         n => Some(
-            n.parse::<i64>()
+            n.parse::<u32>()
                 .ok()
-                .filter(|d| (0..=i64::from(i32::MAX)).contains(d))
+                .filter(|d| i32::try_from(*d).is_ok())
                 .ok_or("the path must be a database number, e.g. /0")?,
         ),
     };
     Ok(RedisUrlInfo { tls, db })
+}
+
+/// The database the Redis client selects for `url` (its path, or `?db=` of a unix socket
+/// URL; 0 when none), or why the client refuses the URL. The error text never contains
+/// the URL.
+pub(super) fn redis_client_db(url: &str) -> Result<i64, String> {
+    use redis::IntoConnectionInfo as _;
+    url.into_connection_info()
+        .map(|info| info.redis_settings().db())
+        .map_err(|e| format!("not a valid Redis URL ({})", sanitize(&e.to_string())))
 }
 
 /// The URL with its password (userinfo, or `pass=`/`password=` query values) replaced.

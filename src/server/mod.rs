@@ -20,7 +20,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
     admin,
-    config::{Config, ConfigError, Engine},
+    config::{Config, ConfigError, Storage},
     proxy::{Proxy, Settings, SettingsError, forward::Upstream},
     reload,
     store::{
@@ -137,17 +137,24 @@ pub fn build_store(config: &Config) -> anyhow::Result<AnyStore> {
         absolute_ttl: config.session.absolute_ttl,
         max_size: config.session.max_size,
     };
-    match config.store.engine {
-        Engine::Memory => Ok(AnyStore::Memory(MemoryStore::new(
-            config.store.storage.max_entries,
+    let store = &config.store;
+    Ok(match &store.storage {
+        Storage::Memory(options) => {
+            AnyStore::Memory(MemoryStore::new(options.max_entries, lifetimes))
+        }
+        Storage::Redis(options) => AnyStore::Redis(RedisStore::new(
+            options,
+            &store.key_prefix,
+            store.timeout,
             lifetimes,
-        ))),
-        Engine::Redis => Ok(AnyStore::Redis(RedisStore::new(&config.store, lifetimes)?)),
-        Engine::Memcached => Ok(AnyStore::Memcached(MemcachedStore::new(
-            &config.store,
+        )?),
+        Storage::Memcached(options) => AnyStore::Memcached(MemcachedStore::new(
+            options,
+            &store.key_prefix,
+            store.timeout,
             lifetimes,
-        )?)),
-    }
+        )),
+    })
 }
 
 /// Bind the listeners and start serving in background tasks.
@@ -194,7 +201,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )));
     }
     let admin = admin_addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string());
-    tracing::info!(%addr, tls = tls.is_some(), %admin, engine = ?config.store.engine, "session-sidecar listening");
+    tracing::info!(%addr, tls = tls.is_some(), %admin, engine = config.store.storage.engine_name(), "session-sidecar listening");
     Ok(Running {
         addr,
         admin_addr,

@@ -68,7 +68,7 @@ use super::{
     ApplyError, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
     WritePlan, pairs::decode_pairs,
 };
-use crate::{config::StoreConfig, cookie::SessionId, protocol::Op};
+use crate::{config::RedisOptions, cookie::SessionId, protocol::Op};
 
 const LOAD_LUA: &str = concat!(
     include_str!("redis/common.lua"),
@@ -127,76 +127,41 @@ mod mode {
 }
 
 impl RedisStore {
-    /// Build the store from `store.*`. No I/O: connections are made on first use, so the
-    /// sidecar starts while Redis is down.
+    /// Build the store from its validated options (see [`crate::config::Storage`]),
+    /// the shared `store.key_prefix`, and `store.timeout` (which also bounds the
+    /// connection manager's connects and responses). No I/O: connections are made on
+    /// first use, so the sidecar starts while Redis is down.
+    ///
+    /// The configuration checked every rule (no TLS, a URL the client parses, database
+    /// numbers that agree with it: docs/configuration.md#check-is-authoritative).
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] with the setting to change when the settings cannot
-    /// work (bad URL, TLS requested, negative db). Messages never contain the URL or
+    /// [`StoreError::Unavailable`] when the Redis client refuses the connection settings
+    /// (not expected for a loaded configuration). Messages never contain the URL or
     /// the password.
-    pub fn new(cfg: &StoreConfig, lifetimes: Lifetimes) -> Result<RedisStore, StoreError> {
-        let storage = &cfg.storage;
+    pub fn new(
+        options: &RedisOptions,
+        key_prefix: &str,
+        timeout: Duration,
+        lifetimes: Lifetimes,
+    ) -> Result<RedisStore, StoreError> {
         let bad = |msg: String| StoreError::Unavailable(msg);
-        if storage.tls {
-            return Err(bad(
-                "store.storage.tls: TLS to Redis is not supported by this build; \
-                 set it to false or connect through a TLS tunnel"
-                    .into(),
-            ));
-        }
-        for (name, db) in [
-            ("db_sessions", storage.db_sessions),
-            ("db_notifications", storage.db_notifications),
-        ] {
-            if db < 0 {
-                return Err(bad(format!(
-                    "store.storage.{name}: {db} is not a database number (use 0 or more)"
-                )));
-            }
-        }
-
-        let mut info: ConnectionInfo = match &storage.url {
-            Some(url) => {
-                let url = url.0.as_str();
-                let scheme = url
-                    .split_once("://")
-                    .map(|(scheme, _)| scheme.to_ascii_lowercase())
-                    .unwrap_or_default();
-                match scheme.as_str() {
-                    "redis" | "redis+unix" | "unix" => {}
-                    "rediss" => {
-                        return Err(bad("store.storage.url: rediss:// (TLS) is not supported \
-                             by this build; use redis:// or connect through a TLS tunnel"
-                            .into()));
-                    }
-                    _ => {
-                        return Err(bad("store.storage.url: must start with redis://, or \
-                             redis+unix:// for a unix socket"
-                            .into()));
-                    }
-                }
-                // The parse error names no part of the URL, which may hold a password.
-                let info = url
-                    .into_connection_info()
-                    .map_err(|e| bad(format!("store.storage.url: not a valid Redis URL ({e})")))?;
-                let url_db = info.redis_settings().db();
-                if url_db != 0 && url_db != storage.db_sessions {
-                    return Err(bad(format!(
-                        "store.storage.url selects db {url_db}: remove it from the URL and \
-                         set store.storage.db_sessions instead"
-                    )));
-                }
-                info
-            }
-            None => (storage.host.clone(), storage.port)
+        // The client's errors name no part of the URL, which may hold a password.
+        let mut info: ConnectionInfo = match &options.url {
+            Some(url) => url
+                .0
+                .as_str()
                 .into_connection_info()
-                .map_err(|e| bad(format!("store.storage.host: {e}")))?,
+                .map_err(|e| bad(format!("redis client: store.storage.url refused ({e})")))?,
+            None => (options.host.clone(), options.port)
+                .into_connection_info()
+                .map_err(|e| bad(format!("redis client: store.storage.host refused ({e})")))?,
         };
         let mut redis_settings = info.redis_settings().clone().set_db(0);
-        if let Some(username) = &storage.username {
+        if let Some(username) = &options.username {
             redis_settings = redis_settings.set_username(username);
         }
-        if let Some(password) = &storage.password {
+        if let Some(password) = &options.password {
             redis_settings = redis_settings.set_password(&password.0);
         }
         // Connections stay on db 0 (the scripts SELECT what they need): a connection
@@ -208,7 +173,6 @@ impl RedisStore {
         let client = Client::open(info)
             .map_err(|e| bad(format!("store.storage: invalid Redis settings ({e})")))?;
 
-        let timeout = cfg.timeout;
         // A dead Redis must cost at most `store.timeout` per call: connection attempts
         // and responses time out after it, and the background reconnection gives up
         // quickly (each later call starts a new attempt anyway).
@@ -219,7 +183,7 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(10).min(timeout))
             .set_max_delay((timeout / 2).max(Duration::from_millis(1)));
 
-        let slots = (0..storage.max_connections.max(1))
+        let slots = (0..options.max_connections.max(1))
             .map(|_| OnceCell::new())
             .collect();
 
@@ -228,9 +192,9 @@ impl RedisStore {
             manager_config,
             slots,
             next: AtomicUsize::new(0),
-            key_prefix: cfg.key_prefix.clone(),
-            db_sessions: storage.db_sessions,
-            db_notifications: storage.db_notifications,
+            key_prefix: key_prefix.to_owned(),
+            db_sessions: i64::from(options.db_sessions),
+            db_notifications: i64::from(options.db_notifications),
             lifetimes,
             timeout,
             load_script: Script::new(LOAD_LUA),

@@ -100,7 +100,7 @@ use super::{
     WritePlan, apply_ops,
     pairs::{decode_pairs, encode_pairs},
 };
-use crate::{config::StoreConfig, cookie::SessionId, protocol::Op};
+use crate::{config::MemcachedOptions, cookie::SessionId, protocol::Op};
 
 /// CAS attempts per write before giving up with 503.
 pub const MAX_CAS_ATTEMPTS: u64 = 32;
@@ -109,6 +109,11 @@ pub const MAX_RELATIVE_EXPTIME: u64 = 2_592_000;
 /// Length of `SessionId::store_key()`: base64url without padding of 32 bytes.
 const STORE_KEY_LEN: usize = 43;
 const FLASH_SUFFIX: &str = ":flash";
+// Every prefix the configuration accepts (printable ASCII without spaces, at most
+// `MAX_KEY_PREFIX_LEN` bytes) makes valid memcached keys.
+const _: () = assert!(
+    crate::config::MAX_KEY_PREFIX_LEN + STORE_KEY_LEN + FLASH_SUFFIX.len() <= client::MAX_KEY_LEN
+);
 
 /// CAS retry counters (conflicts that forced a re-read), for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -193,55 +198,36 @@ struct Stored {
 type FlashRead = Option<(u64, FieldMap)>;
 
 impl MemcachedStore {
-    /// Build the store from `store.*`. No I/O: connections are opened on first use, so
-    /// the sidecar starts while memcached is down.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`] naming the setting when it cannot work: no servers, a
-    /// server that is not `host:port`, or a `store.key_prefix` that would make keys
-    /// memcached refuses.
-    pub fn new(cfg: &StoreConfig, lifetimes: Lifetimes) -> Result<MemcachedStore, StoreError> {
-        let bad = |msg: String| StoreError::Unavailable(msg);
-        let servers = &cfg.storage.servers;
-        if servers.is_empty() {
-            return Err(bad("store.storage.servers: needs at least one memcached \
-                 server, e.g. [\"127.0.0.1:11211\"]"
-                .into()));
-        }
-        for s in servers {
-            let port_ok = s
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !port_ok {
-                return Err(bad(format!(
-                    "store.storage.servers: {s:?} is not host:port (e.g. 10.0.0.5:11211)"
-                )));
-            }
-        }
-        let longest = format!(
-            "{}{}{FLASH_SUFFIX}",
-            cfg.key_prefix,
-            "x".repeat(STORE_KEY_LEN)
+    /// Build the store from its validated options (see [`crate::config::Storage`]),
+    /// the shared `store.key_prefix` and `store.timeout`. No I/O: connections are opened
+    /// on first use, so the sidecar starts while memcached is down. Infallible: the
+    /// configuration checked every server and the prefix
+    /// (docs/configuration.md#check-is-authoritative).
+    pub fn new(
+        options: &MemcachedOptions,
+        key_prefix: &str,
+        timeout: Duration,
+        lifetimes: Lifetimes,
+    ) -> MemcachedStore {
+        debug_assert!(
+            valid_key(&format!(
+                "{key_prefix}{}{FLASH_SUFFIX}",
+                "x".repeat(STORE_KEY_LEN)
+            )),
+            "store.key_prefix makes invalid memcached keys; the configuration refuses it"
         );
-        if cfg.key_prefix.is_empty() || !valid_key(&longest) {
-            return Err(bad(format!(
-                "store.key_prefix: memcached keys must be at most {} bytes of printable \
-                 ASCII without spaces; use a prefix of at most {} such characters",
-                client::MAX_KEY_LEN,
-                client::MAX_KEY_LEN - STORE_KEY_LEN - FLASH_SUFFIX.len()
-            )));
-        }
-        Ok(MemcachedStore {
-            servers: servers
+        MemcachedStore {
+            servers: options
+                .servers
                 .iter()
-                .map(|s| Server::new(s.clone(), cfg.storage.max_connections))
+                .map(|s| Server::new(s.clone(), options.max_connections))
                 .collect(),
-            ring: Ring::new(servers.clone()),
-            key_prefix: cfg.key_prefix.clone(),
+            ring: Ring::new(options.servers.clone()),
+            key_prefix: key_prefix.to_owned(),
             lifetimes,
-            timeout: cfg.timeout,
+            timeout,
             counters: Counters::default(),
-        })
+        }
     }
 
     /// CAS conflicts met by writes so far.
