@@ -373,8 +373,7 @@ impl Ctx<'_> {
         &self,
         v: &Val,
         key: &str,
-        min: u64,
-        max: u64,
+        (min, max): (u64, u64),
     ) -> Result<usize, ConfigError> {
         let text = match &v.value {
             Scalar::Float(_) | Scalar::Bool(_) => None,

@@ -104,7 +104,7 @@ impl Ctx<'_> {
             if let Some(v) = &l.max_header_size {
                 // hyper refuses a read buffer below 8 KiB.
                 limits.max_header_size =
-                    self.size(v, "limits.max_header_size", 8 * 1024, 16 * 1024 * 1024)?;
+                    self.size(v, "limits.max_header_size", MAX_HEADER_SIZE_RANGE)?;
             }
             if let Some(v) = &l.max_connections {
                 limits.max_connections =
@@ -251,7 +251,7 @@ impl Ctx<'_> {
             ));
         }
         if let Some(v) = &raw.max_size {
-            s.max_size = self.size(v, "session.max_size", 64, 1024 * 1024)?;
+            s.max_size = self.size(v, "session.max_size", SESSION_MAX_SIZE_RANGE)?;
         }
         Ok(s)
     }
@@ -341,7 +341,7 @@ impl Ctx<'_> {
                 ));
             }
             (Some(v), None) => {
-                let days = self.int(v, "cookies.expires_days", 1, 3650)?;
+                let days = self.int(v, "cookies.expires_days", 1, MAX_EXPIRES_DAYS)?;
                 c.lifetime = Some(Duration::from_secs(days as u64 * 86_400));
             }
             (None, Some(v)) => c.lifetime = Some(self.duration(v, "cookies.max_age", false)?),

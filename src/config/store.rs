@@ -38,6 +38,11 @@ const DB_NUMBER_HINT: &str = "a Redis database number, 0 or more (a default Redi
 const NO_REDIS_TLS_HINT: &str = "TLS to Redis is not in this build: use `redis://` with \
      `tls: false`, or reach Redis through a TLS tunnel (stunnel, a service mesh)";
 
+/// Where a key was written, when it was.
+fn at<T>(v: &Option<Spanned<T>>) -> Option<&Location> {
+    v.as_ref().map(|v| &v.referenced)
+}
+
 impl Ctx<'_> {
     pub(super) fn store(
         &self,
@@ -94,65 +99,24 @@ impl Ctx<'_> {
 
     fn storage(&self, raw: &RawStorage, engine: Engine) -> Result<Storage, ConfigError> {
         // Which engine each present key belongs to, with where it was written.
-        let at = |v: Option<&Location>| v.copied();
-        let present: [(&str, Engine, Option<Location>); 10] = [
-            (
-                "url",
-                Engine::Redis,
-                at(raw.url.as_ref().map(|v| &v.referenced)),
-            ),
-            (
-                "host",
-                Engine::Redis,
-                at(raw.host.as_ref().map(|v| &v.referenced)),
-            ),
-            (
-                "port",
-                Engine::Redis,
-                at(raw.port.as_ref().map(|v| &v.referenced)),
-            ),
-            (
-                "username",
-                Engine::Redis,
-                at(raw.username.as_ref().map(|v| &v.referenced)),
-            ),
-            (
-                "password",
-                Engine::Redis,
-                at(raw.password.as_ref().map(|v| &v.referenced)),
-            ),
-            (
-                "db_sessions",
-                Engine::Redis,
-                at(raw.db_sessions.as_ref().map(|v| &v.referenced)),
-            ),
-            (
-                "db_notifications",
-                Engine::Redis,
-                at(raw.db_notifications.as_ref().map(|v| &v.referenced)),
-            ),
-            (
-                "tls",
-                Engine::Redis,
-                at(raw.tls.as_ref().map(|v| &v.referenced)),
-            ),
-            (
-                "servers",
-                Engine::Memcached,
-                at(raw.servers.as_ref().map(|v| &v.referenced)),
-            ),
-            (
-                "max_entries",
-                Engine::Memory,
-                at(raw.max_entries.as_ref().map(|v| &v.referenced)),
-            ),
+        let present = [
+            ("url", Engine::Redis, at(&raw.url)),
+            ("host", Engine::Redis, at(&raw.host)),
+            ("port", Engine::Redis, at(&raw.port)),
+            ("username", Engine::Redis, at(&raw.username)),
+            ("password", Engine::Redis, at(&raw.password)),
+            ("db_sessions", Engine::Redis, at(&raw.db_sessions)),
+            ("db_notifications", Engine::Redis, at(&raw.db_notifications)),
+            ("tls", Engine::Redis, at(&raw.tls)),
+            ("servers", Engine::Memcached, at(&raw.servers)),
+            ("max_entries", Engine::Memory, at(&raw.max_entries)),
         ];
         for (key, owner, at) in present {
             if let Some(at) = at
                 && owner != engine
             {
                 return Err(self.err(
-                    &at,
+                    at,
                     format!(
                         "`store.storage.{key}` is a {} setting, but `store.engine` is {}",
                         owner.name(),
@@ -197,7 +161,7 @@ impl Ctx<'_> {
         let mut out = MemoryOptions::default();
         if let Some(v) = &raw.max_entries {
             out.max_entries =
-                self.int(v, "store.storage.max_entries", 1, u32::MAX.into())? as usize;
+                self.int(v, "store.storage.max_entries", 1, MAX_MAX_ENTRIES)? as usize;
         }
         Ok(out)
     }
@@ -208,10 +172,10 @@ impl Ctx<'_> {
         let mut url_client_db = None;
         if let Some(u) = &raw.url {
             for (key, at) in [
-                ("host", raw.host.as_ref().map(|v| &v.referenced)),
-                ("port", raw.port.as_ref().map(|v| &v.referenced)),
-                ("username", raw.username.as_ref().map(|v| &v.referenced)),
-                ("password", raw.password.as_ref().map(|v| &v.referenced)),
+                ("host", at(&raw.host)),
+                ("port", at(&raw.port)),
+                ("username", at(&raw.username)),
+                ("password", at(&raw.password)),
             ] {
                 if let Some(at) = at {
                     return Err(self.err(
@@ -277,7 +241,7 @@ impl Ctx<'_> {
             out.host = h;
         }
         if let Some(v) = &raw.port {
-            out.port = self.int(v, "store.storage.port", 1, 65_535)? as u16;
+            out.port = self.int(v, "store.storage.port", 1, MAX_PORT)? as u16;
         }
         out.username = self.opt_string(&raw.username, "store.storage.username")?;
         if let Some(v) = &raw.password {
@@ -290,7 +254,7 @@ impl Ctx<'_> {
             out.db_notifications = self.db_number(v, "store.storage.db_notifications")?;
         }
         if let Some(v) = &raw.max_connections {
-            out.max_connections = self.int(v, "store.storage.max_connections", 1, 65_535)? as usize;
+            out.max_connections = self.connections(v)?;
         }
         // With a URL, its scheme decided (above); a unix socket has no TLS to turn on.
         if let Some(v) = &raw.tls
@@ -329,14 +293,20 @@ impl Ctx<'_> {
     /// A Redis database number (the server decides how many it has; see
     /// `check_databases` at start).
     fn db_number(&self, v: &Val, key: &str) -> Result<u32, ConfigError> {
-        let n = self.int_with_hint(v, key, 0, i32::MAX.into(), DB_NUMBER_HINT)?;
+        let n = self.int_with_hint(v, key, 0, MAX_DB_NUMBER, DB_NUMBER_HINT)?;
         u32::try_from(n).map_err(|_| self.err(&v.referenced, format!("`{key}` is too large"), None))
+    }
+
+    /// `store.storage.max_connections` of either network engine.
+    fn connections(&self, v: &Val) -> Result<usize, ConfigError> {
+        let (min, max) = STORE_CONNECTIONS_RANGE;
+        Ok(self.int(v, "store.storage.max_connections", min, max)? as usize)
     }
 
     fn memcached(&self, raw: &RawStorage) -> Result<MemcachedOptions, ConfigError> {
         let mut out = MemcachedOptions::default();
         if let Some(v) = &raw.max_connections {
-            out.max_connections = self.int(v, "store.storage.max_connections", 1, 65_535)? as usize;
+            out.max_connections = self.connections(v)?;
         }
         if let Some(list) = &raw.servers {
             if list.value.is_empty() {

@@ -161,6 +161,8 @@ pub struct MemoryOptions {
 
 /// `store.storage.max_entries` when absent.
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+/// The largest `store.storage.max_entries`.
+pub const MAX_MAX_ENTRIES: i128 = u32::MAX as i128;
 
 impl Default for MemoryOptions {
     fn default() -> Self {
@@ -192,6 +194,12 @@ pub struct RedisOptions {
 pub const DEFAULT_REDIS_HOST: &str = "127.0.0.1";
 /// `store.storage.port` when absent (Redis).
 pub const DEFAULT_REDIS_PORT: u16 = 6379;
+/// The largest `store.storage.port`.
+pub const MAX_PORT: i128 = 65_535;
+/// The range of `store.storage.max_connections` (both network engines).
+pub const STORE_CONNECTIONS_RANGE: (i128, i128) = (1, 65_535);
+/// The largest `store.storage.db_sessions` and `db_notifications`.
+pub const MAX_DB_NUMBER: i128 = i32::MAX as i128;
 /// `store.storage.db_sessions` when absent.
 pub const DEFAULT_DB_SESSIONS: u32 = 0;
 /// `store.storage.db_notifications` when absent.
@@ -268,12 +276,21 @@ pub struct SessionConfig {
     pub max_size: usize,
 }
 
+/// `session.ttl` when absent.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(86_400);
+/// `session.absolute_ttl` when absent.
+pub const DEFAULT_ABSOLUTE_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// `session.max_size` when absent.
+pub const DEFAULT_SESSION_MAX_SIZE: usize = 8 * 1024;
+/// The range of `session.max_size`.
+pub const SESSION_MAX_SIZE_RANGE: (u64, u64) = (64, 1024 * 1024);
+
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
-            ttl: Duration::from_secs(86_400),
-            absolute_ttl: Duration::from_secs(30 * 86_400),
-            max_size: 8 * 1024,
+            ttl: DEFAULT_SESSION_TTL,
+            absolute_ttl: DEFAULT_ABSOLUTE_TTL,
+            max_size: DEFAULT_SESSION_MAX_SIZE,
         }
     }
 }
@@ -296,11 +313,18 @@ pub struct CookieConfig {
     pub forward: bool,
 }
 
+/// `cookies.name` when absent.
+pub const DEFAULT_COOKIE_NAME: &str = "session";
+/// `cookies.path` when absent.
+pub const DEFAULT_COOKIE_PATH: &str = "/";
+/// The largest `cookies.expires_days`.
+pub const MAX_EXPIRES_DAYS: i128 = 3650;
+
 impl Default for CookieConfig {
     fn default() -> Self {
         CookieConfig {
-            name: "session".to_owned(),
-            path: "/".to_owned(),
+            name: DEFAULT_COOKIE_NAME.to_owned(),
+            path: DEFAULT_COOKIE_PATH.to_owned(),
             domain: None,
             secure: true,
             http_only: true,
@@ -319,10 +343,13 @@ pub struct HeadersConfig {
     pub expose_id: bool,
 }
 
+/// `headers.prefix` when absent.
+pub const DEFAULT_HEADER_PREFIX: &str = "X-Session";
+
 impl Default for HeadersConfig {
     fn default() -> Self {
         HeadersConfig {
-            prefix: "X-Session".to_owned(),
+            prefix: DEFAULT_HEADER_PREFIX.to_owned(),
             expose_id: false,
         }
     }
@@ -342,14 +369,25 @@ pub struct Timeouts {
     pub shutdown: Duration,
 }
 
+/// `timeouts.header_read` when absent.
+pub const DEFAULT_HEADER_READ: Duration = Duration::from_secs(10);
+/// `timeouts.upstream_connect` when absent.
+pub const DEFAULT_UPSTREAM_CONNECT: Duration = Duration::from_secs(5);
+/// `timeouts.upstream_response` when absent.
+pub const DEFAULT_UPSTREAM_RESPONSE: Duration = Duration::from_secs(60);
+/// `timeouts.idle` when absent.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(60);
+/// `timeouts.shutdown` when absent.
+pub const DEFAULT_SHUTDOWN: Duration = Duration::from_secs(30);
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            header_read: Duration::from_secs(10),
-            upstream_connect: Duration::from_secs(5),
-            upstream_response: Duration::from_secs(60),
-            idle: Duration::from_secs(60),
-            shutdown: Duration::from_secs(30),
+            header_read: DEFAULT_HEADER_READ,
+            upstream_connect: DEFAULT_UPSTREAM_CONNECT,
+            upstream_response: DEFAULT_UPSTREAM_RESPONSE,
+            idle: DEFAULT_IDLE,
+            shutdown: DEFAULT_SHUTDOWN,
         }
     }
 }
@@ -365,12 +403,21 @@ pub struct Limits {
     pub max_connections_per_ip: Option<usize>,
 }
 
+/// `limits.max_header_size` when absent.
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 32 * 1024;
+/// The range of `limits.max_header_size` (hyper refuses a read buffer below 8 KiB).
+pub const MAX_HEADER_SIZE_RANGE: (u64, u64) = (8 * 1024, 16 * 1024 * 1024);
+/// `limits.max_connections` when absent.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// `limits.max_connections_per_ip` when absent.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1024;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_header_size: 32 * 1024,
-            max_connections: 10_000,
-            max_connections_per_ip: Some(1024),
+            max_header_size: DEFAULT_MAX_HEADER_SIZE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: Some(DEFAULT_MAX_CONNECTIONS_PER_IP),
         }
     }
 }
@@ -400,11 +447,14 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// `log.level` when absent.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             format: LogFormat::Text,
-            level: "info".to_owned(),
+            level: DEFAULT_LOG_LEVEL.to_owned(),
         }
     }
 }
