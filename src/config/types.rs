@@ -204,8 +204,10 @@ pub const MAX_DB_NUMBER: i128 = i32::MAX as i128;
 pub const DEFAULT_DB_SESSIONS: u32 = 0;
 /// `store.storage.db_notifications` when absent.
 pub const DEFAULT_DB_NOTIFICATIONS: u32 = 1;
-/// Default `store.storage.max_connections` with `engine: redis` (multiplexed
-/// connections); memcached's pool of exclusive connections keeps
+/// Default `store.storage.max_connections` with `engine: redis`. Redis connections are
+/// multiplexed: each carries every concurrent request, and fewer connections batch more
+/// commands per write (docs/performance.md); two keep one working while the other
+/// reconnects. memcached's pool of exclusive connections keeps
 /// [`DEFAULT_MEMCACHED_CONNECTIONS`].
 pub const REDIS_DEFAULT_CONNECTIONS: usize = 2;
 
