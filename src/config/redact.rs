@@ -188,6 +188,16 @@ mod tests {
     }
 
     #[test]
+    fn the_printed_engine_is_the_engine_name() {
+        for engine in ["memory", "redis", "memcached"] {
+            let c = ok(&format!("store: {{engine: {engine}}}\n"));
+            assert_eq!(c.store.storage.engine_name(), engine);
+            let out = c.redacted_yaml();
+            assert!(out.contains(&format!("\n  engine: {engine}\n")), "{out}");
+        }
+    }
+
+    #[test]
     fn redacted_yaml_round_trips() {
         let redis_fields = format!(
             "{BASE}store:\n  engine: redis\n  storage: {{host: r, port: 1, username: u, password: p, tls: false}}\n"
@@ -212,6 +222,19 @@ mod tests {
                 .unwrap_or_else(|e| panic!("re-reading:\n{first}\n{e}"))
                 .redacted_yaml();
             assert_eq!(first, second);
+        }
+        // Without secrets other than `${SESSION_SECRET}`, the printout reads back to an
+        // equal config (`Config: PartialEq`).
+        for yaml in [
+            BASE.to_owned(),
+            format!("{BASE}store: {{engine: memcached, storage: {{servers: [\"a:1\"]}}}}\n"),
+            format!("{BASE}store: {{engine: redis, storage: {{url: \"redis://r/3\"}}}}\n"),
+            format!("{BASE}store: {{engine: redis, storage: {{host: r, db_sessions: 2}}}}\n"),
+        ] {
+            let c = parse(&yaml).unwrap_or_else(|e| panic!("{e}"));
+            let back = parse(&c.redacted_yaml().replace("<redacted>", "${SESSION_SECRET}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(back, c, "{yaml}");
         }
         let c = parse(RICH).unwrap_or_else(|e| panic!("{e}"));
         let back = parse(&c.redacted_yaml().replace("<redacted>", "${SESSION_SECRET}"))
