@@ -88,6 +88,16 @@ const ROWS: &[Row] = &[
         true,
     ),
     row(
+        "redis url the client refuses",
+        "store: {engine: redis, storage: {url: \"redis://:pw@127.0.0.1:1/0?protocol=bogus\"}}",
+        false,
+    ),
+    row(
+        "redis unix url with a bad db query",
+        "store: {engine: redis, storage: {url: \"redis+unix:///tmp/r.sock?db=x\"}}",
+        false,
+    ),
+    row(
         "redis negative db_sessions",
         "store: {engine: redis, storage: {db_sessions: -1}}",
         false,
