@@ -14,10 +14,12 @@ use common::{MemcachedServer, RedisServer};
 use session_sidecar::{
     config::{Engine, OnError, StorageConfig, StoreConfig},
     cookie::SessionId,
+    metrics::Metrics,
     protocol::Op,
     store::{
         ApplyError, Base, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
         WritePlan, memcached::MemcachedStore, memory::MemoryStore, redis::RedisStore,
+        timed::TimedStore,
     },
 };
 
@@ -41,9 +43,18 @@ fn lifetimes() -> Lifetimes {
     }
 }
 
-fn make_memory_store(l: Lifetimes) -> Fixture<MemoryStore> {
+/// `store.timeout` of [`store_config`].
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+/// An engine as production runs it: behind the wrapper that bounds every call by
+/// `store.timeout` (and records the store metrics).
+fn timed<S>(engine: S, timeout: Duration) -> TimedStore<S> {
+    TimedStore::new(engine, timeout, Arc::new(Metrics::new()))
+}
+
+fn make_memory_store(l: Lifetimes) -> Fixture<TimedStore<MemoryStore>> {
     Fixture {
-        store: Arc::new(MemoryStore::new(100_000, l)),
+        store: Arc::new(timed(MemoryStore::new(100_000, l), TIMEOUT)),
         server: None,
         memcached: Vec::new(),
         expiry_slack: Duration::ZERO,
@@ -67,16 +78,16 @@ fn store_config(port: u16, db_sessions: i64, db_notifications: i64) -> StoreConf
             max_entries: 0,
         },
         key_prefix: "test:".into(),
-        timeout: Duration::from_millis(500),
+        timeout: TIMEOUT,
         on_error: OnError::Reject,
     }
 }
 
-fn make_redis_store(l: Lifetimes) -> Fixture<RedisStore> {
+fn make_redis_store(l: Lifetimes) -> Fixture<TimedStore<RedisStore>> {
     let server = RedisServer::start();
     let store = RedisStore::new(&store_config(server.port(), 0, 1), l).expect("redis store");
     Fixture {
-        store: Arc::new(store),
+        store: Arc::new(timed(store, TIMEOUT)),
         server: Some(server),
         memcached: Vec::new(),
         expiry_slack: Duration::ZERO,
@@ -90,11 +101,11 @@ fn memcached_config(servers: &[&MemcachedServer]) -> StoreConfig {
     cfg
 }
 
-fn make_memcached_store(l: Lifetimes) -> Fixture<MemcachedStore> {
+fn make_memcached_store(l: Lifetimes) -> Fixture<TimedStore<MemcachedStore>> {
     let server = MemcachedServer::start();
     let store = MemcachedStore::new(&memcached_config(&[&server]), l).expect("memcached store");
     Fixture {
-        store: Arc::new(store),
+        store: Arc::new(timed(store, TIMEOUT)),
         server: None,
         memcached: vec![server],
         expiry_slack: Duration::from_secs(1),
@@ -736,8 +747,10 @@ store_suite!(memcached, make_memcached_store);
 mod redis_only {
     use super::*;
 
-    fn store(server_port: u16, db_s: i64, db_n: i64, l: Lifetimes) -> RedisStore {
-        RedisStore::new(&store_config(server_port, db_s, db_n), l).expect("redis store")
+    fn store(server_port: u16, db_s: i64, db_n: i64, l: Lifetimes) -> TimedStore<RedisStore> {
+        let engine =
+            RedisStore::new(&store_config(server_port, db_s, db_n), l).expect("redis store");
+        timed(engine, TIMEOUT)
     }
 
     fn is_unavailable(e: &StoreError) -> bool {
@@ -866,7 +879,9 @@ mod redis_only {
         let got = load(&s, &id).await.expect("exists");
         assert_eq!(got.flash, fields(&[("f", "1")]));
         assert_eq!(server.client(0).keys("*").len(), 1);
-        s.check_databases().await.expect("db 0 always works");
+        s.bounded(s.engine().check_databases())
+            .await
+            .expect("db 0 always works");
         s.ping().await.expect("ping");
     }
 
@@ -874,11 +889,13 @@ mod redis_only {
     async fn missing_database_is_reported() {
         let server = RedisServer::start_with(&["--databases", "2"]);
         let ok = store(server.port(), 1, 0, lifetimes());
-        ok.check_databases().await.expect("dbs 0 and 1 exist");
+        ok.bounded(ok.engine().check_databases())
+            .await
+            .expect("dbs 0 and 1 exist");
         ok.ping().await.expect("ping");
 
         let bad = store(server.port(), 1, 5, lifetimes());
-        let msg = match bad.check_databases().await {
+        let msg = match bad.bounded(bad.engine().check_databases()).await {
             Err(StoreError::Unavailable(msg)) => msg,
             other => panic!("expected Unavailable, got {other:?}"),
         };
@@ -990,6 +1007,7 @@ mod redis_only {
         let mut cfg = store_config(port, 0, 1);
         cfg.timeout = Duration::from_millis(300);
         let s = RedisStore::new(&cfg, lifetimes()).expect("no I/O at construction");
+        let s = timed(s, cfg.timeout);
         for _ in 0..3 {
             let started = Instant::now();
             let e = s.load(&new_id()).await.expect_err("nothing listens");
@@ -1018,7 +1036,10 @@ mod redis_only {
         let mut server = RedisServer::start();
         let mut cfg = store_config(server.port(), 0, 1);
         cfg.timeout = Duration::from_millis(300);
-        let s = RedisStore::new(&cfg, lifetimes()).expect("store");
+        let s = timed(
+            RedisStore::new(&cfg, lifetimes()).expect("store"),
+            cfg.timeout,
+        );
         // Connect every slot before the outage.
         for _ in 0..8 {
             let id = create(&s, vec![set("a", "1")]).await;
@@ -1066,7 +1087,10 @@ mod redis_only {
         let server = RedisServer::start();
         let mut cfg = store_config(server.port(), 0, 1);
         cfg.timeout = Duration::from_millis(300);
-        let s = RedisStore::new(&cfg, lifetimes()).expect("store");
+        let s = timed(
+            RedisStore::new(&cfg, lifetimes()).expect("store"),
+            cfg.timeout,
+        );
         let id = create(&s, vec![set("a", "1")]).await;
 
         server.pause();
@@ -1107,8 +1131,9 @@ mod redis_only {
 mod memcached_only {
     use super::*;
 
-    fn store(servers: &[&MemcachedServer], l: Lifetimes) -> MemcachedStore {
-        MemcachedStore::new(&memcached_config(servers), l).expect("memcached store")
+    fn store(servers: &[&MemcachedServer], l: Lifetimes) -> TimedStore<MemcachedStore> {
+        let engine = MemcachedStore::new(&memcached_config(servers), l).expect("memcached store");
+        timed(engine, TIMEOUT)
     }
 
     fn is_unavailable(e: &StoreError) -> bool {
@@ -1359,7 +1384,7 @@ mod memcached_only {
         let mut per_server = [0u64; 3];
         for _ in 0..90 {
             let id = create(&s, vec![set("a", "1"), flash("f", "1")]).await;
-            let i = s.server_for(&id);
+            let i = s.engine().server_for(&id);
             per_server[i] += 1;
             let key = format!("test:{}", id.store_key());
             assert!(servers[i].get(&key).is_some(), "session on its server");
@@ -1376,11 +1401,15 @@ mod memcached_only {
     }
 
     /// Create sessions until each server holds at least `n`; returned by server.
-    async fn sessions_on_each(s: &MemcachedStore, servers: usize, n: usize) -> Vec<Vec<SessionId>> {
+    async fn sessions_on_each(
+        s: &TimedStore<MemcachedStore>,
+        servers: usize,
+        n: usize,
+    ) -> Vec<Vec<SessionId>> {
         let mut by_server = vec![Vec::new(); servers];
         while by_server.iter().any(|v| v.len() < n) {
             let id = create(s, vec![set("a", "1")]).await;
-            by_server[s.server_for(&id)].push(id);
+            by_server[s.engine().server_for(&id)].push(id);
         }
         by_server
     }
@@ -1395,7 +1424,10 @@ mod memcached_only {
         let refs: Vec<&MemcachedServer> = servers.iter().collect();
         let mut cfg = memcached_config(&refs);
         cfg.timeout = Duration::from_millis(300);
-        let s = MemcachedStore::new(&cfg, lifetimes()).expect("store");
+        let s = timed(
+            MemcachedStore::new(&cfg, lifetimes()).expect("store"),
+            cfg.timeout,
+        );
         let by_server = sessions_on_each(&s, 3, 3).await;
 
         servers[1].kill();
@@ -1460,6 +1492,7 @@ mod memcached_only {
         cfg.storage.servers = vec![format!("127.0.0.1:{port}")];
         cfg.timeout = Duration::from_millis(300);
         let s = MemcachedStore::new(&cfg, lifetimes()).expect("no I/O at construction");
+        let s = timed(s, cfg.timeout);
         let e = s.load(&new_id()).await.expect_err("nothing listens");
         assert!(is_unavailable(&e), "{e:?}");
         assert!(s.ping().await.is_err());
@@ -1503,9 +1536,10 @@ mod memcached_only {
             // last ones can wait longer than the 500 ms default, which would be a 503
             // for latency, not the lost update this test is about.
             cfg.timeout = Duration::from_secs(10);
-            let s = Arc::new(MemcachedStore::new(&cfg, lifetimes()).expect("store"));
+            let engine = MemcachedStore::new(&cfg, lifetimes()).expect("store");
+            let s = Arc::new(timed(engine, cfg.timeout));
             let id = create(&*s, vec![]).await;
-            s.reset_cas_retries();
+            s.engine().reset_cas_retries();
             let tasks: Vec<_> = (0..200)
                 .map(|_| {
                     let s = s.clone();
@@ -1519,7 +1553,7 @@ mod memcached_only {
             for t in tasks {
                 assert_eq!(t.await.expect("task"), WriteOutcome::Applied);
             }
-            let stats = s.cas_retries();
+            let stats = s.engine().cas_retries();
             println!(
                 "memcached 200-way Incr (max_connections {max_connections}): {} writes, {} CAS \
                  retries, max {} per write, mean {:.2}",

@@ -28,11 +28,11 @@ use crate::{
     },
     error::ProxyError,
     lifecycle::{self, CookieAction, CookiePolicy, Decision, SessionView},
-    metrics::{Metrics, RejectReason, StoreOp, UpstreamErrorKind},
+    metrics::{Metrics, RejectReason, UpstreamErrorKind},
     protocol::{ChangeSet, ReservedPrefix, SessionStatus, encode_object},
     store::{
-        Base, LoadedSession, SessionStore, StoreError, Target, WriteOutcome, WritePlan,
-        any::AnyStore,
+        Base, LoadedSession, SessionStore, StoreError, Target, WriteOutcome, any::AnyStore,
+        timed::TimedStore,
     },
 };
 
@@ -143,7 +143,8 @@ struct RequestSession {
 pub struct Proxy {
     /// Replaced on SIGHUP; each request clones the `Arc` once.
     settings: RwLock<Arc<Settings>>,
-    store: Arc<AnyStore>,
+    /// The configured engine behind the wrapper that bounds and measures every call.
+    store: Arc<TimedStore<AnyStore>>,
     upstream: Upstream,
     request_ids: RequestIds,
     /// Upgraded tunnels (WebSocket), which outlive their HTTP connection.
@@ -154,7 +155,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(
         settings: Settings,
-        store: Arc<AnyStore>,
+        store: Arc<TimedStore<AnyStore>>,
         upstream: Upstream,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -179,7 +180,7 @@ impl Proxy {
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
     }
 
-    pub fn store(&self) -> &Arc<AnyStore> {
+    pub fn store(&self) -> &Arc<TimedStore<AnyStore>> {
         &self.store
     }
 
@@ -420,9 +421,9 @@ impl Proxy {
             }
             CookieState::Valid(v) => v,
         };
-        // Every engine bounds its own calls by `store.timeout` (a timeout is a
-        // `StoreError::Timeout`), so the pipeline adds no second timer.
-        match self.load(&verified.id).await {
+        // The store bounds the call by `store.timeout` (a timeout is a
+        // `StoreError::Timeout`) and records its metrics.
+        match self.store.load(&verified.id).await {
             Ok(Some(loaded)) => Ok(RequestSession {
                 view: SessionView {
                     status: SessionStatus::Active,
@@ -476,7 +477,7 @@ impl Proxy {
                 max_age: loaded.max_age,
             });
         }
-        match self.apply(&plan).await? {
+        match self.store.apply(&plan).await? {
             WriteOutcome::Applied => Ok(cookie),
             WriteOutcome::Gone => {
                 // Destroyed or expired since this request loaded it: never revive the
@@ -485,7 +486,7 @@ impl Proxy {
                 let Some(plan) = retry.plan else {
                     return Ok(retry.cookie);
                 };
-                match self.apply(&plan).await? {
+                match self.store.apply(&plan).await? {
                     WriteOutcome::Applied => Ok(retry.cookie),
                     WriteOutcome::Gone => Err(ProxyError::Store(StoreError::Unavailable(
                         "a new session could not be created".into(),
@@ -493,38 +494,6 @@ impl Proxy {
                 }
             }
         }
-    }
-
-    /// One timed store load; failures are counted by kind.
-    async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
-        let started = Instant::now();
-        let result = self.store.load(id).await;
-        self.metrics
-            .store_latency(StoreOp::Load, started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
-            self.metrics.store_error(e);
-        }
-        result
-    }
-
-    /// One timed store write. An applied plan counts its session events (created,
-    /// regenerated, destroyed); a refused one counts as a rejected write.
-    async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
-        let started = Instant::now();
-        let result = self.store.apply(plan).await;
-        self.metrics
-            .store_latency(StoreOp::Apply, started.elapsed().as_secs_f64());
-        match &result {
-            Ok(WriteOutcome::Applied) => self.metrics.applied(&plan.target),
-            Ok(WriteOutcome::Gone) => {}
-            Err(e) => {
-                self.metrics.store_error(e);
-                if matches!(e, StoreError::Rejected(_)) {
-                    self.metrics.write_rejected(RejectReason::StoreRejected);
-                }
-            }
-        }
-        result
     }
 }
 

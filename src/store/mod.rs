@@ -13,6 +13,7 @@ pub mod memcached;
 pub mod memory;
 pub mod pairs;
 pub mod redis;
+pub mod timed;
 
 use std::{collections::BTreeMap, future::Future, time::Duration};
 
@@ -143,8 +144,9 @@ pub enum StoreError {
 }
 
 /// The one interface every engine implements (SPEC §7). Implementations never block a
-/// runtime thread, and every networked engine bounds each call by `store.timeout`
-/// itself (answering [`StoreError::Timeout`]): callers add no timer of their own.
+/// runtime thread. Engines add no call timer of their own: in production every engine
+/// runs behind [`timed::TimedStore`], which bounds each call by `store.timeout`
+/// (answering [`StoreError::Timeout`]) and records the store metrics.
 pub trait SessionStore: Send + Sync + 'static {
     /// Load data and pending flash in one round trip, consume that flash (exactly once,
     /// even under concurrency) and refresh the idle lifetime. `None` when the session

@@ -154,7 +154,6 @@ pub struct MemcachedStore {
     ring: Ring,
     key_prefix: String,
     lifetimes: Lifetimes,
-    timeout: Duration,
     counters: Counters,
 }
 
@@ -239,7 +238,6 @@ impl MemcachedStore {
             ring: Ring::new(servers.clone()),
             key_prefix: cfg.key_prefix.clone(),
             lifetimes,
-            timeout: cfg.timeout,
             counters: Counters::default(),
         })
     }
@@ -280,15 +278,6 @@ impl MemcachedStore {
             .get(server)
             .ok_or_else(|| StoreError::Unavailable("memcached: no server configured".into()))?;
         server.lease().await.map_err(unavailable)
-    }
-
-    async fn bounded<T>(
-        &self,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or(Err(StoreError::Timeout))
     }
 
     fn idle_ms(&self, max_age: Option<u64>) -> u64 {
@@ -339,7 +328,7 @@ impl MemcachedStore {
         Ok(Some((next, flash, exp)))
     }
 
-    async fn load_unbounded(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+    async fn load_session(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
         let keys = self.keys(id);
         let mut lease = self.lease(keys.server).await?;
         let now = now_ms();
@@ -441,7 +430,7 @@ impl MemcachedStore {
         )?)
     }
 
-    async fn apply_unbounded(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
+    async fn apply_plan(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
         match &plan.target {
             Target::Existing(id) => self.update(id, plan).await,
             Target::Create(id) => {
@@ -860,7 +849,7 @@ impl MemcachedStore {
         Ok(())
     }
 
-    async fn ping_unbounded(&self) -> Result<(), StoreError> {
+    async fn ping_servers(&self) -> Result<(), StoreError> {
         for (i, _) in self.servers.iter().enumerate() {
             let mut lease = self.lease(i).await?;
             let reply = lease
@@ -877,15 +866,15 @@ impl MemcachedStore {
 
 impl SessionStore for MemcachedStore {
     async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
-        self.bounded(self.load_unbounded(id)).await
+        self.load_session(id).await
     }
 
     async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
-        self.bounded(self.apply_unbounded(plan)).await
+        self.apply_plan(plan).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(self.ping_unbounded()).await
+        self.ping_servers().await
     }
 }
 
