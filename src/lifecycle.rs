@@ -178,7 +178,7 @@ fn plan(target: Target, changes: &ChangeSet) -> WritePlan {
         target,
         ops: changes.ops.clone(),
         max_age: changes.max_age,
-        base: None,
+        revision: None,
     }
 }
 
@@ -190,7 +190,7 @@ pub fn retry_as_new(previous: &WritePlan, id: SessionId, policy: &CookiePolicy) 
             target: Target::Create(id.clone()),
             ops: previous.ops.clone(),
             max_age: previous.max_age,
-            base: None,
+            revision: None,
         }),
         cookie: CookieAction::Issue {
             id,

@@ -17,7 +17,7 @@ use session_sidecar::{
     metrics::Metrics,
     protocol::Op,
     store::{
-        ApplyError, Base, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
+        ApplyError, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
         WritePlan, memcached::MemcachedStore, memory::MemoryStore, redis::RedisStore,
         timed::TimedStore,
     },
@@ -138,7 +138,7 @@ fn plan(target: Target, ops: Vec<Op>) -> WritePlan {
         target,
         ops,
         max_age: None,
-        base: None,
+        revision: None,
     }
 }
 
@@ -288,7 +288,7 @@ mod cases {
             target: Target::Create(from.clone()),
             ops: vec![set("user", "\"ann\""), flash("msg", "\"hi\"")],
             max_age: Some(100),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -348,7 +348,7 @@ mod cases {
             target: Target::Create(old.clone()),
             ops: vec![set("user", "\"ann\""), flash("old", "1")],
             max_age: Some(100),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -448,14 +448,14 @@ mod cases {
                 flash("m", "1"),
             ],
             max_age: Some(500),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         let existing = |ops: Vec<Op>| WritePlan {
             target: Target::Existing(id.clone()),
             ops,
             max_age: Some(7),
-            base: None,
+            revision: None,
         };
 
         let e = rejected(s, existing(vec![set("new", "1"), Op::Incr(f("f"), 1)])).await;
@@ -556,7 +556,7 @@ mod cases {
             target: Target::Create(id.clone()),
             ops: vec![set("a", "1")],
             max_age: Some(120),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         assert_eq!(load(s, &id).await.expect("exists").max_age, Some(120));
@@ -564,7 +564,7 @@ mod cases {
             target: Target::Existing(id.clone()),
             ops: vec![],
             max_age: Some(30),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         assert_eq!(load(s, &id).await.expect("exists").max_age, Some(30));
@@ -610,7 +610,7 @@ mod cases {
             target: Target::Create(remember.clone()),
             ops: vec![set("a", "1")],
             max_age: Some(5),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         // A load refreshes a remember-me session with its own lifetime, not session.ttl
@@ -775,7 +775,7 @@ mod redis_only {
                 flash("msg", "\"hi\""),
             ],
             max_age: Some(600),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
 
@@ -1154,7 +1154,7 @@ mod memcached_only {
             target: Target::Create(remember.clone()),
             ops: vec![set("who", "\"remember\"")],
             max_age: Some(600),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
         let plain = create(&s, vec![set("who", "\"plain\"")]).await;
@@ -1189,13 +1189,11 @@ mod memcached_only {
             target,
             ops,
             max_age: None,
-            base: Some(Base {
-                seen: loaded
-                    .seen
+            revision: Some(
+                loaded
+                    .revision
                     .expect("memcached loads report the version they read"),
-                data: loaded.data,
-                max_age: loaded.max_age,
-            }),
+            ),
         }
     }
 
@@ -1287,7 +1285,7 @@ mod memcached_only {
             target: Target::Create(id.clone()),
             ops: vec![set("user", "\"ann\""), flash("msg", "\"hi\"")],
             max_age: Some(600),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
 
@@ -1361,7 +1359,7 @@ mod memcached_only {
             target: Target::Existing(id.clone()),
             ops: vec![],
             max_age: Some(40 * day),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
         assert!(load(&s, &id).await.is_some());

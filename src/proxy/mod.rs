@@ -31,7 +31,7 @@ use crate::{
     metrics::{Metrics, RejectReason, UpstreamErrorKind},
     protocol::{ChangeSet, ReservedPrefix, SessionStatus, encode_object},
     store::{
-        Base, LoadedSession, SessionStore, StoreError, Target, WriteOutcome, any::AnyStore,
+        LoadedSession, SessionStore, StoreError, Target, WriteOutcome, any::AnyStore,
         timed::TimedStore,
     },
 };
@@ -469,13 +469,9 @@ impl Proxy {
             return Ok(cookie);
         };
         if let (Target::Existing(_), Some(loaded)) = (&plan.target, loaded) {
-            // The session as this request loaded it: an engine that reported a version
-            // can write without reading it again.
-            plan.base = loaded.seen.map(|seen| Base {
-                seen,
-                data: loaded.data,
-                max_age: loaded.max_age,
-            });
+            // Handed back unchanged: an engine that noted what it read can write without
+            // reading the session again.
+            plan.revision = loaded.revision;
         }
         match self.store.apply(&plan).await? {
             WriteOutcome::Applied => Ok(cookie),

@@ -512,7 +512,7 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
         flash: pairs(flash)?,
         max_age,
         remaining,
-        seen: None,
+        revision: None,
     }))
 }
 

@@ -139,7 +139,7 @@ mod tests {
             target: Target::Destroy(id()),
             ops: vec![],
             max_age: None,
-            base: None,
+            revision: None,
         };
         assert!(matches!(store.apply(&plan).await, Err(StoreError::Timeout)));
         assert!(matches!(store.ping().await, Err(StoreError::Timeout)));
@@ -173,7 +173,7 @@ mod tests {
             target: Target::Create(id()),
             ops,
             max_age: None,
-            base: None,
+            revision: None,
         };
         assert_eq!(
             store.apply(&plan(vec![])).await.unwrap(),

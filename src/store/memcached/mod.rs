@@ -96,7 +96,7 @@ use self::{
     ring::Ring,
 };
 use super::{
-    FieldMap, Lifetimes, LoadedSession, Seen, SessionStore, StoreError, Target, WriteOutcome,
+    FieldMap, Lifetimes, LoadedSession, Revision, SessionStore, StoreError, Target, WriteOutcome,
     WritePlan, apply_ops,
     pairs::{decode_pairs, encode_pairs},
 };
@@ -351,8 +351,12 @@ impl MemcachedStore {
             .await
             .map_err(unavailable)?;
         let [session, flash] = two(replies)?;
-        let (cas, stored) = match session {
-            Reply::Value { cas, data } => (cas, decode_session(&data)?),
+        let (revision, stored) = match session {
+            Reply::Value { cas, data } => {
+                let stored = decode_session(&data)?;
+                // The item as read, kept for this request's write (see `update`).
+                (Revision::new(cas, data), stored)
+            }
             Reply::Miss => return Ok(None),
             _ => return Err(unexpected("session read")),
         };
@@ -412,10 +416,7 @@ impl MemcachedStore {
             max_age: stored.max_age,
             remaining: remaining / 1000,
             // Touching the item (the refresh above) leaves its CAS as it was.
-            seen: Some(Seen {
-                cas,
-                created_ms: stored.created_ms,
-            }),
+            revision: Some(revision),
         }))
     }
 
@@ -576,17 +577,13 @@ impl MemcachedStore {
         let with_flash = plan.ops.iter().any(|op| matches!(op, Op::FlashSet(..)));
         let mut lease = self.lease(keys.server).await?;
         let mut retries = 0;
-        // What this request loaded, if the pipeline handed it back: the first attempt
-        // writes against it without reading again (a flash merge reads the flash item
-        // anyway, so it reads both as before).
-        let mut base = plan.base.as_ref().filter(|_| !with_flash).map(|b| {
-            let stored = Stored {
-                created_ms: b.seen.created_ms,
-                max_age: b.max_age,
-                data: b.data.clone(),
-            };
-            (b.seen.cas, stored, None)
-        });
+        // The item this request loaded, if the pipeline handed it back: the first
+        // attempt writes against it without reading again (a flash merge reads the flash
+        // item anyway, so it reads both as before).
+        let mut base = match plan.revision.as_ref().filter(|_| !with_flash) {
+            Some(r) => Some((r.version(), decode_session(r.item())?, None)),
+            None => None,
+        };
         let (flash_seen, exp) = loop {
             let read = match base.take() {
                 Some(loaded) => Some(loaded),
