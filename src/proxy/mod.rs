@@ -27,11 +27,11 @@ use crate::{
         read_session_cookie, strip_session_cookie,
     },
     error::ProxyError,
-    lifecycle::{self, CookieAction, CookiePolicy, Decision, SessionView},
+    lifecycle::{self, CookieAction, CookiePolicy, Decision, ResponseClass, SessionView},
     metrics::{Metrics, RejectReason, UpstreamErrorKind},
     protocol::{ChangeSet, ReservedPrefix, SessionStatus, encode_object},
     store::{
-        LoadedSession, SessionStore, StoreError, Target, WriteOutcome, any::AnyStore,
+        LoadedSession, Revision, SessionStore, StoreError, Target, WriteOutcome, any::AnyStore,
         timed::TimedStore,
     },
 };
@@ -358,32 +358,22 @@ impl Proxy {
         let mut resp = resp.map(|b| strip_reserved_trailers(b, settings.prefix.clone()));
 
         if let Some(session) = session {
-            let mut changes = instructions.map_err(|m| {
+            let changes = instructions.map_err(|m| {
                 self.metrics.write_rejected(RejectReason::Malformed);
                 ProxyError::BadInstruction(m.to_string())
             })?;
             if !changes.ignored.is_empty() {
                 tracing::warn!(request_id, names = ?changes.ignored, "ignored reserved response headers that are not instructions");
             }
-            if resp.status().is_server_error() && !changes.is_empty() {
-                // As Django: a failed request's session changes are not saved. A Destroy
-                // is still honoured (SECURITY C8): a logout that fails halfway must not
-                // leave the session alive.
-                tracing::info!(
-                    request_id,
-                    status = resp.status().as_u16(),
-                    "session writes on a 5xx response not applied"
-                );
-                if changes.writes() || changes.regenerate {
-                    self.metrics.write_rejected(RejectReason::ServerError);
-                }
-                changes = ChangeSet {
-                    destroy: changes.destroy,
-                    ..ChangeSet::default()
-                };
-            }
-            let cookie =
-                Box::pin(self.persist(settings, &session.view, session.loaded, &changes)).await?;
+            let cookie = Box::pin(self.persist(
+                settings,
+                &session.view,
+                session.loaded.and_then(|l| l.revision),
+                &changes,
+                resp.status(),
+                request_id,
+            ))
+            .await?;
             set_cookie(settings, resp.headers_mut(), cookie);
         }
 
@@ -455,23 +445,43 @@ impl Proxy {
         &self,
         settings: &Settings,
         view: &SessionView,
-        loaded: Option<LoadedSession>,
+        revision: Option<Revision>,
         changes: &ChangeSet,
+        status: StatusCode,
+        request_id: &str,
     ) -> Result<CookieAction, ProxyError> {
         let new_id = || SessionId::generate().map_err(|e| ProxyError::Random(e.to_string()));
-        let decision =
-            lifecycle::decide(view, changes, &settings.policy, new_id)?.map_err(|_| {
-                self.metrics.write_rejected(RejectReason::StoreUnavailable);
-                ProxyError::WriteWithoutStore
-            })?;
-        let Decision { plan, cookie } = decision;
+        let decision = lifecycle::decide(
+            view,
+            changes,
+            ResponseClass::of(status),
+            &settings.policy,
+            new_id,
+        )?
+        .map_err(|_| {
+            self.metrics.write_rejected(RejectReason::StoreUnavailable);
+            ProxyError::WriteWithoutStore
+        })?;
+        let Decision {
+            plan,
+            cookie,
+            dropped,
+        } = decision;
+        if dropped {
+            tracing::info!(
+                request_id,
+                status = status.as_u16(),
+                "session writes on a 5xx response not applied"
+            );
+            self.metrics.write_rejected(RejectReason::ServerError);
+        }
         let Some(mut plan) = plan else {
             return Ok(cookie);
         };
-        if let (Target::Existing(_), Some(loaded)) = (&plan.target, loaded) {
+        if let Target::Existing(_) = &plan.target {
             // Handed back unchanged: an engine that noted what it read can write without
             // reading the session again.
-            plan.revision = loaded.revision;
+            plan.revision = revision;
         }
         match self.store.apply(&plan).await? {
             WriteOutcome::Applied => Ok(cookie),
