@@ -96,7 +96,7 @@ fn cookie_max_age(
 ///
 /// On a 5xx response only a Destroy is applied: as Django, a failed request's session
 /// changes are not saved, but a logout that fails halfway must not leave the session
-/// alive (SECURITY C8). What is left out is reported in [`Decision::dropped`].
+/// alive. What is left out is reported in [`Decision::dropped`].
 pub fn decide<E>(
     view: &SessionView,
     changes: &ChangeSet,
