@@ -79,7 +79,11 @@ pub struct Decision {
 
 /// A write was wanted while the store is unavailable (`on_error: anonymous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreUnavailable;
+pub struct StoreUnavailable {
+    /// As [`Decision::dropped`]: what a 5xx response asked for beyond the Destroy that
+    /// still needed the store.
+    pub dropped: bool,
+}
 
 fn cookie_max_age(
     policy: &CookiePolicy,
@@ -96,7 +100,8 @@ fn cookie_max_age(
 ///
 /// On a 5xx response only a Destroy is applied: as Django, a failed request's session
 /// changes are not saved, but a logout that fails halfway must not leave the session
-/// alive. What is left out is reported in [`Decision::dropped`].
+/// alive. What is left out is reported in [`Decision::dropped`] (or
+/// [`StoreUnavailable::dropped`]).
 pub fn decide<E>(
     view: &SessionView,
     changes: &ChangeSet,
@@ -115,7 +120,9 @@ pub fn decide<E>(
             (&destroy_only, changes.writes() || changes.regenerate)
         }
     };
-    Ok(decide_changes(view, changes, policy, new_id)?.map(|d| Decision { dropped, ..d }))
+    Ok(decide_changes(view, changes, policy, new_id)?
+        .map(|d| Decision { dropped, ..d })
+        .map_err(|_| StoreUnavailable { dropped }))
 }
 
 /// [`decide`] for the changes that apply.
@@ -133,7 +140,7 @@ fn decide_changes<E>(
     if view.status == SessionStatus::Unavailable
         && (writes || changes.destroy || changes.regenerate)
     {
-        return Ok(Err(StoreUnavailable));
+        return Ok(Err(StoreUnavailable { dropped: false }));
     }
     let active = view
         .id
@@ -293,10 +300,17 @@ mod tests {
     }
 
     fn run_on(response: ResponseClass, v: &SessionView, c: &ChangeSet) -> Decision {
+        try_on(response, v, c).unwrap()
+    }
+
+    fn try_on(
+        response: ResponseClass,
+        v: &SessionView,
+        c: &ChangeSet,
+    ) -> Result<Decision, StoreUnavailable> {
         decide(v, c, response, &POLICY, || {
             Ok::<_, ()>(SessionId::from_trusted("new"))
         })
-        .unwrap()
         .unwrap()
     }
 
@@ -445,7 +459,7 @@ mod tests {
             Ok::<_, ()>(SessionId::from_trusted("n"))
         })
         .unwrap();
-        assert_eq!(r, Err(StoreUnavailable));
+        assert_eq!(r, Err(StoreUnavailable { dropped: false }));
         let r = decide(
             &v,
             &ChangeSet::default(),
@@ -512,15 +526,19 @@ mod tests {
     fn a_5xx_without_a_store_is_not_a_refused_write() {
         // The writes are dropped before the store's absence matters: no 503.
         let v = view(SessionStatus::Unavailable);
-        let r = decide(&v, &set(), ResponseClass::ServerError, &POLICY, || {
-            Ok::<_, ()>(SessionId::from_trusted("n"))
-        });
-        let d = r.unwrap().expect("not a refused write");
+        let d = try_on(ResponseClass::ServerError, &v, &set()).expect("not a refused write");
         assert_eq!((d.plan, d.dropped), (None, true));
         let destroy = changes(|c| c.destroy = true);
-        let r = decide(&v, &destroy, ResponseClass::ServerError, &POLICY, || {
-            Ok::<_, ()>(SessionId::from_trusted("n"))
-        });
-        assert_eq!(r.unwrap(), Err(StoreUnavailable));
+        assert_eq!(
+            try_on(ResponseClass::ServerError, &v, &destroy),
+            Err(StoreUnavailable { dropped: false })
+        );
+        // A Destroy still needs the store; the dropped writes are reported with it.
+        let mut both = set();
+        both.destroy = true;
+        assert_eq!(
+            try_on(ResponseClass::ServerError, &v, &both),
+            Err(StoreUnavailable { dropped: true })
+        );
     }
 }

@@ -430,16 +430,11 @@ impl Proxy {
             ResponseClass::of(status),
             &settings.policy,
             new_id,
-        )?
-        .map_err(|_| {
-            self.metrics.write_rejected(RejectReason::StoreUnavailable);
-            ProxyError::WriteWithoutStore
-        })?;
-        let Decision {
-            plan,
-            cookie,
-            dropped,
-        } = decision;
+        )?;
+        let dropped = match &decision {
+            Ok(d) => d.dropped,
+            Err(unavailable) => unavailable.dropped,
+        };
         if dropped {
             tracing::info!(
                 request_id,
@@ -448,6 +443,10 @@ impl Proxy {
             );
             self.metrics.write_rejected(RejectReason::ServerError);
         }
+        let Decision { plan, cookie, .. } = decision.map_err(|_| {
+            self.metrics.write_rejected(RejectReason::StoreUnavailable);
+            ProxyError::WriteWithoutStore
+        })?;
         let Some(mut plan) = plan else {
             return Ok(cookie);
         };
