@@ -1,5 +1,5 @@
-//! The request pipeline (SPEC §2), top to bottom in `Proxy::receive` (steps 1–3) and
-//! `Proxy::process` (steps 4–7): strip → load (read the cookie, one store round trip) →
+//! The request pipeline (SPEC §2), top to bottom in `Proxy::receive` (steps 1–2) and
+//! `Proxy::process` (steps 3–7): strip → load (read the cookie, one store round trip) →
 //! inject → forward → take instructions → decide and apply → respond.
 //! Header details live in [`headers`], the upstream client in [`forward`], upgrades in
 //! [`upgrade`], and the decision of what to write in [`crate::lifecycle`].
@@ -141,13 +141,11 @@ struct RequestSession {
     loaded: Option<LoadedSession>,
 }
 
-/// A request after steps 1–3 (strip, load, inject): ready to forward.
+/// A request after steps 1–2 (strip, load).
 struct Inbound<B> {
     req: Request<B>,
     /// `None` on a bypass route.
     session: Option<RequestSession>,
-    /// The protocol the client asked to upgrade to (HTTP/1.1 only).
-    upgrade: Option<HeaderValue>,
 }
 
 impl<B> Inbound<B> {
@@ -237,13 +235,14 @@ impl Proxy {
         let mut line = AccessLine::new(&self.metrics, &req, request_id);
         let version = req.version();
         let has_body = request_has_body(&req);
-        // In two halves, so that the access line has the session status before the
-        // request is forwarded: a client that leaves while the app works (499) is logged
-        // with it.
-        let result = match self.receive(&settings, req, conn, &line.request_id).await {
+        // In two halves, so that the access line has the session status as soon as the
+        // session is loaded: a request that fails later, or whose client leaves while
+        // the app works (499), is logged with it.
+        let result = match self.receive(&settings, req, conn).await {
             Ok(inbound) => {
                 line.session = inbound.session_status();
-                self.process(&settings, inbound, &line.request_id).await
+                self.process(&settings, inbound, conn, &line.request_id)
+                    .await
             }
             Err(e) => Err(e),
         };
@@ -253,13 +252,12 @@ impl Proxy {
         response
     }
 
-    /// Steps 1–3: the request as the app will see it.
+    /// Steps 1–2: the request cleaned of the client's reserved headers, and its session.
     async fn receive<B: RequestBody>(
         &self,
         settings: &Settings,
         mut req: Request<B>,
         conn: &ConnInfo,
-        request_id: &str,
     ) -> Result<Inbound<B>, ProxyError> {
         // 1. Strip: framing checked and the client's reserved headers removed, before
         //    anything reads a field.
@@ -269,11 +267,23 @@ impl Proxy {
         let session = if settings.is_bypass(req.uri().path()) {
             None
         } else {
-            // Boxed, as the store and upstream calls of steps 4 and 6: the engines' futures
+            // Boxed, as the upstream and store calls of steps 4 and 6: the engines' futures
             // are KiBs, and inline they made this future ~17 KiB, copied whole on every
             // request (issue 5).
             Some(Box::pin(self.load_session(settings, &req)).await?)
         };
+        Ok(Inbound { req, session })
+    }
+
+    /// Steps 3–7: inject, forward, then do what the response asks of the session.
+    async fn process(
+        &self,
+        settings: &Settings,
+        inbound: Inbound<impl RequestBody>,
+        conn: &ConnInfo,
+        request_id: &str,
+    ) -> Result<Response<Body>, ProxyError> {
+        let Inbound { mut req, session } = inbound;
 
         // 3. Inject: the forwarding headers first (hop-by-hop fields go before
         //    injection, so `Connection` cannot remove what we add), then the session,
@@ -287,25 +297,6 @@ impl Proxy {
             })?;
         }
         set_request_id(req.headers_mut(), request_id);
-        Ok(Inbound {
-            req,
-            session,
-            upgrade,
-        })
-    }
-
-    /// Steps 4–7: forward, then do what the response asks of the session.
-    async fn process(
-        &self,
-        settings: &Settings,
-        inbound: Inbound<impl RequestBody>,
-        request_id: &str,
-    ) -> Result<Response<Body>, ProxyError> {
-        let Inbound {
-            mut req,
-            session,
-            upgrade,
-        } = inbound;
 
         // 4. Forward with the body streamed.
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
