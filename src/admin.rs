@@ -37,7 +37,7 @@ pub async fn handle<B>(req: Request<B>, proxy: &Proxy) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
-            // Bounded by `store.timeout` inside the engine.
+            // Bounded by `store.timeout` (the store's wrapper), as every store call.
             match proxy.store().ping().await {
                 Ok(()) => text(StatusCode::OK, "ready\n".into()),
                 Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),

@@ -2,6 +2,8 @@
 //! and which `Set-Cookie` to send (SPEC §3.3 rules, §4 "emits Set-Cookie only when").
 //! The pipeline executes the [`Decision`]; every branch is unit-tested here.
 
+use http::StatusCode;
+
 use crate::{
     cookie::SessionId,
     protocol::{ChangeSet, Op, SessionStatus},
@@ -47,15 +49,41 @@ pub enum CookieAction {
     Clear,
 }
 
+/// How the upstream's response went, as far as its session changes are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseClass {
+    /// Below 500 (a 4xx included): the changes apply.
+    Handled,
+    /// A 5xx: the changes are dropped, except a Destroy.
+    ServerError,
+}
+
+impl ResponseClass {
+    pub fn of(status: StatusCode) -> Self {
+        if status.is_server_error() {
+            ResponseClass::ServerError
+        } else {
+            ResponseClass::Handled
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub plan: Option<WritePlan>,
     pub cookie: CookieAction,
+    /// Writes or a Regenerate that a 5xx response asked for and that are not applied
+    /// ([`ResponseClass::ServerError`]); the pipeline logs and counts them.
+    pub dropped: bool,
 }
 
 /// A write was wanted while the store is unavailable (`on_error: anonymous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreUnavailable;
+pub struct StoreUnavailable {
+    /// As [`Decision::dropped`]: what a 5xx response asked for beyond the Destroy that
+    /// still needed the store.
+    pub dropped: bool,
+}
 
 fn cookie_max_age(
     policy: &CookiePolicy,
@@ -69,7 +97,36 @@ fn cookie_max_age(
 
 /// Decide the store write and cookie for one response. `new_id` is called only when a
 /// new session id is needed.
+///
+/// On a 5xx response only a Destroy is applied: as Django, a failed request's session
+/// changes are not saved, but a logout that fails halfway must not leave the session
+/// alive. What is left out is reported in [`Decision::dropped`] (or
+/// [`StoreUnavailable::dropped`]).
 pub fn decide<E>(
+    view: &SessionView,
+    changes: &ChangeSet,
+    response: ResponseClass,
+    policy: &CookiePolicy,
+    new_id: impl FnOnce() -> Result<SessionId, E>,
+) -> Result<Result<Decision, StoreUnavailable>, E> {
+    let destroy_only;
+    let (changes, dropped) = match response {
+        ResponseClass::Handled => (changes, false),
+        ResponseClass::ServerError => {
+            destroy_only = ChangeSet {
+                destroy: changes.destroy,
+                ..ChangeSet::default()
+            };
+            (&destroy_only, changes.writes() || changes.regenerate)
+        }
+    };
+    Ok(decide_changes(view, changes, policy, new_id)?
+        .map(|d| Decision { dropped, ..d })
+        .map_err(|_| StoreUnavailable { dropped }))
+}
+
+/// [`decide`] for the changes that apply.
+fn decide_changes<E>(
     view: &SessionView,
     changes: &ChangeSet,
     policy: &CookiePolicy,
@@ -83,7 +140,7 @@ pub fn decide<E>(
     if view.status == SessionStatus::Unavailable
         && (writes || changes.destroy || changes.regenerate)
     {
-        return Ok(Err(StoreUnavailable));
+        return Ok(Err(StoreUnavailable { dropped: false }));
     }
     let active = view
         .id
@@ -111,6 +168,7 @@ pub fn decide<E>(
         Decision {
             plan: target.map(|t| plan(t, changes)),
             cookie,
+            dropped: false,
         }
     } else if let (true, Some(from)) = (changes.regenerate, active.clone()) {
         let to = new_id()?;
@@ -126,6 +184,7 @@ pub fn decide<E>(
                 id: to,
                 max_age: cookie_max_age(policy, changes.max_age.or(view.max_age), view.remaining),
             },
+            dropped: false,
         }
     } else if writes && (active.is_some() || creates) {
         match active {
@@ -144,6 +203,7 @@ pub fn decide<E>(
                     } else {
                         CookieAction::None
                     },
+                    dropped: false,
                 }
             }
             None => {
@@ -151,6 +211,7 @@ pub fn decide<E>(
                 Decision {
                     plan: Some(plan(Target::Create(id.clone()), changes)),
                     cookie: new_session(id),
+                    dropped: false,
                 }
             }
         }
@@ -168,7 +229,11 @@ pub fn decide<E>(
             (None, SessionStatus::Invalid | SessionStatus::Expired) => CookieAction::Clear,
             _ => CookieAction::None,
         };
-        Decision { plan: None, cookie }
+        Decision {
+            plan: None,
+            cookie,
+            dropped: false,
+        }
     };
     Ok(Ok(decision))
 }
@@ -178,7 +243,7 @@ fn plan(target: Target, changes: &ChangeSet) -> WritePlan {
         target,
         ops: changes.ops.clone(),
         max_age: changes.max_age,
-        base: None,
+        revision: None,
     }
 }
 
@@ -190,12 +255,13 @@ pub fn retry_as_new(previous: &WritePlan, id: SessionId, policy: &CookiePolicy) 
             target: Target::Create(id.clone()),
             ops: previous.ops.clone(),
             max_age: previous.max_age,
-            base: None,
+            revision: None,
         }),
         cookie: CookieAction::Issue {
             id,
             max_age: cookie_max_age(policy, previous.max_age, policy.absolute_ttl),
         },
+        dropped: false,
     }
 }
 
@@ -230,10 +296,21 @@ mod tests {
     }
 
     fn run(v: &SessionView, c: &ChangeSet) -> Decision {
-        decide(v, c, &POLICY, || {
+        run_on(ResponseClass::Handled, v, c)
+    }
+
+    fn run_on(response: ResponseClass, v: &SessionView, c: &ChangeSet) -> Decision {
+        try_on(response, v, c).unwrap()
+    }
+
+    fn try_on(
+        response: ResponseClass,
+        v: &SessionView,
+        c: &ChangeSet,
+    ) -> Result<Decision, StoreUnavailable> {
+        decide(v, c, response, &POLICY, || {
             Ok::<_, ()>(SessionId::from_trusted("new"))
         })
-        .unwrap()
         .unwrap()
     }
 
@@ -251,7 +328,8 @@ mod tests {
             d,
             Decision {
                 plan: None,
-                cookie: CookieAction::None
+                cookie: CookieAction::None,
+                dropped: false,
             }
         );
         let d = run(&view(SessionStatus::Active), &ChangeSet::default());
@@ -312,7 +390,8 @@ mod tests {
             d,
             Decision {
                 plan: None,
-                cookie: CookieAction::None
+                cookie: CookieAction::None,
+                dropped: false,
             }
         );
     }
@@ -376,14 +455,90 @@ mod tests {
     #[test]
     fn unavailable_store_refuses_writes_only() {
         let v = view(SessionStatus::Unavailable);
-        let r = decide(&v, &set(), &POLICY, || {
+        let r = decide(&v, &set(), ResponseClass::Handled, &POLICY, || {
             Ok::<_, ()>(SessionId::from_trusted("n"))
         })
         .unwrap();
-        assert_eq!(r, Err(StoreUnavailable));
-        let r = decide(&v, &ChangeSet::default(), &POLICY, || {
-            Ok::<_, ()>(SessionId::from_trusted("n"))
-        });
+        assert_eq!(r, Err(StoreUnavailable { dropped: false }));
+        let r = decide(
+            &v,
+            &ChangeSet::default(),
+            ResponseClass::Handled,
+            &POLICY,
+            || Ok::<_, ()>(SessionId::from_trusted("n")),
+        );
         assert_eq!(r.unwrap().unwrap().plan, None);
+    }
+
+    #[test]
+    fn response_class_is_5xx_or_not() {
+        for (status, class) in [
+            (200, ResponseClass::Handled),
+            (404, ResponseClass::Handled),
+            (499, ResponseClass::Handled),
+            (500, ResponseClass::ServerError),
+            (503, ResponseClass::ServerError),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(ResponseClass::of(status), class, "{status}");
+        }
+    }
+
+    #[test]
+    fn a_5xx_drops_writes_and_regenerate() {
+        let on_5xx = |v: &SessionView, c: &ChangeSet| run_on(ResponseClass::ServerError, v, c);
+        let active = view(SessionStatus::Active);
+        let nothing = Decision {
+            plan: None,
+            cookie: CookieAction::None,
+            dropped: true,
+        };
+        assert_eq!(on_5xx(&active, &set()), nothing);
+        assert_eq!(on_5xx(&view(SessionStatus::None), &set()), nothing);
+        assert_eq!(on_5xx(&active, &changes(|c| c.max_age = Some(5))), nothing);
+        assert_eq!(on_5xx(&active, &changes(|c| c.regenerate = true)), nothing);
+        // Nothing to drop, nothing reported.
+        let d = on_5xx(&active, &ChangeSet::default());
+        assert_eq!((d.plan, d.dropped), (None, false));
+        // On a 4xx the same writes apply.
+        let d = run_on(ResponseClass::of(StatusCode::NOT_FOUND), &active, &set());
+        assert!(d.plan.is_some() && !d.dropped);
+    }
+
+    #[test]
+    fn a_5xx_still_destroys() {
+        let on_5xx =
+            |c: &ChangeSet| run_on(ResponseClass::ServerError, &view(SessionStatus::Active), c);
+        let old = SessionId::from_trusted("old");
+        let d = on_5xx(&changes(|c| c.destroy = true));
+        assert_eq!(d.plan.unwrap().target, Target::Destroy(old.clone()));
+        assert_eq!((d.cookie, d.dropped), (CookieAction::Clear, false));
+        // Destroy with writes: the session is destroyed and no new one is created.
+        let mut both = set();
+        both.destroy = true;
+        both.regenerate = true;
+        let d = on_5xx(&both);
+        assert_eq!(d.plan.unwrap().target, Target::Destroy(old));
+        assert_eq!((d.cookie, d.dropped), (CookieAction::Clear, true));
+    }
+
+    #[test]
+    fn a_5xx_without_a_store_is_not_a_refused_write() {
+        // The writes are dropped before the store's absence matters: no 503.
+        let v = view(SessionStatus::Unavailable);
+        let d = try_on(ResponseClass::ServerError, &v, &set()).expect("not a refused write");
+        assert_eq!((d.plan, d.dropped), (None, true));
+        let destroy = changes(|c| c.destroy = true);
+        assert_eq!(
+            try_on(ResponseClass::ServerError, &v, &destroy),
+            Err(StoreUnavailable { dropped: false })
+        );
+        // A Destroy still needs the store; the dropped writes are reported with it.
+        let mut both = set();
+        both.destroy = true;
+        assert_eq!(
+            try_on(ResponseClass::ServerError, &v, &both),
+            Err(StoreUnavailable { dropped: true })
+        );
     }
 }

@@ -191,3 +191,31 @@ async fn memcached_down_gives_503_and_recovers_after_restart() {
         json!({"back": 1})
     );
 }
+
+/// `/readyz` pings through the same bound as every store call: a frozen Redis (it
+/// accepts connections but answers nothing) makes it answer 503 within about
+/// `store.timeout`, not hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_bounded_by_the_store_timeout() {
+    let redis = common::RedisServer::start();
+    let admin_port = common::free_port();
+    let sc = Sidecar::start(
+        redis_store(redis.port()),
+        json!({"admin": {"listen": format!("127.0.0.1:{admin_port}")}}),
+    )
+    .await;
+    let mut probe = support::Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], admin_port)));
+    assert_eq!(probe.get("/readyz").await.status, 200);
+    redis.pause();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        assert_eq!(probe.get("/readyz").await.status, 503);
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    redis.resume();
+    drop(sc);
+}

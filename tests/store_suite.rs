@@ -14,10 +14,12 @@ use common::{MemcachedServer, RedisServer};
 use session_sidecar::{
     config::{MAX_KEY_PREFIX_LEN, MemcachedOptions, OnError, RedisOptions, Storage, StoreConfig},
     cookie::SessionId,
+    metrics::Metrics,
     protocol::Op,
     store::{
-        ApplyError, Base, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
+        ApplyError, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
         WritePlan, memcached::MemcachedStore, memory::MemoryStore, redis::RedisStore,
+        timed::TimedStore,
     },
 };
 
@@ -41,9 +43,18 @@ fn lifetimes() -> Lifetimes {
     }
 }
 
-fn make_memory_store(l: Lifetimes) -> Fixture<MemoryStore> {
+/// `store.timeout` of [`store_config`].
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+/// An engine as production runs it: behind the wrapper that bounds every call by
+/// `store.timeout` (and records the store metrics).
+fn timed<S>(engine: S, timeout: Duration) -> TimedStore<S> {
+    TimedStore::new(engine, timeout, Arc::new(Metrics::new()))
+}
+
+fn make_memory_store(l: Lifetimes) -> Fixture<TimedStore<MemoryStore>> {
     Fixture {
-        store: Arc::new(MemoryStore::new(100_000, l)),
+        store: Arc::new(timed(MemoryStore::new(100_000, l), TIMEOUT)),
         server: None,
         memcached: Vec::new(),
         expiry_slack: Duration::ZERO,
@@ -60,7 +71,7 @@ fn store_config(port: u16, db_sessions: u32, db_notifications: u32) -> StoreConf
             ..RedisOptions::default()
         }),
         key_prefix: "test:".into(),
-        timeout: Duration::from_millis(500),
+        timeout: TIMEOUT,
         on_error: OnError::Reject,
     }
 }
@@ -78,7 +89,7 @@ fn memcached_new(cfg: &StoreConfig, l: Lifetimes) -> MemcachedStore {
     let Storage::Memcached(options) = &cfg.storage else {
         panic!("not a memcached config: {cfg:?}");
     };
-    MemcachedStore::new(options, &cfg.key_prefix, cfg.timeout, l)
+    MemcachedStore::new(options, &cfg.key_prefix, l)
 }
 
 fn redis_options(cfg: &mut StoreConfig) -> &mut RedisOptions {
@@ -95,11 +106,11 @@ fn memcached_options(cfg: &mut StoreConfig) -> &mut MemcachedOptions {
     }
 }
 
-fn make_redis_store(l: Lifetimes) -> Fixture<RedisStore> {
+fn make_redis_store(l: Lifetimes) -> Fixture<TimedStore<RedisStore>> {
     let server = RedisServer::start();
     let store = redis_new(&store_config(server.port(), 0, 1), l).expect("redis store");
     Fixture {
-        store: Arc::new(store),
+        store: Arc::new(timed(store, TIMEOUT)),
         server: Some(server),
         memcached: Vec::new(),
         expiry_slack: Duration::ZERO,
@@ -116,11 +127,11 @@ fn memcached_config(servers: &[&MemcachedServer]) -> StoreConfig {
     }
 }
 
-fn make_memcached_store(l: Lifetimes) -> Fixture<MemcachedStore> {
+fn make_memcached_store(l: Lifetimes) -> Fixture<TimedStore<MemcachedStore>> {
     let server = MemcachedServer::start();
     let store = memcached_new(&memcached_config(&[&server]), l);
     Fixture {
-        store: Arc::new(store),
+        store: Arc::new(timed(store, TIMEOUT)),
         server: None,
         memcached: vec![server],
         expiry_slack: Duration::from_secs(1),
@@ -153,7 +164,7 @@ fn plan(target: Target, ops: Vec<Op>) -> WritePlan {
         target,
         ops,
         max_age: None,
-        base: None,
+        revision: None,
     }
 }
 
@@ -303,7 +314,7 @@ mod cases {
             target: Target::Create(from.clone()),
             ops: vec![set("user", "\"ann\""), flash("msg", "\"hi\"")],
             max_age: Some(100),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -363,7 +374,7 @@ mod cases {
             target: Target::Create(old.clone()),
             ops: vec![set("user", "\"ann\""), flash("old", "1")],
             max_age: Some(100),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -463,14 +474,14 @@ mod cases {
                 flash("m", "1"),
             ],
             max_age: Some(500),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         let existing = |ops: Vec<Op>| WritePlan {
             target: Target::Existing(id.clone()),
             ops,
             max_age: Some(7),
-            base: None,
+            revision: None,
         };
 
         let e = rejected(s, existing(vec![set("new", "1"), Op::Incr(f("f"), 1)])).await;
@@ -571,7 +582,7 @@ mod cases {
             target: Target::Create(id.clone()),
             ops: vec![set("a", "1")],
             max_age: Some(120),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         assert_eq!(load(s, &id).await.expect("exists").max_age, Some(120));
@@ -579,7 +590,7 @@ mod cases {
             target: Target::Existing(id.clone()),
             ops: vec![],
             max_age: Some(30),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         assert_eq!(load(s, &id).await.expect("exists").max_age, Some(30));
@@ -625,7 +636,7 @@ mod cases {
             target: Target::Create(remember.clone()),
             ops: vec![set("a", "1")],
             max_age: Some(5),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         // A load refreshes a remember-me session with its own lifetime, not session.ttl
@@ -762,8 +773,9 @@ store_suite!(memcached, make_memcached_store);
 mod redis_only {
     use super::*;
 
-    fn store(server_port: u16, db_s: u32, db_n: u32, l: Lifetimes) -> RedisStore {
-        redis_new(&store_config(server_port, db_s, db_n), l).expect("redis store")
+    fn store(server_port: u16, db_s: u32, db_n: u32, l: Lifetimes) -> TimedStore<RedisStore> {
+        let engine = redis_new(&store_config(server_port, db_s, db_n), l).expect("redis store");
+        timed(engine, TIMEOUT)
     }
 
     fn is_unavailable(e: &StoreError) -> bool {
@@ -788,7 +800,7 @@ mod redis_only {
                 flash("msg", "\"hi\""),
             ],
             max_age: Some(600),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
 
@@ -892,7 +904,9 @@ mod redis_only {
         let got = load(&s, &id).await.expect("exists");
         assert_eq!(got.flash, fields(&[("f", "1")]));
         assert_eq!(server.client(0).keys("*").len(), 1);
-        s.check_databases().await.expect("db 0 always works");
+        s.bounded(s.engine().check_databases())
+            .await
+            .expect("db 0 always works");
         s.ping().await.expect("ping");
     }
 
@@ -900,11 +914,13 @@ mod redis_only {
     async fn missing_database_is_reported() {
         let server = RedisServer::start_with(&["--databases", "2"]);
         let ok = store(server.port(), 1, 0, lifetimes());
-        ok.check_databases().await.expect("dbs 0 and 1 exist");
+        ok.bounded(ok.engine().check_databases())
+            .await
+            .expect("dbs 0 and 1 exist");
         ok.ping().await.expect("ping");
 
         let bad = store(server.port(), 1, 5, lifetimes());
-        let msg = match bad.check_databases().await {
+        let msg = match bad.bounded(bad.engine().check_databases()).await {
             Err(StoreError::Unavailable(msg)) => msg,
             other => panic!("expected Unavailable, got {other:?}"),
         };
@@ -987,6 +1003,7 @@ mod redis_only {
         let mut cfg = store_config(port, 0, 1);
         cfg.timeout = Duration::from_millis(300);
         let s = redis_new(&cfg, lifetimes()).expect("no I/O at construction");
+        let s = timed(s, cfg.timeout);
         for _ in 0..3 {
             let started = Instant::now();
             let e = s.load(&new_id()).await.expect_err("nothing listens");
@@ -1015,7 +1032,7 @@ mod redis_only {
         let mut server = RedisServer::start();
         let mut cfg = store_config(server.port(), 0, 1);
         cfg.timeout = Duration::from_millis(300);
-        let s = redis_new(&cfg, lifetimes()).expect("store");
+        let s = timed(redis_new(&cfg, lifetimes()).expect("store"), cfg.timeout);
         // Connect every slot before the outage.
         for _ in 0..8 {
             let id = create(&s, vec![set("a", "1")]).await;
@@ -1063,7 +1080,7 @@ mod redis_only {
         let server = RedisServer::start();
         let mut cfg = store_config(server.port(), 0, 1);
         cfg.timeout = Duration::from_millis(300);
-        let s = redis_new(&cfg, lifetimes()).expect("store");
+        let s = timed(redis_new(&cfg, lifetimes()).expect("store"), cfg.timeout);
         let id = create(&s, vec![set("a", "1")]).await;
 
         server.pause();
@@ -1104,8 +1121,8 @@ mod redis_only {
 mod memcached_only {
     use super::*;
 
-    fn store(servers: &[&MemcachedServer], l: Lifetimes) -> MemcachedStore {
-        memcached_new(&memcached_config(servers), l)
+    fn store(servers: &[&MemcachedServer], l: Lifetimes) -> TimedStore<MemcachedStore> {
+        timed(memcached_new(&memcached_config(servers), l), TIMEOUT)
     }
 
     fn is_unavailable(e: &StoreError) -> bool {
@@ -1126,7 +1143,7 @@ mod memcached_only {
             target: Target::Create(remember.clone()),
             ops: vec![set("who", "\"remember\"")],
             max_age: Some(600),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
         let plain = create(&s, vec![set("who", "\"plain\"")]).await;
@@ -1161,13 +1178,11 @@ mod memcached_only {
             target,
             ops,
             max_age: None,
-            base: Some(Base {
-                seen: loaded
-                    .seen
+            revision: Some(
+                loaded
+                    .revision
                     .expect("memcached loads report the version they read"),
-                data: loaded.data,
-                max_age: loaded.max_age,
-            }),
+            ),
         }
     }
 
@@ -1259,7 +1274,7 @@ mod memcached_only {
             target: Target::Create(id.clone()),
             ops: vec![set("user", "\"ann\""), flash("msg", "\"hi\"")],
             max_age: Some(600),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
 
@@ -1333,7 +1348,7 @@ mod memcached_only {
             target: Target::Existing(id.clone()),
             ops: vec![],
             max_age: Some(40 * day),
-            base: None,
+            revision: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
         assert!(load(&s, &id).await.is_some());
@@ -1356,7 +1371,7 @@ mod memcached_only {
         let mut per_server = [0u64; 3];
         for _ in 0..90 {
             let id = create(&s, vec![set("a", "1"), flash("f", "1")]).await;
-            let i = s.server_for(&id);
+            let i = s.engine().server_for(&id);
             per_server[i] += 1;
             let key = format!("test:{}", id.store_key());
             assert!(servers[i].get(&key).is_some(), "session on its server");
@@ -1373,11 +1388,15 @@ mod memcached_only {
     }
 
     /// Create sessions until each server holds at least `n`; returned by server.
-    async fn sessions_on_each(s: &MemcachedStore, servers: usize, n: usize) -> Vec<Vec<SessionId>> {
+    async fn sessions_on_each(
+        s: &TimedStore<MemcachedStore>,
+        servers: usize,
+        n: usize,
+    ) -> Vec<Vec<SessionId>> {
         let mut by_server = vec![Vec::new(); servers];
         while by_server.iter().any(|v| v.len() < n) {
             let id = create(s, vec![set("a", "1")]).await;
-            by_server[s.server_for(&id)].push(id);
+            by_server[s.engine().server_for(&id)].push(id);
         }
         by_server
     }
@@ -1392,7 +1411,7 @@ mod memcached_only {
         let refs: Vec<&MemcachedServer> = servers.iter().collect();
         let mut cfg = memcached_config(&refs);
         cfg.timeout = Duration::from_millis(300);
-        let s = memcached_new(&cfg, lifetimes());
+        let s = timed(memcached_new(&cfg, lifetimes()), cfg.timeout);
         let by_server = sessions_on_each(&s, 3, 3).await;
 
         servers[1].kill();
@@ -1456,7 +1475,7 @@ mod memcached_only {
         let mut cfg = memcached_config(&[]);
         memcached_options(&mut cfg).servers = vec![format!("127.0.0.1:{port}")];
         cfg.timeout = Duration::from_millis(300);
-        let s = memcached_new(&cfg, lifetimes());
+        let s = timed(memcached_new(&cfg, lifetimes()), cfg.timeout);
         let e = s.load(&new_id()).await.expect_err("nothing listens");
         assert!(is_unavailable(&e), "{e:?}");
         assert!(s.ping().await.is_err());
@@ -1486,9 +1505,9 @@ mod memcached_only {
             // last ones can wait longer than the 500 ms default, which would be a 503
             // for latency, not the lost update this test is about.
             cfg.timeout = Duration::from_secs(10);
-            let s = Arc::new(memcached_new(&cfg, lifetimes()));
+            let s = Arc::new(timed(memcached_new(&cfg, lifetimes()), cfg.timeout));
             let id = create(&*s, vec![]).await;
-            s.reset_cas_retries();
+            s.engine().reset_cas_retries();
             let tasks: Vec<_> = (0..200)
                 .map(|_| {
                     let s = s.clone();
@@ -1502,7 +1521,7 @@ mod memcached_only {
             for t in tasks {
                 assert_eq!(t.await.expect("task"), WriteOutcome::Applied);
             }
-            let stats = s.cas_retries();
+            let stats = s.engine().cas_retries();
             println!(
                 "memcached 200-way Incr (max_connections {max_connections}): {} writes, {} CAS \
                  retries, max {} per write, mean {:.2}",

@@ -1,5 +1,6 @@
-//! The request pipeline (SPEC §2), top to bottom in `Proxy::process`:
-//! strip → read cookie → load → inject → forward → take instructions → apply → respond.
+//! The request pipeline (SPEC §2), top to bottom in `Proxy::receive` (steps 1–2) and
+//! `Proxy::process` (steps 3–7): strip → load (read the cookie, one store round trip) →
+//! inject → forward → take instructions → decide and apply → respond.
 //! Header details live in [`headers`], the upstream client in [`forward`], upgrades in
 //! [`upgrade`], and the decision of what to write in [`crate::lifecycle`].
 
@@ -18,6 +19,7 @@ use std::{
 };
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::upgrade::OnUpgrade;
 
 use crate::{
     body::{Body, strip_reserved_trailers},
@@ -27,18 +29,19 @@ use crate::{
         read_session_cookie, strip_session_cookie,
     },
     error::ProxyError,
-    lifecycle::{self, CookieAction, CookiePolicy, Decision, SessionView},
-    metrics::{Metrics, RejectReason, StoreOp, UpstreamErrorKind},
-    protocol::{ChangeSet, ReservedPrefix, SessionStatus, encode_object},
+    lifecycle::{self, CookieAction, CookiePolicy, Decision, ResponseClass, SessionView},
+    metrics::{Metrics, RejectReason, UpstreamErrorKind},
+    protocol::{ChangeSet, Malformed, ReservedPrefix, SessionStatus, encode_object},
     store::{
-        Base, LoadedSession, SessionStore, StoreError, Target, WriteOutcome, WritePlan,
-        any::AnyStore,
+        LoadedSession, SessionStore, StoreError, Target, WriteOutcome, any::AnyStore,
+        timed::TimedStore,
     },
 };
 
 use self::{
     access::AccessLine,
     forward::Upstream,
+    pool::PooledBody,
     request_id::{RequestIds, X_REQUEST_ID},
 };
 
@@ -138,12 +141,37 @@ struct RequestSession {
     loaded: Option<LoadedSession>,
 }
 
+/// A request after steps 1–2 (strip, load).
+struct Inbound<B> {
+    req: Request<B>,
+    /// `None` on a bypass route.
+    session: Option<RequestSession>,
+}
+
+impl<B> Inbound<B> {
+    /// The access log's `session` field.
+    fn session_status(&self) -> SessionStatus {
+        self.session
+            .as_ref()
+            .map_or(SessionStatus::None, |s| s.view.status)
+    }
+}
+
+/// What step 5 took from the upstream's response.
+struct Taken {
+    /// The session instructions, or why they are malformed.
+    changes: Result<ChangeSet, Malformed>,
+    /// The upstream's half of an accepted `101 Switching Protocols`.
+    upgrade: Option<OnUpgrade>,
+}
+
 /// Shared state of the pipeline.
 #[derive(Debug)]
 pub struct Proxy {
     /// Replaced on SIGHUP; each request clones the `Arc` once.
     settings: RwLock<Arc<Settings>>,
-    store: Arc<AnyStore>,
+    /// The configured engine behind the wrapper that bounds and measures every call.
+    store: Arc<TimedStore<AnyStore>>,
     upstream: Upstream,
     request_ids: RequestIds,
     /// Upgraded tunnels (WebSocket), which outlive their HTTP connection.
@@ -154,7 +182,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(
         settings: Settings,
-        store: Arc<AnyStore>,
+        store: Arc<TimedStore<AnyStore>>,
         upstream: Upstream,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -179,7 +207,7 @@ impl Proxy {
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
     }
 
-    pub fn store(&self) -> &Arc<AnyStore> {
+    pub fn store(&self) -> &Arc<TimedStore<AnyStore>> {
         &self.store
     }
 
@@ -207,93 +235,60 @@ impl Proxy {
         let mut line = AccessLine::new(&self.metrics, &req, request_id);
         let version = req.version();
         let has_body = request_has_body(&req);
-        let response = match self
-            .process(&settings, req, conn, &line.request_id, &mut line.session)
-            .await
-        {
-            Ok(resp) => resp,
-            Err(e) => {
-                let status = e.status();
-                let request_id = &line.request_id;
-                if status.is_server_error() {
-                    tracing::warn!(request_id = %request_id, error = %e, "request failed");
-                } else {
-                    tracing::info!(request_id = %request_id, error = %e, "request refused");
-                }
-                let mut resp = e.into_response(request_id);
-                if version == http::Version::HTTP_2 {
-                    // h2 has no `Connection` field (hyper would strip it with a warning),
-                    // and an unread body is one stream, not a connection-reuse hazard.
-                    resp.headers_mut().remove(header::CONNECTION);
-                } else if has_body {
-                    // A body we never read must not be taken for the next request on
-                    // this connection (SPEC §8.6).
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                resp
+        // In two halves, so that the access line has the session status as soon as the
+        // session is loaded: a request that fails later, or whose client leaves while
+        // the app works (499), is logged with it.
+        let result = match self.receive(&settings, req, conn).await {
+            Ok(inbound) => {
+                line.session = inbound.session_status();
+                self.process(&settings, inbound, conn, &line.request_id)
+                    .await
             }
+            Err(e) => Err(e),
         };
+        let response =
+            result.unwrap_or_else(|e| error_response(e, &line.request_id, version, has_body));
         line.answered(response.status());
         response
     }
 
-    async fn process(
+    /// Steps 1–2: the request cleaned of the client's reserved headers, and its session.
+    async fn receive<B: RequestBody>(
         &self,
         settings: &Settings,
-        mut req: Request<impl RequestBody>,
+        mut req: Request<B>,
         conn: &ConnInfo,
-        request_id: &str,
-        session_status: &mut SessionStatus,
-    ) -> Result<Response<Body>, ProxyError> {
-        // 1. Framing and the client's reserved headers, before anything reads them.
-        if conn.ambiguous_framing {
-            return Err(ProxyError::BadFraming(
-                "Content-Length together with Transfer-Encoding",
-            ));
-        }
-        headers::check_framing(req.headers())?;
-        // h2 → h1: `Host` from `:authority`, cookie crumbs joined, before anything
-        // reads or strips a field.
-        headers::normalize_h2(&mut req)?;
-        settings.prefix.strip(req.headers_mut());
-        if headers::cookie_bytes(req.headers()) > settings.max_header_size {
-            return Err(ProxyError::HeaderTooLarge);
-        }
-        let bypass = settings.is_bypass(req.uri().path());
+    ) -> Result<Inbound<B>, ProxyError> {
+        // 1. Strip: framing checked and the client's reserved headers removed, before
+        //    anything reads a field.
+        strip_request(settings, &mut req, conn)?;
 
-        // 2. Cookie → session (one store round trip), unless bypassed.
-        let session = if bypass {
+        // 2. Load: cookie → session (one store round trip), unless bypassed.
+        let session = if settings.is_bypass(req.uri().path()) {
             None
         } else {
-            // Boxed, as the other store and upstream calls below: the engines' futures
+            // Boxed, as the upstream and store calls of steps 4 and 6: the engines' futures
             // are KiBs, and inline they made this future ~17 KiB, copied whole on every
             // request (issue 5).
             Some(Box::pin(self.load_session(settings, &req)).await?)
         };
-        if let Some(s) = &session {
-            *session_status = s.view.status;
-        }
+        Ok(Inbound { req, session })
+    }
 
-        // 3. Hop-by-hop fields go before injection, so `Connection` cannot remove
-        //    what we add; then forwarding headers, the session cookie, the session.
-        let upgrade = headers::remove_hop_by_hop(req.headers_mut())
-            // Upgrade is an HTTP/1.1 mechanism (RFC 9110 §7.8); rpxy refuses it on
-            // anything else, so do we: the request goes on as a plain one.
-            .filter(|_| req.version() == http::Version::HTTP_11);
-        headers::filter_trailer_declaration(req.headers_mut(), &settings.prefix);
-        if let Some(proto) = upgrade.clone() {
-            headers::restore_upgrade(req.headers_mut(), proto);
-        }
-        headers::set_forwarded(
-            req.headers_mut(),
-            &conn.peer_value,
-            settings.is_trusted(conn.peer),
-            conn.scheme,
-        );
-        if !settings.forward_cookie {
-            strip_session_cookie(req.headers_mut(), settings.signer.cookie_name());
-        }
+    /// Steps 3–7: inject, forward, then do what the response asks of the session.
+    async fn process(
+        &self,
+        settings: &Settings,
+        inbound: Inbound<impl RequestBody>,
+        conn: &ConnInfo,
+        request_id: &str,
+    ) -> Result<Response<Body>, ProxyError> {
+        let Inbound { mut req, session } = inbound;
+
+        // 3. Inject: the forwarding headers first (hop-by-hop fields go before
+        //    injection, so `Connection` cannot remove what we add), then the session,
+        //    then our request id.
+        let upgrade = forwarding_headers(settings, &mut req, conn);
         if let Some(s) = &session {
             inject(settings, req.headers_mut(), s).inspect_err(|e| {
                 if let ProxyError::Store(e) = e {
@@ -301,19 +296,46 @@ impl Proxy {
                 }
             })?;
         }
-        // Always ours: the client's value was used (trusted) or replaced above.
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            req.headers_mut().insert(X_REQUEST_ID, v);
-        }
+        set_request_id(req.headers_mut(), request_id);
 
         // 4. Forward with the body streamed.
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let req = req.map(|b| strip_reserved_trailers(b, settings.prefix.clone()));
+        let mut resp = self.forward(req).await?;
+
+        // 5. Take the instructions out of the response (always, also when bypassed).
+        let taken = take_instructions(settings, &mut resp, upgrade.as_ref(), request_id)?;
+        let mut resp = resp.map(|b| strip_reserved_trailers(b, settings.prefix.clone()));
+
+        // 6. Decide and apply the session write.
+        if let Some(session) = session {
+            let changes = taken.changes.map_err(|m| {
+                self.metrics.write_rejected(RejectReason::Malformed);
+                ProxyError::BadInstruction(m.to_string())
+            })?;
+            if !changes.ignored.is_empty() {
+                tracing::warn!(request_id, names = ?changes.ignored, "ignored reserved response headers that are not instructions");
+            }
+            let cookie =
+                Box::pin(self.persist(settings, session, &changes, resp.status(), request_id))
+                    .await?;
+            set_cookie(settings, resp.headers_mut(), cookie);
+        }
+
+        // 7. Respond, and join an accepted upgrade's two halves.
+        if let (Some(client), Some(upstream)) = (client_upgrade, taken.upgrade) {
+            self.tunnels.spawn(client, upstream);
+        }
+        Ok(resp)
+    }
+
+    /// Send the request upstream; its latency, or its failure by kind, is counted.
+    async fn forward(&self, req: Request<Body>) -> Result<Response<PooledBody>, ProxyError> {
         let sent = Instant::now();
-        let mut resp = match Box::pin(self.upstream.send(req)).await {
+        match Box::pin(self.upstream.send(req)).await {
             Ok(resp) => {
                 self.metrics.upstream_latency(sent.elapsed().as_secs_f64());
-                resp
+                Ok(resp)
             }
             Err(e) => {
                 let kind = match e {
@@ -321,75 +343,9 @@ impl Proxy {
                     _ => UpstreamErrorKind::Unreachable,
                 };
                 self.metrics.upstream_error(kind);
-                return Err(e);
+                Err(e)
             }
-        };
-
-        // 5. Instructions out of the response (always stripped, also when bypassed).
-        let instructions = settings.prefix.take_instructions(resp.headers_mut());
-        if cookie::strip_upstream_session_cookie(resp.headers_mut(), settings.signer.cookie_name())
-            > 0
-        {
-            tracing::warn!(
-                request_id,
-                "removed the upstream's own Set-Cookie for the session cookie's name"
-            );
         }
-        let resp_upgrade = headers::remove_hop_by_hop(resp.headers_mut());
-        headers::filter_trailer_declaration(resp.headers_mut(), &settings.prefix);
-        // A tunnel only for a `101` that switches to a protocol the client asked for
-        // (never h2c: `remove_hop_by_hop`); any other `101` is the app's mistake.
-        let upstream_upgrade = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            match (&upgrade, resp_upgrade) {
-                (Some(asked), Some(chosen)) if headers::upgrade_offers(asked, &chosen) => {
-                    headers::restore_upgrade(resp.headers_mut(), chosen);
-                    Some(hyper::upgrade::on(&mut resp))
-                }
-                _ => {
-                    return Err(ProxyError::UpstreamProtocol(
-                        "the upstream switched protocols without a matching upgrade request",
-                    ));
-                }
-            }
-        } else {
-            None
-        };
-        let mut resp = resp.map(|b| strip_reserved_trailers(b, settings.prefix.clone()));
-
-        if let Some(session) = session {
-            let mut changes = instructions.map_err(|m| {
-                self.metrics.write_rejected(RejectReason::Malformed);
-                ProxyError::BadInstruction(m.to_string())
-            })?;
-            if !changes.ignored.is_empty() {
-                tracing::warn!(request_id, names = ?changes.ignored, "ignored reserved response headers that are not instructions");
-            }
-            if resp.status().is_server_error() && !changes.is_empty() {
-                // As Django: a failed request's session changes are not saved. A Destroy
-                // is still honoured (SECURITY C8): a logout that fails halfway must not
-                // leave the session alive.
-                tracing::info!(
-                    request_id,
-                    status = resp.status().as_u16(),
-                    "session writes on a 5xx response not applied"
-                );
-                if changes.writes() || changes.regenerate {
-                    self.metrics.write_rejected(RejectReason::ServerError);
-                }
-                changes = ChangeSet {
-                    destroy: changes.destroy,
-                    ..ChangeSet::default()
-                };
-            }
-            let cookie =
-                Box::pin(self.persist(settings, &session.view, session.loaded, &changes)).await?;
-            set_cookie(settings, resp.headers_mut(), cookie);
-        }
-
-        if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
-            self.tunnels.spawn(client, upstream);
-        }
-        Ok(resp)
     }
 
     /// Read and verify the cookie, then load the session in one store round trip.
@@ -420,9 +376,9 @@ impl Proxy {
             }
             CookieState::Valid(v) => v,
         };
-        // Every engine bounds its own calls by `store.timeout` (a timeout is a
-        // `StoreError::Timeout`), so the pipeline adds no second timer.
-        match self.load(&verified.id).await {
+        // The store bounds the call by `store.timeout` (a timeout is a
+        // `StoreError::Timeout`) and records its metrics.
+        match self.store.load(&verified.id).await {
             Ok(Some(loaded)) => Ok(RequestSession {
                 view: SessionView {
                     status: SessionStatus::Active,
@@ -453,30 +409,44 @@ impl Proxy {
     async fn persist(
         &self,
         settings: &Settings,
-        view: &SessionView,
-        loaded: Option<LoadedSession>,
+        session: RequestSession,
         changes: &ChangeSet,
+        status: StatusCode,
+        request_id: &str,
     ) -> Result<CookieAction, ProxyError> {
         let new_id = || SessionId::generate().map_err(|e| ProxyError::Random(e.to_string()));
-        let decision =
-            lifecycle::decide(view, changes, &settings.policy, new_id)?.map_err(|_| {
-                self.metrics.write_rejected(RejectReason::StoreUnavailable);
-                ProxyError::WriteWithoutStore
-            })?;
-        let Decision { plan, cookie } = decision;
+        let decision = lifecycle::decide(
+            &session.view,
+            changes,
+            ResponseClass::of(status),
+            &settings.policy,
+            new_id,
+        )?;
+        let dropped = match &decision {
+            Ok(d) => d.dropped,
+            Err(unavailable) => unavailable.dropped,
+        };
+        if dropped {
+            tracing::info!(
+                request_id,
+                status = status.as_u16(),
+                "session writes on a 5xx response not applied"
+            );
+            self.metrics.write_rejected(RejectReason::ServerError);
+        }
+        let Decision { plan, cookie, .. } = decision.map_err(|_| {
+            self.metrics.write_rejected(RejectReason::StoreUnavailable);
+            ProxyError::WriteWithoutStore
+        })?;
         let Some(mut plan) = plan else {
             return Ok(cookie);
         };
-        if let (Target::Existing(_), Some(loaded)) = (&plan.target, loaded) {
-            // The session as this request loaded it: an engine that reported a version
-            // can write without reading it again.
-            plan.base = loaded.seen.map(|seen| Base {
-                seen,
-                data: loaded.data,
-                max_age: loaded.max_age,
-            });
+        if let Target::Existing(_) = &plan.target {
+            // Handed back unchanged: an engine that noted what it read can write without
+            // reading the session again.
+            plan.revision = session.loaded.and_then(|l| l.revision);
         }
-        match self.apply(&plan).await? {
+        match self.store.apply(&plan).await? {
             WriteOutcome::Applied => Ok(cookie),
             WriteOutcome::Gone => {
                 // Destroyed or expired since this request loaded it: never revive the
@@ -485,7 +455,7 @@ impl Proxy {
                 let Some(plan) = retry.plan else {
                     return Ok(retry.cookie);
                 };
-                match self.apply(&plan).await? {
+                match self.store.apply(&plan).await? {
                     WriteOutcome::Applied => Ok(retry.cookie),
                     WriteOutcome::Gone => Err(ProxyError::Store(StoreError::Unavailable(
                         "a new session could not be created".into(),
@@ -494,38 +464,129 @@ impl Proxy {
             }
         }
     }
+}
 
-    /// One timed store load; failures are counted by kind.
-    async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
-        let started = Instant::now();
-        let result = self.store.load(id).await;
-        self.metrics
-            .store_latency(StoreOp::Load, started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
-            self.metrics.store_error(e);
-        }
-        result
+/// Step 1: refuse ambiguous framing, turn an h2 request into its h1 form (`Host` from
+/// `:authority`, cookie crumbs joined), remove the client's reserved headers and bound
+/// the cookie size.
+fn strip_request<B>(
+    settings: &Settings,
+    req: &mut Request<B>,
+    conn: &ConnInfo,
+) -> Result<(), ProxyError> {
+    if conn.ambiguous_framing {
+        return Err(ProxyError::BadFraming(
+            "Content-Length together with Transfer-Encoding",
+        ));
     }
+    headers::check_framing(req.headers())?;
+    headers::normalize_h2(req)?;
+    settings.prefix.strip(req.headers_mut());
+    if headers::cookie_bytes(req.headers()) > settings.max_header_size {
+        return Err(ProxyError::HeaderTooLarge);
+    }
+    Ok(())
+}
 
-    /// One timed store write. An applied plan counts its session events (created,
-    /// regenerated, destroyed); a refused one counts as a rejected write.
-    async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
-        let started = Instant::now();
-        let result = self.store.apply(plan).await;
-        self.metrics
-            .store_latency(StoreOp::Apply, started.elapsed().as_secs_f64());
-        match &result {
-            Ok(WriteOutcome::Applied) => self.metrics.applied(&plan.target),
-            Ok(WriteOutcome::Gone) => {}
-            Err(e) => {
-                self.metrics.store_error(e);
-                if matches!(e, StoreError::Rejected(_)) {
-                    self.metrics.write_rejected(RejectReason::StoreRejected);
-                }
+/// Step 3's forwarding headers: hop-by-hop fields removed (keeping an HTTP/1.1
+/// upgrade, which is returned), reserved names out of the trailer declaration,
+/// `X-Forwarded-*` set, the session cookie removed unless forwarded.
+fn forwarding_headers<B>(
+    settings: &Settings,
+    req: &mut Request<B>,
+    conn: &ConnInfo,
+) -> Option<HeaderValue> {
+    let upgrade = headers::remove_hop_by_hop(req.headers_mut())
+        // Upgrade is an HTTP/1.1 mechanism (RFC 9110 §7.8); rpxy refuses it on
+        // anything else, so do we: the request goes on as a plain one.
+        .filter(|_| req.version() == http::Version::HTTP_11);
+    let headers = req.headers_mut();
+    headers::filter_trailer_declaration(headers, &settings.prefix);
+    if let Some(proto) = upgrade.clone() {
+        headers::restore_upgrade(headers, proto);
+    }
+    headers::set_forwarded(
+        headers,
+        &conn.peer_value,
+        settings.is_trusted(conn.peer),
+        conn.scheme,
+    );
+    if !settings.forward_cookie {
+        strip_session_cookie(headers, settings.signer.cookie_name());
+    }
+    upgrade
+}
+
+/// Always ours: the client's value was used (trusted) or replaced.
+fn set_request_id(headers: &mut http::HeaderMap, request_id: &str) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(X_REQUEST_ID, v);
+    }
+}
+
+/// Step 5: take the session instructions out of the response, remove the upstream's own
+/// session cookie, hop-by-hop fields and reserved trailer names, and accept a `101` only
+/// for a protocol the client asked for (`asked`).
+fn take_instructions<B>(
+    settings: &Settings,
+    resp: &mut Response<B>,
+    asked: Option<&HeaderValue>,
+    request_id: &str,
+) -> Result<Taken, ProxyError> {
+    let changes = settings.prefix.take_instructions(resp.headers_mut());
+    if cookie::strip_upstream_session_cookie(resp.headers_mut(), settings.signer.cookie_name()) > 0
+    {
+        tracing::warn!(
+            request_id,
+            "removed the upstream's own Set-Cookie for the session cookie's name"
+        );
+    }
+    let chosen = headers::remove_hop_by_hop(resp.headers_mut());
+    headers::filter_trailer_declaration(resp.headers_mut(), &settings.prefix);
+    // A tunnel only for a `101` that switches to a protocol the client asked for
+    // (never h2c: `remove_hop_by_hop`); any other `101` is the app's mistake.
+    let upgrade = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        match (asked, chosen) {
+            (Some(asked), Some(chosen)) if headers::upgrade_offers(asked, &chosen) => {
+                headers::restore_upgrade(resp.headers_mut(), chosen);
+                Some(hyper::upgrade::on(resp))
+            }
+            _ => {
+                return Err(ProxyError::UpstreamProtocol(
+                    "the upstream switched protocols without a matching upgrade request",
+                ));
             }
         }
-        result
+    } else {
+        None
+    };
+    Ok(Taken { changes, upgrade })
+}
+
+/// The short plain-text answer for a request that failed.
+fn error_response(
+    e: ProxyError,
+    request_id: &str,
+    version: http::Version,
+    has_body: bool,
+) -> Response<Body> {
+    if e.status().is_server_error() {
+        tracing::warn!(request_id = %request_id, error = %e, "request failed");
+    } else {
+        tracing::info!(request_id = %request_id, error = %e, "request refused");
     }
+    let mut resp = e.into_response(request_id);
+    if version == http::Version::HTTP_2 {
+        // h2 has no `Connection` field (hyper would strip it with a warning), and an
+        // unread body is one stream, not a connection-reuse hazard.
+        resp.headers_mut().remove(header::CONNECTION);
+    } else if has_body {
+        // A body we never read must not be taken for the next request on this
+        // connection (SPEC §8.6).
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Add `X-Session`, `X-Session-Flash`, `X-Session-Status` (and `X-Session-Id`).

@@ -24,7 +24,8 @@ use crate::{
     proxy::{Proxy, Settings, SettingsError, forward::Upstream},
     reload,
     store::{
-        Lifetimes, any::AnyStore, memcached::MemcachedStore, memory::MemoryStore, redis::RedisStore,
+        Lifetimes, any::AnyStore, memcached::MemcachedStore, memory::MemoryStore,
+        redis::RedisStore, timed::TimedStore,
     },
 };
 
@@ -148,12 +149,9 @@ pub fn build_store(config: &Config) -> anyhow::Result<AnyStore> {
             store.timeout,
             lifetimes,
         )?),
-        Storage::Memcached(options) => AnyStore::Memcached(MemcachedStore::new(
-            options,
-            &store.key_prefix,
-            store.timeout,
-            lifetimes,
-        )),
+        Storage::Memcached(options) => {
+            AnyStore::Memcached(MemcachedStore::new(options, &store.key_prefix, lifetimes))
+        }
     })
 }
 
@@ -166,13 +164,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .as_ref()
         .map(crate::tls::TlsCerts::load)
         .transpose()?;
-    let store = Arc::new(build_store(&config)?);
+    // One registry per sidecar (no globals): the store and the pipeline record, the
+    // admin listener serves it.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let store = Arc::new(TimedStore::new(
+        build_store(&config)?,
+        config.store.timeout,
+        metrics.clone(),
+    ));
     report_store_at_start(&store).await;
     let settings = Settings::from_config(&config)?;
     let upstream = Upstream::from_config(&config)?;
-    // One registry per sidecar (no globals): the pipeline records, the admin listener
-    // serves it.
-    let metrics = Arc::new(crate::metrics::Metrics::new());
     let proxy = Arc::new(Proxy::new(settings, store.clone(), upstream, metrics));
     let (stop, stopped) = watch::channel(false);
 
@@ -215,9 +217,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
 /// SPEC §7: start even when the store is down, but say so, and name a database setting
 /// the server cannot honour.
-async fn report_store_at_start(store: &AnyStore) {
-    if let AnyStore::Redis(redis) = store {
-        match redis.check_databases().await {
+async fn report_store_at_start(store: &TimedStore<AnyStore>) {
+    if let AnyStore::Redis(redis) = store.engine() {
+        match store.bounded(redis.check_databases()).await {
             Ok(()) => tracing::info!("session store reachable"),
             Err(e) => {
                 tracing::error!(error = %e, "session store check failed at start; requests that need it get 503 until it is fixed")

@@ -197,7 +197,7 @@ impl SessionStore for MemoryStore {
             flash: std::mem::take(&mut entry.flash),
             max_age: entry.max_age,
             remaining,
-            seen: None,
+            revision: None,
         };
         if entry.expires_at > now {
             inner.by_expiry.insert((entry.expires_at, key.clone()));
@@ -240,7 +240,7 @@ mod tests {
                 target: Target::Create(SessionId::generate().unwrap()),
                 ops: vec![set("a", "1")],
                 max_age: None,
-                base: None,
+                revision: None,
             };
             assert_eq!(store.apply(&plan).await.unwrap(), WriteOutcome::Applied);
         }
@@ -255,14 +255,14 @@ mod tests {
             target: Target::Create(id.clone()),
             ops: vec![set("a", "\"x\"")],
             max_age: None,
-            base: None,
+            revision: None,
         };
         store.apply(&create).await.unwrap();
         let bad = WritePlan {
             target: Target::Existing(id.clone()),
             ops: vec![set("b", "1"), Op::Incr("\"a\"".into(), 1)],
             max_age: Some(99),
-            base: None,
+            revision: None,
         };
         assert!(matches!(
             store.apply(&bad).await,

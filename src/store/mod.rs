@@ -13,8 +13,9 @@ pub mod memcached;
 pub mod memory;
 pub mod pairs;
 pub mod redis;
+pub mod timed;
 
-use std::{collections::BTreeMap, future::Future, time::Duration};
+use std::{collections::BTreeMap, fmt, future::Future, time::Duration};
 
 use crate::{
     cookie::SessionId,
@@ -46,28 +47,49 @@ pub struct LoadedSession {
     pub max_age: Option<u64>,
     /// Seconds left until `absolute_ttl` (caps a cookie's `Max-Age`).
     pub remaining: u64,
-    /// The version of the stored session this load read, for engines whose writes can
-    /// use it (memcached); `None` from the others.
-    pub seen: Option<Seen>,
+    /// The engine's note of the stored version this load read, for engines whose writes
+    /// can use it (memcached); `None` from the others. Handed back unchanged with the
+    /// same request's write ([`WritePlan::revision`]).
+    pub revision: Option<Revision>,
 }
 
-/// The version of a stored session a load read (memcached: the session item's CAS and
-/// creation time). Handed back with the same request's write as a [`Base`], it lets the
-/// engine write without reading the session again: one round trip for a load and one
-/// for a write, unless someone else wrote in between (then the CAS fails and the engine
-/// reads again, as without it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seen {
-    pub cas: u64,
-    pub created_ms: u64,
+/// An opaque token an engine returns with a load and gets back with the same request's
+/// write: its private optimisation, never read or built outside [`crate::store`].
+///
+/// Memcached keeps the session item as it read it, with its CAS: the write then needs
+/// no second read of the session (one round trip for a load and one for a write), unless
+/// someone else wrote in between (then the CAS fails and the engine reads again, as
+/// without it). See `docs/performance.md`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Revision {
+    /// The engine's version of what it read (memcached: the item's CAS).
+    version: u64,
+    /// What it read, in the engine's own encoding.
+    item: Vec<u8>,
 }
 
-/// What this request loaded, as the starting point of its write to the same session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Base {
-    pub seen: Seen,
-    pub data: FieldMap,
-    pub max_age: Option<u64>,
+impl Revision {
+    pub(in crate::store) fn new(version: u64, item: Vec<u8>) -> Self {
+        Revision { version, item }
+    }
+
+    pub(in crate::store) fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub(in crate::store) fn item(&self) -> &[u8] {
+        &self.item
+    }
+}
+
+impl fmt::Debug for Revision {
+    // The item holds session data: its size is enough in a debug dump.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Revision")
+            .field("version", &self.version)
+            .field("item_len", &self.item.len())
+            .finish()
+    }
 }
 
 /// Which session(s) a write touches. Chosen by the pipeline from the request's cookie
@@ -97,10 +119,10 @@ pub struct WritePlan {
     pub ops: Vec<Op>,
     /// New per-session idle lifetime (`X-Session-Max-Age`), in seconds.
     pub max_age: Option<u64>,
-    /// With [`Target::Existing`]: the session as this request loaded it, when the engine
-    /// reported a version ([`LoadedSession::seen`]). Only an optimisation: an engine
-    /// checks it is still current before relying on it.
-    pub base: Option<Base>,
+    /// With [`Target::Existing`]: the [`LoadedSession::revision`] this request's load
+    /// returned, handed back unchanged. Only an optimisation: an engine checks it is
+    /// still current before relying on it.
+    pub revision: Option<Revision>,
 }
 
 /// The result of a write that reached the store.
@@ -143,8 +165,9 @@ pub enum StoreError {
 }
 
 /// The one interface every engine implements (SPEC §7). Implementations never block a
-/// runtime thread, and every networked engine bounds each call by `store.timeout`
-/// itself (answering [`StoreError::Timeout`]): callers add no timer of their own.
+/// runtime thread. Engines add no call timer of their own: in production every engine
+/// runs behind [`timed::TimedStore`], which bounds each call by `store.timeout`
+/// (answering [`StoreError::Timeout`]) and records the store metrics.
 pub trait SessionStore: Send + Sync + 'static {
     /// Load data and pending flash in one round trip, consume that flash (exactly once,
     /// even under concurrency) and refresh the idle lifetime. `None` when the session

@@ -49,7 +49,8 @@
 //! `max_connections` [`ConnectionManager`]s (each one multiplexed connection), used
 //! round-robin and created lazily on first use: the sidecar starts while Redis is down,
 //! a failed connection attempt is retried by the next call, and a manager reconnects by
-//! itself after Redis restarts. Every call is bounded by `store.timeout`.
+//! itself after Redis restarts. Every call is bounded by `store.timeout` by the wrapper
+//! the engine runs behind ([`super::timed::TimedStore`]), not here.
 
 use std::{
     fmt,
@@ -83,6 +84,9 @@ const CHECK_DBS_LUA: &str = include_str!("redis/check_dbs.lua");
 /// The Redis engine.
 pub struct RedisStore {
     client: Client,
+    /// Connection and response timeouts of `store.timeout` and a quick give-up for the
+    /// managers' (re)connection attempts. They govern reconnecting, not the bound of a
+    /// call: that is [`super::timed::TimedStore`]'s, which every engine runs behind.
     manager_config: ConnectionManagerConfig,
     /// One lazily connected manager per slot; an empty cell means "connect on next use".
     slots: Box<[OnceCell<ConnectionManager>]>,
@@ -91,7 +95,6 @@ pub struct RedisStore {
     db_sessions: i64,
     db_notifications: i64,
     lifetimes: Lifetimes,
-    timeout: Duration,
     load_script: Script,
     apply_script: Script,
     check_script: Script,
@@ -105,7 +108,6 @@ impl fmt::Debug for RedisStore {
             .field("db_sessions", &self.db_sessions)
             .field("db_notifications", &self.db_notifications)
             .field("connections", &self.slots.len())
-            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -196,7 +198,6 @@ impl RedisStore {
             db_sessions: i64::from(options.db_sessions),
             db_notifications: i64::from(options.db_notifications),
             lifetimes,
-            timeout,
             load_script: Script::new(LOAD_LUA),
             apply_script: Script::new(APPLY_LUA),
             check_script: Script::new(CHECK_DBS_LUA),
@@ -209,11 +210,9 @@ impl RedisStore {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] naming the setting, or the connection error.
+    ///
+    /// Not bounded here: run it through [`super::timed::TimedStore::bounded`].
     pub async fn check_databases(&self) -> Result<(), StoreError> {
-        self.bounded(self.check_databases_unbounded()).await
-    }
-
-    async fn check_databases_unbounded(&self) -> Result<(), StoreError> {
         // db 0 is never SELECTed by the scripts (connections are on it already).
         let mut probes: Vec<(&str, i64)> = Vec::new();
         for (name, db) in [
@@ -261,16 +260,6 @@ impl RedisStore {
             scratch: format!("{base}:tmp"),
             data: base,
         }
-    }
-
-    /// Bound a call by `store.timeout`.
-    async fn bounded<T>(
-        &self,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or(Err(StoreError::Timeout))
     }
 
     /// The manager of `slot`, connecting it if it is not yet. A failed (or cancelled)
@@ -327,8 +316,10 @@ impl RedisStore {
         }
         StoreError::Unavailable(format!("redis: {text}"))
     }
+}
 
-    async fn load_unbounded(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+impl SessionStore for RedisStore {
+    async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
         let keys = self.keys(id);
         let mut inv = self.load_script.prepare_invoke();
         inv.key(&keys.data)
@@ -347,7 +338,7 @@ impl RedisStore {
         }
     }
 
-    async fn apply_unbounded(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
+    async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
         let (mode, target, source) = match &plan.target {
             Target::Existing(id) => (mode::EXISTING, id, None),
             Target::Create(id) => (mode::CREATE, id, None),
@@ -405,28 +396,14 @@ impl RedisStore {
         }
     }
 
-    async fn ping_unbounded(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StoreError> {
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len().max(1);
         let mut conn = self.manager(slot).await.map_err(|e| self.store_error(e))?;
         redis::cmd("PING")
             .query_async::<()>(&mut conn)
             .await
             .map_err(|e| self.store_error(e))?;
-        self.check_databases_unbounded().await
-    }
-}
-
-impl SessionStore for RedisStore {
-    async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
-        self.bounded(self.load_unbounded(id)).await
-    }
-
-    async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
-        self.bounded(self.apply_unbounded(plan)).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(self.ping_unbounded()).await
+        self.check_databases().await
     }
 }
 
@@ -499,7 +476,7 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
         flash: pairs(flash)?,
         max_age,
         remaining,
-        seen: None,
+        revision: None,
     }))
 }
 

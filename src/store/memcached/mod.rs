@@ -24,7 +24,7 @@
 //! Keys are checked against memcached's rules (≤ 250 bytes, no spaces or control
 //! characters) at construction, for the longest key the prefix can produce.
 //!
-//! # Value encoding
+//! # Value encoding (`item`)
 //!
 //! ASCII text, never a language-specific serialization, never empty (memcached clients
 //! reserve empty values as lease placeholders):
@@ -58,16 +58,17 @@
 //! round trip follows only to consume pending flash (the CAS-conditional delete must be
 //! answered before the flash may be delivered).
 //!
-//! # Atomicity (no server-side scripts)
+//! # Atomicity (no server-side scripts; `write`)
 //!
-//! - **Existing**: `mg` (value + CAS) → [`apply_ops`] in Rust → `ms … C<cas>`; on `EX`
-//!   (someone else wrote) retry from the read, at most [`MAX_CAS_ATTEMPTS`] times with a
-//!   small jittered backoff, then `Unavailable("too much contention")` (503). A miss on
-//!   read or `NF` on write is [`WriteOutcome::Gone`]: a destroyed session is never
-//!   revived. Flash set by the plan is merged afterwards into the flash item with its own
-//!   CAS loop (`ms … C<cas>`, or `ME` add when absent): the session item is the commit
-//!   point, so a rejected or `Gone` write changes nothing; if the store fails between the
-//!   two steps the data change stands and the call reports the error.
+//! - **Existing**: `mg` (value + CAS) → [`apply_ops`](super::apply_ops) in Rust →
+//!   `ms … C<cas>`; on `EX` (someone else wrote) retry from the read, at most
+//!   [`MAX_CAS_ATTEMPTS`] times with a small jittered backoff, then
+//!   `Unavailable("too much contention")` (503). A miss on read or `NF` on write is
+//!   [`WriteOutcome::Gone`]: a destroyed session is never revived. Flash set by the
+//!   plan is merged afterwards into the flash item with its own CAS loop (`ms … C<cas>`,
+//!   or `ME` add when absent): the session item is the commit point, so a rejected or
+//!   `Gone` write changes nothing; if the store fails between the two steps the data
+//!   change stands and the call reports the error.
 //! - **Create**: `ms … ME` (add).
 //! - **Destroy**: `md` of both items, unconditionally: destroy wins; a concurrent writer's
 //!   CAS then fails with `NF` and it answers `Gone`.
@@ -83,24 +84,24 @@
 //!   this load delivers nothing and the next one delivers everything.
 
 mod client;
+mod item;
 mod ring;
+mod write;
 
 use std::{
-    hash::BuildHasher,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use self::{
-    client::{ClientError, Cmd, Lease, Mode, Reply, Server, valid_key},
+    client::{ClientError, Cmd, Lease, Reply, Server, valid_key},
+    item::{decode_flash, decode_session},
     ring::Ring,
 };
 use super::{
-    FieldMap, Lifetimes, LoadedSession, Seen, SessionStore, StoreError, Target, WriteOutcome,
-    WritePlan, apply_ops,
-    pairs::{decode_pairs, encode_pairs},
+    FieldMap, Lifetimes, LoadedSession, Revision, SessionStore, StoreError, WriteOutcome, WritePlan,
 };
-use crate::{config::MemcachedOptions, cookie::SessionId, protocol::Op};
+use crate::{config::MemcachedOptions, cookie::SessionId};
 
 /// CAS attempts per write before giving up with 503.
 pub const MAX_CAS_ATTEMPTS: u64 = 32;
@@ -159,7 +160,6 @@ pub struct MemcachedStore {
     ring: Ring,
     key_prefix: String,
     lifetimes: Lifetimes,
-    timeout: Duration,
     counters: Counters,
 }
 
@@ -186,27 +186,19 @@ impl Keys {
     }
 }
 
-/// A decoded session item.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stored {
-    created_ms: u64,
-    max_age: Option<u64>,
-    data: FieldMap,
-}
-
 /// The flash item as read: its CAS and content.
 type FlashRead = Option<(u64, FieldMap)>;
 
 impl MemcachedStore {
     /// Build the store from its validated options (see [`crate::config::Storage`]),
-    /// the shared `store.key_prefix` and `store.timeout`. No I/O: connections are opened
+    /// and the shared `store.key_prefix` (calls are bounded by `store.timeout` in
+    /// [`super::timed::TimedStore`]). No I/O: connections are opened
     /// on first use, so the sidecar starts while memcached is down. Infallible: the
     /// configuration checked every server and the prefix
     /// (docs/configuration.md#check-is-authoritative).
     pub fn new(
         options: &MemcachedOptions,
         key_prefix: &str,
-        timeout: Duration,
         lifetimes: Lifetimes,
     ) -> MemcachedStore {
         debug_assert!(
@@ -225,7 +217,6 @@ impl MemcachedStore {
             ring: Ring::new(options.servers.clone()),
             key_prefix: key_prefix.to_owned(),
             lifetimes,
-            timeout,
             counters: Counters::default(),
         }
     }
@@ -268,15 +259,6 @@ impl MemcachedStore {
         server.lease().await.map_err(unavailable)
     }
 
-    async fn bounded<T>(
-        &self,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or(Err(StoreError::Timeout))
-    }
-
     fn idle_ms(&self, max_age: Option<u64>) -> u64 {
         max_age.map_or_else(
             || millis(self.lifetimes.ttl),
@@ -295,37 +277,7 @@ impl MemcachedStore {
         exptime(self.idle_ms(max_age).min(remaining_ms), now_ms / 1000)
     }
 
-    /// The session (and pending flash) after `plan`'s ops, and its memcached expiry.
-    /// Both maps are validated here, before anything is written. `None` when the
-    /// session passed its absolute limit since it was read.
-    fn next_state(
-        &self,
-        stored: &Stored,
-        flash: Option<&FieldMap>,
-        plan: &WritePlan,
-    ) -> Result<Option<(Stored, FieldMap, u64)>, StoreError> {
-        let now = now_ms();
-        let Some(remaining) = self.remaining_ms(stored.created_ms, now) else {
-            return Ok(None);
-        };
-        let empty = FieldMap::new();
-        let (data, flash) = apply_ops(
-            &stored.data,
-            flash.unwrap_or(&empty),
-            &plan.ops,
-            self.lifetimes.max_size,
-        )?;
-        let max_age = plan.max_age.or(stored.max_age);
-        let exp = self.exptime_for(max_age, remaining, now);
-        let next = Stored {
-            created_ms: stored.created_ms,
-            max_age,
-            data,
-        };
-        Ok(Some((next, flash, exp)))
-    }
-
-    async fn load_unbounded(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+    async fn load_session(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
         let keys = self.keys(id);
         let mut lease = self.lease(keys.server).await?;
         let now = now_ms();
@@ -348,8 +300,12 @@ impl MemcachedStore {
             .await
             .map_err(unavailable)?;
         let [session, flash] = two(replies)?;
-        let (cas, stored) = match session {
-            Reply::Value { cas, data } => (cas, decode_session(&data)?),
+        let (revision, stored) = match session {
+            Reply::Value { cas, data } => {
+                let stored = decode_session(&data)?;
+                // The item as read, kept for this request's write (see `update`).
+                (Revision::new(cas, data), stored)
+            }
             Reply::Miss => return Ok(None),
             _ => return Err(unexpected("session read")),
         };
@@ -409,444 +365,11 @@ impl MemcachedStore {
             max_age: stored.max_age,
             remaining: remaining / 1000,
             // Touching the item (the refresh above) leaves its CAS as it was.
-            seen: Some(Seen {
-                cas,
-                created_ms: stored.created_ms,
-            }),
+            revision: Some(revision),
         }))
     }
 
-    /// Data and flash of a brand-new session after `plan`'s ops, validated.
-    fn fresh_state(&self, plan: &WritePlan) -> Result<(FieldMap, FieldMap), StoreError> {
-        let empty = FieldMap::new();
-        Ok(apply_ops(
-            &empty,
-            &empty,
-            &plan.ops,
-            self.lifetimes.max_size,
-        )?)
-    }
-
-    async fn apply_unbounded(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
-        match &plan.target {
-            Target::Existing(id) => self.update(id, plan).await,
-            Target::Create(id) => {
-                let (data, flash) = self.fresh_state(plan)?;
-                self.create(id, plan.max_age, &data, &flash).await?;
-                Ok(WriteOutcome::Applied)
-            }
-            Target::Destroy(id) => {
-                self.destroy(id).await?;
-                Ok(WriteOutcome::Applied)
-            }
-            Target::DestroyThenCreate { old, new } => {
-                // Validate first: a rejected change set leaves the old session untouched.
-                let (data, flash) = self.fresh_state(plan)?;
-                self.destroy(old).await?;
-                self.create(new, plan.max_age, &data, &flash).await?;
-                Ok(WriteOutcome::Applied)
-            }
-            Target::Move { from, to } => self.move_session(from, to, plan).await,
-        }
-    }
-
-    /// Write a brand-new session (add: never overwrites).
-    async fn create(
-        &self,
-        id: &SessionId,
-        max_age: Option<u64>,
-        data: &FieldMap,
-        flash: &FieldMap,
-    ) -> Result<(), StoreError> {
-        let now = now_ms();
-        let stored = Stored {
-            created_ms: now,
-            max_age,
-            data: data.clone(),
-        };
-        let exp = self.exptime_for(max_age, millis(self.lifetimes.absolute_ttl).max(1), now);
-        let keys = self.keys(id);
-        self.add_items(&keys, &stored, flash, exp).await
-    }
-
-    async fn add_items(
-        &self,
-        keys: &Keys,
-        stored: &Stored,
-        flash: &FieldMap,
-        exp: u64,
-    ) -> Result<(), StoreError> {
-        let value = encode_session(stored);
-        let flash_value = encode_flash(flash);
-        let mut cmds = vec![Cmd::Set {
-            key: &keys.data,
-            value: &value,
-            exp,
-            cas: None,
-            mode: Mode::Add,
-        }];
-        if !flash.is_empty() {
-            cmds.push(Cmd::Set {
-                key: &keys.flash,
-                value: &flash_value,
-                exp,
-                cas: None,
-                mode: Mode::Set,
-            });
-        }
-        let mut lease = self.lease(keys.server).await?;
-        let replies = lease.run(&cmds, false).await.map_err(unavailable)?;
-        for (i, reply) in replies.iter().enumerate() {
-            match reply {
-                Reply::Done => {}
-                // Ids are 128 random bits: this is a bug or a replayed write, never a
-                // reason to overwrite someone's session.
-                Reply::NotStored if i == 0 => {
-                    return Err(StoreError::Unavailable(
-                        "memcached: a new session id is already in use".into(),
-                    ));
-                }
-                _ => return Err(unexpected("store reply")),
-            }
-        }
-        Ok(())
-    }
-
-    async fn destroy(&self, id: &SessionId) -> Result<(), StoreError> {
-        let keys = self.keys(id);
-        let mut lease = self.lease(keys.server).await?;
-        let replies = lease
-            .run(&keys.delete_both(), false)
-            .await
-            .map_err(unavailable)?;
-        if replies
-            .iter()
-            .all(|r| matches!(r, Reply::Done | Reply::NotFound))
-        {
-            Ok(())
-        } else {
-            Err(unexpected("delete reply"))
-        }
-    }
-
-    /// Read the session (and its flash when `with_flash`): `None` when gone or past its
-    /// absolute limit.
-    async fn read(
-        &self,
-        lease: &mut Lease<'_>,
-        keys: &Keys,
-        with_flash: bool,
-    ) -> Result<Option<(u64, Stored, FlashRead)>, StoreError> {
-        let mut cmds = vec![Cmd::Get {
-            key: &keys.data,
-            touch: None,
-        }];
-        if with_flash {
-            cmds.push(Cmd::Get {
-                key: &keys.flash,
-                touch: None,
-            });
-        }
-        let mut replies = lease
-            .run(&cmds, true)
-            .await
-            .map_err(unavailable)?
-            .into_iter();
-        let (cas, stored) = match replies.next() {
-            Some(Reply::Value { cas, data }) => (cas, decode_session(&data)?),
-            Some(Reply::Miss) => return Ok(None),
-            _ => return Err(unexpected("session read")),
-        };
-        if self.remaining_ms(stored.created_ms, now_ms()).is_none() {
-            return Ok(None);
-        }
-        let flash = match replies.next() {
-            None => None,
-            Some(reply) => flash_read(reply)?,
-        };
-        Ok(Some((cas, stored, flash)))
-    }
-
-    /// `Target::Existing`: CAS merge of the session, then of its flash.
-    async fn update(&self, id: &SessionId, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
-        let keys = self.keys(id);
-        let with_flash = plan.ops.iter().any(|op| matches!(op, Op::FlashSet(..)));
-        let mut lease = self.lease(keys.server).await?;
-        let mut retries = 0;
-        // What this request loaded, if the pipeline handed it back: the first attempt
-        // writes against it without reading again (a flash merge reads the flash item
-        // anyway, so it reads both as before).
-        let mut base = plan.base.as_ref().filter(|_| !with_flash).map(|b| {
-            let stored = Stored {
-                created_ms: b.seen.created_ms,
-                max_age: b.max_age,
-                data: b.data.clone(),
-            };
-            (b.seen.cas, stored, None)
-        });
-        let (flash_seen, exp) = loop {
-            let read = match base.take() {
-                Some(loaded) => Some(loaded),
-                None => self.read(&mut lease, &keys, with_flash).await?,
-            };
-            let Some((cas, stored, flash_seen)) = read else {
-                return Ok(WriteOutcome::Gone);
-            };
-            let current_flash = flash_seen.as_ref().map(|(_, f)| f);
-            let Some((next, _, exp)) = self.next_state(&stored, current_flash, plan)? else {
-                return Ok(WriteOutcome::Gone);
-            };
-            let value = encode_session(&next);
-            let reply = lease
-                .run(
-                    &[Cmd::Set {
-                        key: &keys.data,
-                        value: &value,
-                        exp,
-                        cas: Some(cas),
-                        mode: Mode::Set,
-                    }],
-                    false,
-                )
-                .await
-                .map_err(unavailable)?;
-            match one(reply)? {
-                Reply::Done => break (flash_seen, exp),
-                // Deleted since the read (destroyed, moved, evicted): never revive.
-                Reply::NotFound => return Ok(WriteOutcome::Gone),
-                Reply::Exists => self.conflict(&mut retries).await?,
-                _ => return Err(unexpected("store reply")),
-            }
-        };
-        if with_flash {
-            self.merge_flash(
-                &mut lease,
-                &keys.flash,
-                flash_seen,
-                &plan.ops,
-                exp,
-                &mut retries,
-            )
-            .await?;
-        }
-        self.counters.record(retries);
-        Ok(WriteOutcome::Applied)
-    }
-
-    /// Count a CAS conflict and back off, or give up after [`MAX_CAS_ATTEMPTS`].
-    async fn conflict(&self, retries: &mut u64) -> Result<(), StoreError> {
-        *retries += 1;
-        if *retries >= MAX_CAS_ATTEMPTS {
-            self.counters.record(*retries);
-            return Err(StoreError::Unavailable("too much contention".into()));
-        }
-        backoff(*retries).await;
-        Ok(())
-    }
-
-    /// Add the plan's flash to the flash item at `key` (CAS loop; `add` when absent).
-    async fn merge_flash(
-        &self,
-        lease: &mut Lease<'_>,
-        key: &str,
-        mut current: FlashRead,
-        ops: &[Op],
-        exp: u64,
-        retries: &mut u64,
-    ) -> Result<(), StoreError> {
-        let flash_ops: Vec<Op> = ops
-            .iter()
-            .filter(|op| matches!(op, Op::FlashSet(..)))
-            .cloned()
-            .collect();
-        let empty = FieldMap::new();
-        loop {
-            let base = current.as_ref().map_or(&empty, |(_, f)| f);
-            // Flash ops depend on the flash only: same result as the full apply_ops.
-            let (_, merged) = apply_ops(&empty, base, &flash_ops, self.lifetimes.max_size)?;
-            let value = encode_flash(&merged);
-            let (cas, mode) = match &current {
-                Some((cas, _)) => (Some(*cas), Mode::Set),
-                None => (None, Mode::Add),
-            };
-            let reply = lease
-                .run(
-                    &[Cmd::Set {
-                        key,
-                        value: &value,
-                        exp,
-                        cas,
-                        mode,
-                    }],
-                    false,
-                )
-                .await
-                .map_err(unavailable)?;
-            match one(reply)? {
-                Reply::Done => return Ok(()),
-                // Changed, consumed or created meanwhile: merge into what is there now.
-                Reply::Exists | Reply::NotFound | Reply::NotStored => {
-                    self.conflict(retries).await?;
-                    let reply = lease
-                        .run(&[Cmd::Get { key, touch: None }], true)
-                        .await
-                        .map_err(unavailable)?;
-                    current = flash_read(one(reply)?)?;
-                }
-                _ => return Err(unexpected("flash store reply")),
-            }
-        }
-    }
-
-    /// `Target::Move` (regenerate); see the module docs.
-    async fn move_session(
-        &self,
-        from: &SessionId,
-        to: &SessionId,
-        plan: &WritePlan,
-    ) -> Result<WriteOutcome, StoreError> {
-        let old = self.keys(from);
-        let new = self.keys(to);
-        let mut retries = 0;
-        let (seen, flash) = loop {
-            let mut lease = self.lease(old.server).await?;
-            let Some((cas, stored, seen)) = self.read(&mut lease, &old, true).await? else {
-                return Ok(WriteOutcome::Gone);
-            };
-            // One connection at a time: holding one per server while waiting for another
-            // could deadlock two moves between the same two servers.
-            drop(lease);
-            let current_flash = seen.as_ref().map(|(_, f)| f);
-            let Some((moved, flash, exp)) = self.next_state(&stored, current_flash, plan)? else {
-                return Ok(WriteOutcome::Gone);
-            };
-            self.add_items(&new, &moved, &flash, exp).await?;
-
-            let mut lease = self.lease(old.server).await?;
-            let reply = lease
-                .run(
-                    &[Cmd::Delete {
-                        key: &old.data,
-                        cas: Some(cas),
-                    }],
-                    false,
-                )
-                .await
-                .map_err(unavailable)?;
-            drop(lease);
-            match one(reply)? {
-                Reply::Done => break (seen, (flash, exp)),
-                Reply::NotFound => {
-                    self.destroy(to).await?;
-                    return Ok(WriteOutcome::Gone);
-                }
-                Reply::Exists => {
-                    // Written meanwhile: start over so that write is carried along.
-                    self.destroy(to).await?;
-                    self.conflict(&mut retries).await?;
-                }
-                _ => return Err(unexpected("delete reply")),
-            }
-        };
-        self.carry_old_flash(&old, &new, seen, plan, flash).await?;
-        self.counters.record(retries);
-        Ok(WriteOutcome::Applied)
-    }
-
-    /// After a move committed: delete the old flash item, keeping the new session's flash
-    /// equal to what was pending on the old id and not delivered, plus the plan's flash.
-    async fn carry_old_flash(
-        &self,
-        old: &Keys,
-        new: &Keys,
-        seen: FlashRead,
-        plan: &WritePlan,
-        (mut written, exp): (FieldMap, u64),
-    ) -> Result<(), StoreError> {
-        let flash_ops: Vec<Op> = plan
-            .ops
-            .iter()
-            .filter(|op| matches!(op, Op::FlashSet(..)))
-            .cloned()
-            .collect();
-        let empty = FieldMap::new();
-        let (_, own) = apply_ops(&empty, &empty, &flash_ops, self.lifetimes.max_size)?;
-        let mut carried = seen.as_ref().map(|(_, f)| f.clone()).unwrap_or_default();
-        let mut expected = seen;
-        // Bounded: each round needs another concurrent writer of the dead id's flash.
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let mut lease = self.lease(old.server).await?;
-            match expected.take() {
-                Some((cas, version)) => {
-                    let reply = lease
-                        .run(
-                            &[Cmd::Delete {
-                                key: &old.flash,
-                                cas: Some(cas),
-                            }],
-                            false,
-                        )
-                        .await
-                        .map_err(unavailable)?;
-                    match one(reply)? {
-                        Reply::Done => break,
-                        Reply::NotFound => {
-                            // A load of the old id delivered it: do not deliver it again.
-                            carried.retain(|field, _| !version.contains_key(field));
-                            break;
-                        }
-                        Reply::Exists => {} // more flash arrived: read it next round
-                        _ => return Err(unexpected("flash delete reply")),
-                    }
-                }
-                None => {
-                    let reply = lease
-                        .run(
-                            &[Cmd::Get {
-                                key: &old.flash,
-                                touch: None,
-                            }],
-                            true,
-                        )
-                        .await
-                        .map_err(unavailable)?;
-                    match flash_read(one(reply)?)? {
-                        None => break,
-                        Some((cas, version)) => {
-                            carried.extend(version.iter().map(|(k, v)| (k.clone(), v.clone())));
-                            expected = Some((cas, version));
-                        }
-                    }
-                }
-            }
-        }
-        let mut wanted = carried;
-        wanted.extend(own);
-        if wanted != written {
-            written = wanted;
-            let value = encode_flash(&written);
-            let cmd = if written.is_empty() {
-                Cmd::Delete {
-                    key: &new.flash,
-                    cas: None,
-                }
-            } else {
-                Cmd::Set {
-                    key: &new.flash,
-                    value: &value,
-                    exp,
-                    cas: None,
-                    mode: Mode::Set,
-                }
-            };
-            // The new id is not known to any client yet: nobody else writes its flash.
-            let mut lease = self.lease(new.server).await?;
-            lease.run(&[cmd], false).await.map_err(unavailable)?;
-        }
-        Ok(())
-    }
-
-    async fn ping_unbounded(&self) -> Result<(), StoreError> {
+    async fn ping_servers(&self) -> Result<(), StoreError> {
         for (i, _) in self.servers.iter().enumerate() {
             let mut lease = self.lease(i).await?;
             let reply = lease
@@ -863,15 +386,15 @@ impl MemcachedStore {
 
 impl SessionStore for MemcachedStore {
     async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
-        self.bounded(self.load_unbounded(id)).await
+        self.load_session(id).await
     }
 
     async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
-        self.bounded(self.apply_unbounded(plan)).await
+        self.apply_plan(plan).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(self.ping_unbounded()).await
+        self.ping_servers().await
     }
 }
 
@@ -897,21 +420,6 @@ fn now_ms() -> u64 {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A short random pause before retrying a CAS conflict, growing with the attempt: the
-/// writers that collided spread out instead of colliding again in lockstep.
-async fn backoff(attempt: u64) {
-    // A per-call random value without a dependency: RandomState keys are random.
-    let random = std::collections::hash_map::RandomState::new().hash_one(attempt);
-    let max_us = 250u64 << attempt.min(4); // 0.5 ms .. 4 ms
-    let pause = random % max_us;
-    if pause < 1_000 {
-        // Below the timer's 1 ms resolution: let the others run instead.
-        tokio::task::yield_now().await;
-    } else {
-        tokio::time::sleep(Duration::from_micros(pause)).await;
-    }
 }
 
 fn unavailable(e: ClientError) -> StoreError {
@@ -941,65 +449,6 @@ fn flash_read(reply: Reply) -> Result<FlashRead, StoreError> {
     }
 }
 
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(format!("memcached item: {what}"))
-}
-
-fn encode_session(s: &Stored) -> Vec<u8> {
-    let max_age = s.max_age.map_or_else(|| "-".to_owned(), |m| m.to_string());
-    let mut out = format!("S1 {} {max_age}\n", s.created_ms).into_bytes();
-    encode_pairs(&s.data, &mut out);
-    out
-}
-
-fn encode_flash(flash: &FieldMap) -> Vec<u8> {
-    let mut out = b"F1\n".to_vec();
-    encode_pairs(flash, &mut out);
-    out
-}
-
-fn decode_session(bytes: &[u8]) -> Result<Stored, StoreError> {
-    let (header, rest) = split_header(bytes)?;
-    let mut parts = header.split(' ');
-    if parts.next() != Some("S1") {
-        return Err(corrupt("not a session"));
-    }
-    let created_ms = parts
-        .next()
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| corrupt("creation time"))?;
-    let max_age = match parts.next() {
-        Some("-") => None,
-        Some(t) => Some(t.parse().map_err(|_| corrupt("max_age"))?),
-        None => return Err(corrupt("max_age")),
-    };
-    if parts.next().is_some() {
-        return Err(corrupt("header"));
-    }
-    Ok(Stored {
-        created_ms,
-        max_age,
-        data: decode_pairs(rest).map_err(corrupt)?,
-    })
-}
-
-fn decode_flash(bytes: &[u8]) -> Result<FieldMap, StoreError> {
-    let (header, rest) = split_header(bytes)?;
-    if header != "F1" {
-        return Err(corrupt("not a flash item"));
-    }
-    decode_pairs(rest).map_err(corrupt)
-}
-
-fn split_header(bytes: &[u8]) -> Result<(&str, &[u8]), StoreError> {
-    let end = bytes
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or_else(|| corrupt("no header"))?;
-    let header = std::str::from_utf8(&bytes[..end]).map_err(|_| corrupt("header"))?;
-    Ok((header, &bytes[end + 1..]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1022,72 +471,5 @@ mod tests {
         );
         // Absurd lifetimes saturate instead of overflowing.
         assert!(exptime(u64::MAX, now) > now);
-    }
-
-    #[test]
-    fn session_encoding_round_trips() {
-        let mut data = FieldMap::new();
-        data.insert("\"user\"".into(), "\"ann\"".into());
-        data.insert("\"a,b:c\"".into(), r#"{"x":[1,"2:3,"]}"#.into());
-        data.insert("\"\\u00e9\"".into(), "9223372036854775807".into());
-        for max_age in [None, Some(0), Some(3600)] {
-            let s = Stored {
-                created_ms: 1_700_000_000_123,
-                max_age,
-                data: data.clone(),
-            };
-            let bytes = encode_session(&s);
-            assert_eq!(decode_session(&bytes).unwrap(), s);
-        }
-        let empty = Stored {
-            created_ms: 5,
-            max_age: None,
-            data: FieldMap::new(),
-        };
-        assert_eq!(encode_session(&empty), b"S1 5 -\n");
-        let one = Stored {
-            created_ms: 5,
-            max_age: Some(7),
-            data: [("\"user\"".to_owned(), "\"ann\"".to_owned())].into(),
-        };
-        assert_eq!(
-            String::from_utf8(encode_session(&one)).unwrap(),
-            "S1 5 7\n6:\"user\",5:\"ann\","
-        );
-    }
-
-    #[test]
-    fn flash_encoding_is_never_empty() {
-        assert_eq!(encode_flash(&FieldMap::new()), b"F1\n");
-        let mut f = FieldMap::new();
-        f.insert("\"msg\"".into(), "\"hi\"".into());
-        assert_eq!(decode_flash(&encode_flash(&f)).unwrap(), f);
-    }
-
-    #[test]
-    fn malformed_items_are_corrupt() {
-        for bad in [
-            &b""[..],
-            b"S1",
-            b"S1 x -\n",
-            b"S1 1\n",
-            b"S1 1 - extra\n",
-            b"F1\n",
-            b"S1 1 -\n3:\"a\"",
-            b"S1 1 -\n3:\"a\",",
-            b"S1 1 -\n3:\"a\",0:,",
-            b"S1 1 -\n1:a,1:1,",
-            b"S1 1 -\n3:\"a\",9:1,",
-            b"S1 1 -\n3:\"a\",2:\xc3\xa9,",
-            b"S1 1 -\n-3:\"a\",1:1,",
-            b"S1 1 -\n99999999999999:\"a\",1:1,",
-        ] {
-            assert!(
-                matches!(decode_session(bad), Err(StoreError::Corrupt(_))),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        assert!(decode_flash(b"S1 1 -\n").is_err());
     }
 }
