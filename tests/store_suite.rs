@@ -2,7 +2,7 @@
 //! store, a real `redis-server` and a real `memcached`, plus engine-specific checks (key
 //! layout, TTLs, dbs, hashing, outages, CAS contention).
 
-mod common;
+mod backing;
 
 use std::{
     collections::BTreeMap,
@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{MemcachedServer, RedisServer};
+use backing::{MemcachedServer, RedisServer};
 use session_sidecar::{
     config::{Engine, OnError, StorageConfig, StoreConfig},
     cookie::SessionId,
@@ -909,7 +909,7 @@ mod redis_only {
 
     #[tokio::test]
     async fn construction_errors() {
-        let server_port = common::free_port();
+        let server_port = backing::free_port();
         let mut cfg = store_config(server_port, 0, 1);
         cfg.storage.url = Some(session_sidecar::config::Secret(
             "rediss://:hunter2@localhost:6380".into(),
@@ -986,7 +986,7 @@ mod redis_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn starts_while_redis_is_down() {
-        let port = common::free_port();
+        let port = backing::free_port();
         let mut cfg = store_config(port, 0, 1);
         cfg.timeout = Duration::from_millis(300);
         let s = RedisStore::new(&cfg, lifetimes()).expect("no I/O at construction");
@@ -1455,7 +1455,7 @@ mod memcached_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn starts_while_memcached_is_down() {
-        let port = common::free_port();
+        let port = backing::free_port();
         let mut cfg = memcached_config(&[]);
         cfg.storage.servers = vec![format!("127.0.0.1:{port}")];
         cfg.timeout = Duration::from_millis(300);
