@@ -14,7 +14,7 @@
 //! One function reads top to bottom (`proxy::Proxy::process`):
 //!
 //! 1. refuse ambiguous framing ([`proxy::headers::check_framing`], and the raw-head
-//!    scan in [`keepalive`]);
+//!    scan in [`server::head_scan`]);
 //! 2. strip every client header of the reserved family, in every spelling
 //!    ([`protocol::ReservedPrefix::strip`]);
 //! 3. read and verify the signed cookie ([`cookie::read_session_cookie`]);
@@ -37,9 +37,10 @@
 //! | [`store`] | the [`store::SessionStore`] trait, its reference semantics ([`store::apply_ops`]) and the memory, Redis and memcached engines |
 //! | [`proxy`] | the pipeline and its header operations, the upstream client, upgrades |
 //! | [`server`] | listeners, connection lifecycle, graceful shutdown |
+//! | [`server::watchdog`] | per-connection timers: first byte and request head (`header_read`), keep-alive idle, HTTP/2 idle |
+//! | [`server::head_scan`] | the raw request-head scan for `Content-Length` with `Transfer-Encoding`, pure |
 //! | [`reload`] | `SIGHUP`: which re-read settings apply live, which need a restart |
 //! | [`tls`] | TLS termination: PEM loading, ALPN `h2`/`http/1.1`, certificates swapped on reload |
-//! | [`keepalive`] | per-connection timers: first byte and request head (`header_read`), keep-alive idle, HTTP/2 idle; raw head scan |
 //! | [`config`] | the YAML schema, validation with `FILE:LINE:COLUMN` errors |
 //! | [`admin`] | `/healthz`, `/readyz`, `/metrics` |
 //! | [`metrics`] | the Prometheus registry: request, upstream, store and session counters |
@@ -70,7 +71,6 @@ pub mod body;
 pub mod config;
 pub mod cookie;
 pub mod error;
-pub mod keepalive;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

@@ -6,11 +6,11 @@
 //! tunnels up to `timeouts.shutdown`, and exits 0.
 //!
 //! Signals are sent with `kill(1)` to the child's pid only. The upstream is the scripted
-//! in-process one from `support` (`X-Test-Delay-Ms`, `X-Test-Reply`, `/ws` echo).
+//! in-process one from `harness` (`X-Test-Delay-Ms`, `X-Test-Reply`, `/ws` echo).
 
-mod support;
+mod harness;
 
-use support::certs::TestPki;
+use harness::certs::TestPki;
 
 use std::{
     net::SocketAddr,
@@ -19,6 +19,10 @@ use std::{
 };
 
 use bytes::Bytes;
+use harness::{
+    Resp, SECRET_A, SECRET_B, SetCookie, Upstream,
+    binary::{Binary, WAIT},
+};
 use http::Request;
 use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
@@ -28,10 +32,6 @@ use session_sidecar::{
     config::Config,
     cookie::CookieSigner,
     server::{self, ReloadError},
-};
-use support::{
-    Resp, SECRET_A, SECRET_B, SetCookie, Upstream,
-    binary::{Binary, WAIT},
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -510,7 +510,7 @@ fn tls_config(
         "admin": {"listen": null},
         "tls": {"cert": pki_cert, "key": pki_key},
     });
-    support::merge(&mut cfg, extra);
+    harness::merge(&mut cfg, extra);
     Config::from_yaml_str(&cfg.to_string(), std::path::Path::new("test.yaml"))
         .unwrap_or_else(|e| panic!("{e}"))
 }

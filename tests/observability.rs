@@ -3,8 +3,8 @@
 //! listener kept off the proxy port, `X-Request-Id` trust rules, and the binary's JSON
 //! access log without cookie values, session data or query strings.
 
-mod common;
-mod support;
+mod backing;
+mod harness;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,11 +13,14 @@ use std::{
 };
 
 use bytes::Bytes;
+use harness::{
+    Client, Sidecar,
+    binary::{self, Binary},
+};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use support::{Client, Sidecar, binary::Binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------------------
@@ -203,7 +206,7 @@ fn set(v: Value) -> (&'static str, String) {
     ("x-session-set", v.to_string())
 }
 
-async fn write(c: &mut Client, pairs: &[(&str, String)], extra: &[(&str, &str)]) -> support::Resp {
+async fn write(c: &mut Client, pairs: &[(&str, String)], extra: &[(&str, &str)]) -> harness::Resp {
     let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     c.write_with(&pairs, extra).await
 }
@@ -232,7 +235,7 @@ fn store_error(kind: &str) -> String {
 
 async fn with_admin(store: Value, extra: Value) -> Sidecar {
     let mut cfg = json!({"admin": {"listen": "127.0.0.1:0"}});
-    support::merge(&mut cfg, extra);
+    harness::merge(&mut cfg, extra);
     Sidecar::start(store, cfg).await
 }
 
@@ -406,7 +409,7 @@ async fn gauges_follow_connections_and_tunnels() {
 
 #[tokio::test]
 async fn redis_store_latency_and_errors_are_counted() {
-    let mut redis = common::RedisServer::start();
+    let mut redis = backing::RedisServer::start();
     let s = with_admin(
         json!({"engine": "redis", "on_error": "anonymous",
                "storage": {"host": "127.0.0.1", "port": redis.port()}}),
@@ -577,19 +580,14 @@ async fn error_bodies_and_upstream_share_the_generated_id() {
 // the access log (the real binary)
 // ---------------------------------------------------------------------------------------
 
-/// The sidecar's own config for `upstream`: an ephemeral port, no admin listener, then
-/// the `log:` section.
-fn binary_config(upstream: &support::Upstream, log: &str) -> String {
-    format!(
-        "listen: 127.0.0.1:0\nupstream: {}\nsecrets: [\"{}\"]\nadmin: {{ listen: null }}\nlog: {log}\n",
-        upstream.url(),
-        support::SECRET_A
-    )
+/// The sidecar's own config for `upstream`, then the `log:` section.
+fn binary_config(upstream: &harness::Upstream, log: &str) -> String {
+    binary::config(&format!("upstream: {}\nlog: {log}\n", upstream.url()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_access_log_has_the_fields_and_no_secrets() {
-    let upstream = support::Upstream::start().await;
+    let upstream = harness::Upstream::start().await;
     let bin = Binary::spawn(&binary_config(&upstream, "{ format: json }")).await;
     let mut c = Client::new(bin.addr);
     let canary = json!({"canary_key_q9": "canary-data-7f3a"});
@@ -644,7 +642,7 @@ async fn json_access_log_has_the_fields_and_no_secrets() {
         "canary_key_q9",
         "qs-secret-1",
         "client-id-not-trusted",
-        support::SECRET_A,
+        harness::SECRET_A,
     ] {
         assert!(
             !log.contains(secret),
@@ -655,7 +653,7 @@ async fn json_access_log_has_the_fields_and_no_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_log_overrides_log_level_and_text_format_works() {
-    let upstream = support::Upstream::start().await;
+    let upstream = harness::Upstream::start().await;
     let config = binary_config(&upstream, "{ format: text, level: warn }");
     // `log.level: warn` alone would hide the access lines; RUST_LOG brings them back
     // and keeps every other info line out (the startup line too, hence `quiet`).

@@ -2,8 +2,8 @@
 //! reserved-header stripping in every spelling and both directions, the cookie rules,
 //! forwarding headers, bypass routes, error statuses, framing, timeouts, upgrades.
 
-mod common;
-mod support;
+mod backing;
+mod harness;
 
 use std::{
     io::{Read, Write},
@@ -11,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use harness::{Client, SECRET_A, SECRET_B, Sidecar, assert_only_injected, raw_exchange};
 use serde_json::{Value, json};
-use support::{Client, SECRET_A, SECRET_B, Sidecar, assert_only_injected, raw_exchange};
 
 async fn memory(extra: Value) -> Sidecar {
     Sidecar::start(json!({"engine": "memory"}), extra).await
@@ -86,7 +86,7 @@ async fn reserved_request_trailers_are_stripped() {
     assert!(
         trailers
             .iter()
-            .all(|t| !support::is_reserved(t[0].as_str().unwrap())),
+            .all(|t| !harness::is_reserved(t[0].as_str().unwrap())),
         "{trailers:?}"
     );
     assert!(trailers.iter().any(|t| t[0] == "x-other"), "{trailers:?}");
@@ -346,12 +346,12 @@ async fn bypass_routes_skip_sessions_but_still_strip() {
 
 #[tokio::test]
 async fn upstream_down_is_502_with_request_id() {
-    let port = common::free_port();
+    let port = backing::free_port();
     let mut sc = memory(json!({})).await;
     sc.stop().await;
     let mut cfg = sc.config.clone();
     cfg["upstream"] = json!(format!("http://127.0.0.1:{port}"));
-    let running = support::start_config(&cfg).await;
+    let running = harness::start_config(&cfg).await;
     let r = Client::new(running.addr).get("/").await;
     assert_eq!(r.status, 502);
     let body = String::from_utf8_lossy(&r.body);
@@ -430,7 +430,7 @@ async fn upgrade_passes_through_with_session_injected() {
     let session: Vec<_> = seen
         .headers
         .iter()
-        .filter(|(k, _)| support::is_reserved(k))
+        .filter(|(k, _)| harness::is_reserved(k))
         .collect();
     assert_eq!(session.len(), 3, "{:?}", seen.headers);
     assert!(

@@ -2,19 +2,19 @@
 //! run against every store engine (`memory`, `redis`, `memcached`) through the real proxy,
 //! a real upstream HTTP server and, for Redis and memcached, a real server per test.
 
-mod common;
-mod support;
+mod backing;
+mod harness;
 
 use std::time::Duration;
 
+use harness::{Client, Sidecar};
 use serde_json::{Value, json};
-use support::{Client, Sidecar};
 
 /// A store under test: the `store:` config section plus whatever keeps it alive.
 pub struct Store {
     pub section: Value,
-    pub redis: Option<common::RedisServer>,
-    pub memcached: Option<common::MemcachedServer>,
+    pub redis: Option<backing::RedisServer>,
+    pub memcached: Option<backing::MemcachedServer>,
 }
 
 pub fn memory() -> Store {
@@ -26,7 +26,7 @@ pub fn memory() -> Store {
 }
 
 pub fn redis() -> Store {
-    let server = common::RedisServer::start();
+    let server = backing::RedisServer::start();
     Store {
         section: json!({"engine": "redis", "storage": {"host": "127.0.0.1", "port": server.port()}}),
         redis: Some(server),
@@ -35,7 +35,7 @@ pub fn redis() -> Store {
 }
 
 pub fn memcached() -> Store {
-    let server = common::MemcachedServer::start();
+    let server = backing::MemcachedServer::start();
     Store {
         section: json!({"engine": "memcached", "storage": {"servers": [server.addr()]}}),
         redis: None,
@@ -51,7 +51,7 @@ fn set(v: Value) -> (&'static str, String) {
     ("x-session-set", v.to_string())
 }
 
-async fn write(c: &mut Client, pairs: &[(&str, String)]) -> support::Resp {
+async fn write(c: &mut Client, pairs: &[(&str, String)]) -> harness::Resp {
     let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     c.write(&pairs).await
 }
@@ -89,8 +89,8 @@ macro_rules! session_suite {
                 }
                 assert!(c.cookie.is_none());
                 if let Some(redis) = &s.redis {
-                    assert!(common::keys(redis.port(), 0, "*").is_empty());
-                    assert!(common::keys(redis.port(), 1, "*").is_empty());
+                    assert!(backing::keys(redis.port(), 0, "*").is_empty());
+                    assert!(backing::keys(redis.port(), 1, "*").is_empty());
                 }
                 if let Some(memcached) = &s.memcached {
                     assert_eq!(memcached.items(), 0);
@@ -319,8 +319,8 @@ macro_rules! session_suite {
                 assert_eq!(stale.get("/").await.session(), json!({"b": 2}));
                 if let Some(redis) = &s.redis {
                     for db in [0, 1] {
-                        for key in common::keys(redis.port(), db, "*") {
-                            let ttl = common::pttl(redis.port(), db, &key);
+                        for key in backing::keys(redis.port(), db, "*") {
+                            let ttl = backing::pttl(redis.port(), db, &key);
                             assert!(ttl > 0 && ttl <= 2000, "{key} has ttl {ttl}");
                         }
                     }

@@ -2,19 +2,19 @@
 //! the store get 503 (or pass anonymously with `store.on_error: anonymous`), writes are
 //! never silently dropped, and service resumes without restarting the sidecar.
 
-mod common;
-mod support;
+mod backing;
+mod harness;
 
 use std::time::Duration;
 
+use harness::Sidecar;
 use serde_json::json;
-use support::Sidecar;
 
 fn redis_store(port: u16) -> serde_json::Value {
     json!({"engine": "redis", "timeout": "300ms", "storage": {"host": "127.0.0.1", "port": port}})
 }
 
-async fn wait_until_active(c: &mut support::Client) -> support::Resp {
+async fn wait_until_active(c: &mut harness::Client) -> harness::Resp {
     for _ in 0..50 {
         let r = c.get("/").await;
         if r.status == 200 && r.sstatus() == "active" {
@@ -27,7 +27,7 @@ async fn wait_until_active(c: &mut support::Client) -> support::Resp {
 
 #[tokio::test]
 async fn store_down_gives_503_and_recovers_after_restart() {
-    let mut redis = common::RedisServer::start();
+    let mut redis = backing::RedisServer::start();
     let sc = Sidecar::start(redis_store(redis.port()), json!({})).await;
     let mut c = sc.client();
     c.write(&[("x-session-set", r#"{"user":"ann"}"#)]).await;
@@ -46,7 +46,7 @@ async fn store_down_gives_503_and_recovers_after_restart() {
         "nothing is forwarded without its session"
     );
     // An anonymous request needs no store.
-    assert_eq!(support::Client::new(sc.addr).get("/").await.status, 200);
+    assert_eq!(harness::Client::new(sc.addr).get("/").await.status, 200);
 
     // Data lives in Redis memory only (--save ""): after a restart the old session is
     // gone, so the client's cookie now reads as expired; what matters is that the
@@ -66,7 +66,7 @@ async fn store_down_gives_503_and_recovers_after_restart() {
 
 #[tokio::test]
 async fn anonymous_mode_forwards_without_a_session_but_refuses_writes() {
-    let mut redis = common::RedisServer::start();
+    let mut redis = backing::RedisServer::start();
     let sc = Sidecar::start(
         redis_store(redis.port()),
         json!({"store": {"on_error": "anonymous"}}),
@@ -90,7 +90,7 @@ async fn anonymous_mode_forwards_without_a_session_but_refuses_writes() {
 
 #[tokio::test]
 async fn sidecar_starts_while_the_store_is_down() {
-    let port = common::free_port();
+    let port = backing::free_port();
     let sc = Sidecar::start(redis_store(port), json!({})).await;
     let mut c = sc.client();
     assert_eq!(c.get("/").await.status, 200, "no cookie: no store needed");
@@ -98,7 +98,7 @@ async fn sidecar_starts_while_the_store_is_down() {
         c.write(&[("x-session-set", r#"{"a":1}"#)]).await.status,
         503
     );
-    let _redis = common::RedisServer::start_on(port, &[]);
+    let _redis = backing::RedisServer::start_on(port, &[]);
     for _ in 0..50 {
         if c.write(&[("x-session-set", r#"{"a":1}"#)]).await.status == 200 {
             break;
@@ -110,15 +110,15 @@ async fn sidecar_starts_while_the_store_is_down() {
 
 #[tokio::test]
 async fn readyz_follows_the_store() {
-    let mut redis = common::RedisServer::start();
-    let admin_port = common::free_port();
+    let mut redis = backing::RedisServer::start();
+    let admin_port = backing::free_port();
     let sc = Sidecar::start(
         redis_store(redis.port()),
         json!({"admin": {"listen": format!("127.0.0.1:{admin_port}")}}),
     )
     .await;
     let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
-    let mut probe = support::Client::new(admin);
+    let mut probe = harness::Client::new(admin);
     assert_eq!(probe.get("/healthz").await.status, 200);
     assert_eq!(probe.get("/readyz").await.status, 200);
     redis.kill();
@@ -139,8 +139,8 @@ async fn readyz_follows_the_store() {
 
 #[tokio::test]
 async fn missing_redis_database_is_reported_by_readyz() {
-    let redis = common::RedisServer::start_with(&["--databases", "2"]);
-    let admin_port = common::free_port();
+    let redis = backing::RedisServer::start_with(&["--databases", "2"]);
+    let admin_port = backing::free_port();
     let mut store = redis_store(redis.port());
     store["storage"]["db_notifications"] = json!(5);
     let sc = Sidecar::start(
@@ -148,7 +148,7 @@ async fn missing_redis_database_is_reported_by_readyz() {
         json!({"admin": {"listen": format!("127.0.0.1:{admin_port}")}}),
     )
     .await;
-    let mut probe = support::Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], admin_port)));
+    let mut probe = harness::Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], admin_port)));
     let r = probe.get("/readyz").await;
     assert_eq!(r.status, 503);
     let body = String::from_utf8_lossy(&r.body);
@@ -158,7 +158,7 @@ async fn missing_redis_database_is_reported_by_readyz() {
 
 #[tokio::test]
 async fn memcached_down_gives_503_and_recovers_after_restart() {
-    let mut mc = common::MemcachedServer::start();
+    let mut mc = backing::MemcachedServer::start();
     let sc = Sidecar::start(
         json!({"engine": "memcached", "timeout": "300ms", "storage": {"servers": [mc.addr()]}}),
         json!({}),
@@ -197,14 +197,14 @@ async fn memcached_down_gives_503_and_recovers_after_restart() {
 /// `store.timeout`, not hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_bounded_by_the_store_timeout() {
-    let redis = common::RedisServer::start();
-    let admin_port = common::free_port();
+    let redis = backing::RedisServer::start();
+    let admin_port = backing::free_port();
     let sc = Sidecar::start(
         redis_store(redis.port()),
         json!({"admin": {"listen": format!("127.0.0.1:{admin_port}")}}),
     )
     .await;
-    let mut probe = support::Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], admin_port)));
+    let mut probe = harness::Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], admin_port)));
     assert_eq!(probe.get("/readyz").await.status, 200);
     redis.pause();
     for _ in 0..3 {

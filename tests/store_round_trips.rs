@@ -2,14 +2,14 @@
 //! with a valid cookie costs exactly one store command before forwarding, a write one
 //! more, and a request without a cookie none.
 
-mod common;
-mod support;
+mod backing;
+mod harness;
 
+use harness::Sidecar;
 use serde_json::json;
-use support::Sidecar;
 
 /// Total calls of every command since the last `CONFIG RESETSTAT`, by command name.
-fn command_calls(redis: &common::RedisServer) -> std::collections::BTreeMap<String, u64> {
+fn command_calls(redis: &backing::RedisServer) -> std::collections::BTreeMap<String, u64> {
     let info: String = redis.client(0).cmd(&["INFO", "commandstats"]);
     info.lines()
         .filter_map(|l| {
@@ -20,21 +20,21 @@ fn command_calls(redis: &common::RedisServer) -> std::collections::BTreeMap<Stri
         .collect()
 }
 
-fn reset(redis: &common::RedisServer) {
+fn reset(redis: &backing::RedisServer) {
     let _: String = redis.client(0).cmd(&["CONFIG", "RESETSTAT"]);
 }
 
 /// Script calls: each is one round trip. (`commandstats` also counts the commands a
 /// script runs inside Redis, which cost no round trip; the scripts are the only top-level
 /// commands the sidecar sends on the request path.)
-fn sidecar_calls(redis: &common::RedisServer) -> u64 {
+fn sidecar_calls(redis: &backing::RedisServer) -> u64 {
     let calls = command_calls(redis);
     calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0)
 }
 
 #[tokio::test]
 async fn one_store_command_per_read_and_one_more_per_write() {
-    let redis = common::RedisServer::start();
+    let redis = backing::RedisServer::start();
     let sc = Sidecar::start(
         json!({"engine": "redis", "storage": {"host": "127.0.0.1", "port": redis.port(), "max_connections": 1}}),
         json!({}),
@@ -70,7 +70,7 @@ async fn one_store_command_per_read_and_one_more_per_write() {
 /// memcached `cmd_get`, `cmd_touch`, `cmd_set` since the server started. A load is one
 /// round trip of two commands: the session `mg` that refreshes its TTL (a touch) and the
 /// flash `mg` (a get), pipelined.
-fn memcached_counts(server: &common::MemcachedServer) -> [u64; 3] {
+fn memcached_counts(server: &backing::MemcachedServer) -> [u64; 3] {
     server.counters(["cmd_get", "cmd_touch", "cmd_set"])
 }
 
@@ -79,7 +79,7 @@ fn memcached_counts(server: &common::MemcachedServer) -> [u64; 3] {
 /// read again (issue 5): per write request one touch, one get (the flash) and one set.
 #[tokio::test]
 async fn memcached_write_requests_do_not_read_the_session_twice() {
-    let server = common::MemcachedServer::start();
+    let server = backing::MemcachedServer::start();
     let sc = Sidecar::start(
         json!({"engine": "memcached", "storage": {"servers": [server.addr()]}}),
         json!({}),

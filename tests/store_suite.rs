@@ -2,7 +2,7 @@
 //! store, a real `redis-server` and a real `memcached`, plus engine-specific checks (key
 //! layout, TTLs, dbs, hashing, outages, CAS contention).
 
-mod common;
+mod backing;
 
 use std::{
     collections::BTreeMap,
@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{MemcachedServer, RedisServer};
+use backing::{MemcachedServer, RedisServer};
 use session_sidecar::{
     config::{MAX_KEY_PREFIX_LEN, MemcachedOptions, OnError, RedisOptions, Storage, StoreConfig},
     cookie::SessionId,
@@ -999,7 +999,7 @@ mod redis_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn starts_while_redis_is_down() {
-        let port = common::free_port();
+        let port = backing::free_port();
         let mut cfg = store_config(port, 0, 1);
         cfg.timeout = Duration::from_millis(300);
         let s = redis_new(&cfg, lifetimes()).expect("no I/O at construction");
@@ -1471,7 +1471,7 @@ mod memcached_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn starts_while_memcached_is_down() {
-        let port = common::free_port();
+        let port = backing::free_port();
         let mut cfg = memcached_config(&[]);
         memcached_options(&mut cfg).servers = vec![format!("127.0.0.1:{port}")];
         cfg.timeout = Duration::from_millis(300);

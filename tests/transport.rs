@@ -4,8 +4,8 @@
 //! on h2 and on silent clients, start-up failures on bad certificates, and h2 requests in
 //! the binary's JSON access log (`protocol: HTTP/2`) and in `/metrics`.
 
-mod common;
-mod support;
+mod backing;
+mod harness;
 
 use std::{
     net::SocketAddr,
@@ -15,17 +15,17 @@ use std::{
 };
 
 use bytes::Bytes;
+use harness::{
+    Resp, Sidecar, assert_only_injected,
+    binary::{Binary, LISTENING},
+    certs::TestPki,
+};
 use http::{HeaderName, HeaderValue, Request};
 use http_body_util::Full;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use session_sidecar::{config::Config, server};
-use support::{
-    Resp, Sidecar, assert_only_injected,
-    binary::{Binary, LISTENING},
-    certs::TestPki,
-};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -40,7 +40,7 @@ fn tls_section(pki: &TestPki) -> Value {
 }
 
 async fn tls_sidecar(pki: &TestPki, mut extra: Value) -> Sidecar {
-    support::merge(&mut extra, tls_section(pki));
+    harness::merge(&mut extra, tls_section(pki));
     Sidecar::start(json!({"engine": "memory"}), extra).await
 }
 
@@ -388,12 +388,12 @@ async fn the_upstream_sees_http11_on_the_wire() {
     let mut cfg = json!({
         "listen": "127.0.0.1:0",
         "upstream": format!("http://{up_addr}"),
-        "secrets": [support::SECRET_A],
+        "secrets": [harness::SECRET_A],
         "store": {"engine": "memory"},
         "admin": {"listen": null},
     });
-    support::merge(&mut cfg, tls_section(&pki));
-    let running = support::start_config(&cfg).await;
+    harness::merge(&mut cfg, tls_section(&pki));
+    let running = harness::start_config(&cfg).await;
     let tls = tls_connect(running.addr, &pki, &[b"h2"]).await;
     let authority = format!("localhost:{}", running.addr.port());
     let h2 = H2::handshake(tls, "https", &authority).await;
@@ -470,14 +470,14 @@ async fn metric_reaches(admin: SocketAddr, series: &str, want: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_requests_are_logged_as_http2_and_counted() {
-    let upstream = support::Upstream::start().await;
+    let upstream = harness::Upstream::start().await;
     let pki = TestPki::new("h2-log");
     let bin = Binary::spawn(&format!(
         "listen: 127.0.0.1:0\nupstream: {}\nsecrets: [\"{}\"]\nstore: {{ engine: memory }}\n\
          admin: {{ listen: \"127.0.0.1:0\" }}\nlog: {{ format: json }}\n\
          tls: {{ cert: {}, key: {} }}\n",
         upstream.url(),
-        support::SECRET_A,
+        harness::SECRET_A,
         serde_json::to_string(&pki.cert_file).unwrap(),
         serde_json::to_string(&pki.key_file).unwrap(),
     ))
@@ -658,7 +658,7 @@ async fn start_error(cert: &Path, key: &Path) -> String {
     let cfg = json!({
         "listen": "127.0.0.1:0",
         "upstream": "http://127.0.0.1:9",
-        "secrets": [support::SECRET_A],
+        "secrets": [harness::SECRET_A],
         "admin": {"listen": null},
         "tls": {"cert": cert, "key": key},
     });

@@ -3,7 +3,7 @@
 //! reuse, no reuse of a connection whose response was abandoned, requests that arrive
 //! after the app closed an idle connection, and the idle bound.
 
-mod support;
+mod harness;
 
 use std::{
     sync::{
@@ -13,9 +13,9 @@ use std::{
     time::Duration,
 };
 
+use harness::{SECRET_A, start_config};
 use serde_json::json;
 use session_sidecar::proxy::forward::POOL_IDLE_TIMEOUT;
-use support::{SECRET_A, start_config};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},

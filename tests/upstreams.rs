@@ -2,29 +2,28 @@
 //! scripted upstream served over rustls with a CA generated in the test, or on a unix
 //! socket; the sidecar in-process (and the binary where the environment matters).
 
-mod common;
-mod support;
+mod backing;
+mod harness;
 
 use std::{
     net::SocketAddr,
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use harness::{
+    Client, SECRET_A, UnixUpstream, Upstream,
+    binary::{self, Binary},
+    certs::TestPki,
+    start_config,
+};
 use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use session_sidecar::{config::Config, server};
-use support::{
-    Client, SECRET_A, UnixUpstream, Upstream,
-    binary::{BIN, Binary},
-    certs::TestPki,
-    start_config,
-};
 
 fn sidecar_config(upstream: &str, extra: Value) -> Value {
     let mut cfg = json!({
@@ -34,7 +33,7 @@ fn sidecar_config(upstream: &str, extra: Value) -> Value {
         "store": {"engine": "memory"},
         "admin": {"listen": null},
     });
-    support::merge(&mut cfg, extra);
+    harness::merge(&mut cfg, extra);
     cfg
 }
 
@@ -43,7 +42,7 @@ fn https_config(port: u16, ca: &Path, extra: Value) -> Value {
         &format!("https://localhost:{port}"),
         json!({"upstream_tls": {"ca": ca}}),
     );
-    support::merge(&mut cfg, extra);
+    harness::merge(&mut cfg, extra);
     cfg
 }
 
@@ -285,7 +284,7 @@ async fn a_request_without_host_gets_a_host_on_a_unix_upstream() {
     let addr = running.addr;
     // raw_exchange blocks: keep it off the runtime that serves the sidecar.
     let (text, _) = tokio::task::spawn_blocking(move || {
-        support::raw_exchange(addr, b"GET /old HTTP/1.0\r\n\r\n", Duration::from_secs(10))
+        harness::raw_exchange(addr, b"GET /old HTTP/1.0\r\n\r\n", Duration::from_secs(10))
     })
     .await
     .expect("raw exchange");
@@ -318,19 +317,13 @@ async fn a_missing_unix_socket_is_a_502_not_a_hang() {
 
 // ---- the binary: system roots and the log ---------------------------------------------
 
-/// A whole config file for the binary: an ephemeral port, no admin listener, then
-/// `config`.
-fn binary_yaml(config: &str) -> String {
-    format!("listen: 127.0.0.1:0\nsecrets: [\"{SECRET_A}\"]\nadmin: {{ listen: null }}\n{config}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_upstream_tls_ca_the_system_roots_are_used() {
     let pki = TestPki::new("upstream");
     let up = Upstream::start_tls(&pki).await;
     // rustls-native-certs reads SSL_CERT_FILE instead of the platform store.
     let config = format!("upstream: https://localhost:{}\n", up.addr.port());
-    let bin = Binary::with_config(binary_yaml(&config))
+    let bin = Binary::with_config(binary::config(&config))
         .env("SSL_CERT_FILE", &pki.ca_file)
         .spawn()
         .await;
@@ -345,19 +338,14 @@ fn without_any_root_the_binary_refuses_to_start_with_a_hint() {
     let dir = tempfile::tempdir().expect("temp dir");
     let empty = dir.path().join("no-roots.pem");
     std::fs::write(&empty, "").expect("write");
-    let path = dir.path().join("sidecar.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "listen: 127.0.0.1:0\nupstream: https://localhost:8443\nsecrets: [\"{SECRET_A}\"]\nadmin: {{ listen: null }}\n"
-        ),
-    )
-    .expect("write config");
-    let out = Command::new(BIN)
+    let path = binary::write_config(
+        dir.path(),
+        &binary::config("upstream: https://localhost:8443\n"),
+    );
+    let out = binary::command()
         .arg("--config")
         .arg(&path)
         .env("SSL_CERT_FILE", &empty)
-        .env_remove("SSL_CERT_DIR")
         .output()
         .expect("run the binary");
     assert!(!out.status.success());
@@ -376,7 +364,7 @@ async fn a_certificate_failure_is_logged_with_its_cause_but_no_cookie() {
     // Two sidecars share one real redis-server and the secret: the first (trusting the
     // upstream's CA) creates a session; the binary (trusting another CA) then gets a
     // request with that valid cookie, loads the session and fails at the handshake.
-    let redis = tokio::task::block_in_place(common::RedisServer::start);
+    let redis = tokio::task::block_in_place(backing::RedisServer::start);
     let store = json!({"engine": "redis", "storage": {"host": "127.0.0.1", "port": redis.port()}});
     let good = start_config(&https_config(
         up.addr.port(),
@@ -398,7 +386,7 @@ async fn a_certificate_failure_is_logged_with_its_cause_but_no_cookie() {
         other.ca_file.display(),
         store
     );
-    let bin = Binary::spawn(&binary_yaml(&config)).await;
+    let bin = Binary::spawn(&binary::config(&config)).await;
     client.addr = bin.addr;
     let r = client.get("/").await;
     let log = bin.stop().await;

@@ -8,7 +8,7 @@
 //! WebSocket handshakes (`accept_hdr`, recording the handshake request and adding an
 //! `X-Session-Set` to its `101`), then echoes every message.
 
-mod support;
+mod harness;
 
 use std::{
     io::{Read, Write},
@@ -17,8 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use harness::{Client, SECRET_A, SetCookie, header_pairs, start_config};
 use serde_json::{Value, json};
-use support::{Client, SECRET_A, SetCookie, header_pairs, start_config};
 use tokio_tungstenite::tungstenite::{
     self, ClientRequestBuilder, Message, WebSocket,
     handshake::server::{ErrorResponse, Request as WsRequest, Response as WsResponse},
@@ -260,7 +260,7 @@ async fn websocket_round_trip_with_session_headers_on_the_handshake() {
     let reserved: Vec<&str> = seen
         .iter()
         .map(|(k, _)| k.as_str())
-        .filter(|k| support::is_reserved(k))
+        .filter(|k| harness::is_reserved(k))
         .collect();
     assert_eq!(
         reserved.len(),
@@ -276,7 +276,7 @@ async fn websocket_round_trip_with_session_headers_on_the_handshake() {
 
     // The 101 the client got: the session cookie, no instruction header.
     assert!(
-        resp_headers.iter().all(|(k, _)| !support::is_reserved(k)),
+        resp_headers.iter().all(|(k, _)| !harness::is_reserved(k)),
         "{resp_headers:?}"
     );
     assert!(cookie.has("httponly"));

@@ -131,7 +131,7 @@ pub struct ConnInfo {
     /// `"http"` or `"https"`: how the client reached us (`X-Forwarded-Proto`).
     pub scheme: &'static str,
     /// The raw head carried both `Content-Length` and `Transfer-Encoding` (see
-    /// [`crate::keepalive`]; hyper hides it from the headers).
+    /// [`crate::server::head_scan`]; hyper hides it from the headers).
     pub ambiguous_framing: bool,
 }
 

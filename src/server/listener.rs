@@ -28,11 +28,14 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::admission::{Admission, Admitted, Refused};
+use super::{
+    admission::{Admission, Admitted, Refused},
+    head_scan::HeadFraming,
+    watchdog::{Activity, Expiry, InFlight, WatchedIo},
+};
 use crate::{
     body::Body,
     config::Config,
-    keepalive::{Activity, Expiry, HeadFraming, InFlight, WatchedIo},
     proxy::{ConnInfo, Proxy},
     tls::TlsCerts,
 };
@@ -81,7 +84,7 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         // hyper's header-read timer also runs while a keep-alive connection is idle, so
         // it gets the idle timeout; the shorter header-read deadline is enforced by the
-        // connection's watchdog (see `keepalive`). Whichever is shorter wins.
+        // connection's watchdog (see `watchdog`). Whichever is shorter wins.
         .header_read_timeout(config.timeouts.idle.max(config.timeouts.header_read))
         // Bounds the request line + headers; hyper answers 431 past it.
         .max_buf_size(config.limits.max_header_size)

@@ -2,12 +2,15 @@
 //! and admin listeners, and shut down gracefully (in-flight requests and upgraded
 //! tunnels drain up to `timeouts.shutdown`).
 //!
-//! The accept loop and per-connection serving live in [`listener`], signal handling in
-//! [`signals`].
+//! The accept loop and per-connection serving live in [`listener`], the per-connection
+//! timers in [`watchdog`] (with the raw request-head scan in [`head_scan`]), signal
+//! handling in [`signals`].
 
 pub mod admission;
+pub mod head_scan;
 pub mod listener;
 pub mod signals;
+pub mod watchdog;
 
 use std::{
     net::SocketAddr,

@@ -1,5 +1,6 @@
-//! Shared integration-test harness: a real `redis-server` per test (never mocked) and a
-//! tiny synchronous client for assertions on what the sidecar stored.
+//! The backing servers of the integration tests: a real `redis-server` and a real
+//! `memcached` per test (never mocked), spawned on free ports, and tiny synchronous
+//! clients for assertions on what the sidecar stored. The HTTP side is in `harness`.
 //!
 //! Every test binary compiles this module and uses only part of it.
 #![allow(dead_code)]

@@ -17,7 +17,7 @@ use std::{
     ffi::OsString,
     io::{BufRead, BufReader, Read},
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     thread::JoinHandle,
@@ -31,6 +31,34 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub const LISTENING: &str = "session-sidecar listening";
 /// Output kept per stream; a runaway child cannot exhaust the test's memory.
 const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+
+/// A whole config file: an ephemeral port, no admin listener, [`super::SECRET_A`], then
+/// `rest` (at least `upstream:`).
+pub fn config(rest: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nsecrets: [\"{}\"]\nadmin: {{ listen: null }}\n{rest}",
+        super::SECRET_A
+    )
+}
+
+/// Write `yaml` as `sidecar.yaml` in `dir`; returns its path.
+pub fn write_config(dir: &Path, yaml: &str) -> PathBuf {
+    let path = dir.join("sidecar.yaml");
+    std::fs::write(&path, yaml).expect("write the config");
+    path
+}
+
+/// The binary as a one-shot command (`gen-secret`, `check`, a start that must fail), in
+/// the environment the test decides, not the shell's that runs `cargo test`.
+pub fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("RUST_LOG")
+        .env_remove("SIDECAR_CONFIG")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .stdin(Stdio::null());
+    cmd
+}
 
 /// How to start the binary; see [`Binary::with_config`].
 pub struct Spawn {
@@ -56,17 +84,10 @@ impl Spawn {
     /// Start the child and wait (bounded) until it listens.
     pub async fn spawn(self) -> Binary {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("sidecar.yaml");
-        std::fs::write(&config, &self.yaml).expect("write the config");
-        let mut cmd = Command::new(BIN);
+        let config = write_config(dir.path(), &self.yaml);
+        let mut cmd = command();
         cmd.arg("--config")
             .arg(&config)
-            // The test decides the environment, not the shell that runs `cargo test`.
-            .env_remove("RUST_LOG")
-            .env_remove("SIDECAR_CONFIG")
-            .env_remove("SSL_CERT_FILE")
-            .env_remove("SSL_CERT_DIR")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in &self.envs {

@@ -1,6 +1,8 @@
 //! HTTP-level harness: a real upstream HTTP server in the test process that echoes what
 //! it received and answers with scripted headers, a sidecar started in-process on port 0,
-//! and a small client with a one-cookie jar.
+//! and a small client with a one-cookie jar. [`binary`] runs the real binary as a child
+//! process (one-shot commands too); [`certs`] makes a test CA and leaf certificates. The
+//! backing stores (`redis-server`, `memcached`) are in `backing`.
 //!
 //! Upstream control headers (none is reserved, so they pass the sidecar):
 //! `X-Test-Reply: [[name, value], ...]` response headers, `X-Test-Status: N`,
