@@ -88,15 +88,25 @@ fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
 }
 
 fn check(path: Option<PathBuf>) -> ExitCode {
-    match load(path) {
-        Ok(config) => {
-            // stdout gets only YAML, so the output can be piped or diffed.
-            print!("{}", config.redacted_yaml());
-            eprintln!("{}: OK", config.path.display());
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    // Build what `run` builds before it binds (certificates, store, upstream client) and
+    // drop it: what `check` accepts, `run` starts.
+    let prepared = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+        .and_then(|runtime| runtime.block_on(async { server::prepare(&config).map(drop) }));
+    if let Err(e) = prepared {
+        eprintln!("{}: {e:#}", config.path.display());
+        return ExitCode::from(EXIT_CONFIG);
     }
+    // stdout gets only YAML, so the output can be piped or diffed.
+    print!("{}", config.redacted_yaml());
+    eprintln!("{}: OK", config.path.display());
+    ExitCode::SUCCESS
 }
 
 fn run(path: Option<PathBuf>) -> ExitCode {

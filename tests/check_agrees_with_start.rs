@@ -162,6 +162,33 @@ const ROWS: &[Row] = &[
     ),
 ];
 
+/// Rows beyond the store: files that `start` reads before it binds (certificates, a CA
+/// bundle), and an upstream the TLS client cannot verify. `check` reads them too.
+/// `{dir}` is the row's temporary directory, which holds `garbage.pem` (not PEM).
+const FILE_ROWS: &[Row] = &[
+    row(
+        "tls with missing certificate files",
+        "tls: {cert: \"{dir}/no-cert.pem\", key: \"{dir}/no-key.pem\"}",
+        false,
+    ),
+    row(
+        "tls with files that hold no certificate",
+        "tls: {cert: \"{dir}/garbage.pem\", key: \"{dir}/garbage.pem\"}",
+        false,
+    ),
+    row(
+        "https upstream with a missing CA bundle",
+        "upstream_tls: {ca: \"{dir}/no-ca.pem\"}",
+        false,
+    ),
+    row(
+        "https upstream with a CA bundle without certificates",
+        "upstream_tls: {ca: \"{dir}/garbage.pem\"}",
+        false,
+    ),
+    row("https upstream with the system roots", "", true),
+];
+
 fn config_text(store: &str) -> String {
     // A short store timeout: the Redis database check at start fails fast.
     let store = match store.strip_suffix('}') {
@@ -193,13 +220,28 @@ async fn starts(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A file row: an https upstream (so `upstream_tls` applies) and the row's text.
+fn file_config_text(extra: &str, dir: &std::path::Path) -> String {
+    let extra = extra.replace("{dir}", &dir.display().to_string());
+    format!(
+        "listen: 127.0.0.1:0\nadmin: {{listen: null}}\nupstream: https://localhost:1\n\
+         secrets: [\"{SECRET}\"]\n{extra}\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_accepts_exactly_what_starts() {
     let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("garbage.pem"), "not a PEM file\n").expect("write");
+    let texts = ROWS.iter().map(|row| (row, config_text(row.store))).chain(
+        FILE_ROWS
+            .iter()
+            .map(|row| (row, file_config_text(row.store, dir.path()))),
+    );
     let mut problems = Vec::new();
-    for (i, row) in ROWS.iter().enumerate() {
+    for (i, (row, text)) in texts.enumerate() {
         let path = dir.path().join(format!("row{i}.yaml"));
-        std::fs::write(&path, config_text(row.store)).expect("write");
+        std::fs::write(&path, text).expect("write");
         let (checked, check_stderr) = check_accepts(&path);
         let started = starts(&path).await;
         if checked != started.is_ok() {

@@ -158,8 +158,29 @@ pub fn build_store(config: &Config) -> anyhow::Result<AnyStore> {
     })
 }
 
-/// Bind the listeners and start serving in background tasks.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
+/// Everything [`start`] builds from a configuration before it binds a socket: the TLS
+/// certificates, the store engine, the per-request settings and the upstream client.
+/// No network I/O (stores connect on first use), but the certificate and CA files are
+/// read.
+///
+/// `session-sidecar check` builds it too and drops it, so that what `check` accepts,
+/// `run` starts (docs/configuration.md#check-is-authoritative): only binding the
+/// listeners is left to fail at start. Call it inside a tokio runtime (the upstream
+/// pool starts its idle sweep).
+#[derive(Debug)]
+pub struct Prepared {
+    tls: Option<Arc<crate::tls::TlsCerts>>,
+    store: AnyStore,
+    settings: Settings,
+    upstream: Upstream,
+}
+
+/// Build what [`start`] needs from `config`; see [`Prepared`].
+///
+/// # Errors
+/// A certificate, key or CA file that cannot be loaded, or settings the upstream client
+/// or the store client refuse, each with the file or setting named.
+pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     // Certificates first: a bad one fails the start with the file named, before
     // anything is bound (and never falls back to plain HTTP).
     let tls = config
@@ -167,17 +188,31 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .as_ref()
         .map(crate::tls::TlsCerts::load)
         .transpose()?;
+    Ok(Prepared {
+        tls,
+        store: build_store(config)?,
+        settings: Settings::from_config(config)?,
+        upstream: Upstream::from_config(config)?,
+    })
+}
+
+/// Bind the listeners and start serving in background tasks.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let Prepared {
+        tls,
+        store,
+        settings,
+        upstream,
+    } = prepare(&config)?;
     // One registry per sidecar (no globals): the store and the pipeline record, the
     // admin listener serves it.
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let store = Arc::new(TimedStore::new(
-        build_store(&config)?,
+        store,
         config.store.timeout,
         metrics.clone(),
     ));
     report_store_at_start(&store).await;
-    let settings = Settings::from_config(&config)?;
-    let upstream = Upstream::from_config(&config)?;
     let proxy = Arc::new(Proxy::new(settings, store.clone(), upstream, metrics));
     let (stop, stopped) = watch::channel(false);
 
