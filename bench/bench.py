@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark of session-sidecar against nginx proxy_pass (issue 5).
+"""Side-by-side benchmark of session-sidecar against nginx proxy_pass (docs/performance.md#the-benchmark).
 
 Everything runs on loopback in one run: an nginx upstream (`return 200`, ~100-byte
 body), redis-server, memcached, a baseline nginx `proxy_pass` with upstream keepalive,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for the benchmark (issue 5): installs what is missing (nginx, wrk,
+# One command for the benchmark (docs/performance.md#the-benchmark): installs what is missing (nginx, wrk,
 # redis-server, memcached, python3 from Debian's packages), builds the sidecar in release
 # mode and runs bench/bench.py, which starts every peer on loopback, measures and prints
 # a table of ratios to nginx proxy_pass. Arguments are passed on (`--help` lists them).

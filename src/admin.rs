@@ -1,5 +1,5 @@
-//! The admin listener (SPEC §9): `/healthz` (alive), `/readyz` (store reachable),
-//! `/metrics` (Prometheus text format 0.0.4, see [`crate::metrics`]).
+//! The admin listener (docs/security.md §18): `/healthz` (alive), `/readyz` (store
+//! reachable), `/metrics` (Prometheus text format 0.0.4, see [`crate::metrics`]).
 //!
 //! It has its own socket (`admin.listen`, default `127.0.0.1:9090`, `null` disables it)
 //! and its own router: nothing here is reachable through the proxy listener, where
@@ -82,7 +82,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut stopped: watch:
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else {
-                    // EMFILE and friends: back off instead of spinning (pitfall 19).
+                    // EMFILE and friends: back off instead of spinning.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };

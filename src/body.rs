@@ -1,5 +1,6 @@
 //! The body type every response and forwarded request uses: streamed, never buffered
-//! whole (SPEC §8.2), with reserved trailers stripped on the way (SPEC §3.1).
+//! whole (docs/protocol.md §10.1), with reserved trailers stripped on the way
+//! (docs/protocol.md §3.2).
 
 use std::sync::Arc;
 

@@ -1,9 +1,9 @@
-//! Session ids and the signed cookie (SPEC §4), pure.
+//! Session ids and the signed cookie (docs/protocol.md §6), pure.
 //!
 //! Value: `<id>.<mac>`; `id` = 16 bytes from the OS CSPRNG, base64url without padding;
 //! `mac` = base64url without padding of HMAC-SHA256(key = secret bytes,
 //! message = cookie_name ‖ "|" ‖ id). Binding the cookie *name* stops a value signed for
-//! another cookie from being replayed as the session cookie (SECURITY A2).
+//! another cookie from being replayed as the session cookie (docs/security.md §5).
 
 use std::fmt;
 
@@ -20,12 +20,12 @@ const ID_LEN: usize = 22;
 const MAC_LEN: usize = 43;
 
 /// A session id as issued by this sidecar. `Debug` never prints it: ids are bearer
-/// secrets and must not reach logs (SECURITY A4, pitfall 20).
+/// secrets and must not reach logs (docs/security.md §16).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SessionId(String);
 
 impl SessionId {
-    /// A fresh id: 128 bits from the OS CSPRNG (SECURITY A1).
+    /// A fresh id: 128 bits from the OS CSPRNG (docs/security.md §6).
     ///
     /// # Errors
     /// When the OS random source fails; callers answer 503 rather than issue a weak id.
@@ -42,7 +42,7 @@ impl SessionId {
 
     /// The name under which stores keep this session: base64url(SHA-256(id)). Store
     /// dumps, `MONITOR` and slow logs then reveal nothing a client could present
-    /// (SECURITY A4).
+    /// (docs/security.md §7).
     pub fn store_key(&self) -> String {
         URL_SAFE_NO_PAD.encode(Sha256::digest(self.0.as_bytes()))
     }
@@ -123,7 +123,7 @@ impl CookieSigner {
         out
     }
 
-    /// Verify a cookie value in constant time against every secret (SECURITY A3).
+    /// Verify a cookie value in constant time against every secret (docs/security.md §5).
     /// Anything malformed is simply not verified.
     pub fn verify(&self, value: &str) -> Option<VerifiedCookie> {
         let (id, mac) = value.split_once('.')?;
@@ -161,7 +161,7 @@ pub enum CookieState {
 
 /// Iterate the `name=value` pairs of every `Cookie` header (h2 may split them in
 /// crumbs). Names match byte for byte; only SP and HTAB around pairs are trimmed
-/// (SECURITY A8: no decoding, no Unicode trimming).
+/// (docs/security.md §5: no decoding, no Unicode trimming).
 fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(header::COOKIE)
@@ -317,14 +317,14 @@ impl CookieAttributes {
         self.render(value, session_max_age.or(self.max_age), false)
     }
 
-    /// `Set-Cookie` that removes the cookie, with the same scope (SECURITY B4).
+    /// `Set-Cookie` that removes the cookie, with the same scope (docs/security.md §9).
     pub fn clear(&self) -> HeaderValue {
         self.render("", None, true)
     }
 }
 
 /// A response that sets the session cookie must not be stored by shared caches: add
-/// `private`, remove `public` and `s-maxage` (SPEC §4).
+/// `private`, remove `public` and `s-maxage` (docs/protocol.md §6.5).
 pub fn make_private(headers: &mut HeaderMap) {
     let mut directives: Vec<String> = Vec::new();
     for v in headers.get_all(header::CACHE_CONTROL) {

@@ -1,5 +1,6 @@
-//! Request-path failures and the one place that maps them to HTTP responses (SPEC §8.7):
-//! short plain-text bodies that carry the request id, nothing else.
+//! Request-path failures and the one place that maps them to HTTP responses
+//! (docs/protocol.md §10.9): short plain-text bodies that carry the request id, nothing
+//! else.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};

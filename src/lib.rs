@@ -11,7 +11,9 @@
 //!
 //! ## How a request flows
 //!
-//! One function reads top to bottom (`proxy::Proxy::process`):
+//! Two functions read top to bottom: `proxy::Proxy::receive` (steps 1–4: framing,
+//! strip, cookie, load), then `proxy::Proxy::process` (steps 5–9: inject and forward,
+//! instructions, decide, write, respond).
 //!
 //! 1. refuse ambiguous framing ([`proxy::headers::check_framing`], and the raw-head
 //!    scan in [`server::head_scan`]);
@@ -41,7 +43,7 @@
 //! | [`server::head_scan`] | the raw request-head scan for `Content-Length` with `Transfer-Encoding`, pure |
 //! | [`reload`] | `SIGHUP`: which re-read settings apply live, which need a restart |
 //! | [`tls`] | TLS termination: PEM loading, ALPN `h2`/`http/1.1`, certificates swapped on reload |
-//! | [`config`] | the YAML schema, validation with `FILE:LINE:COLUMN` errors |
+//! | [`config`] | the YAML schema, validation with `FILE:LINE:COLUMN` errors (a folder: types, raw, reader, sections, store, values, expand, suggest, redact) |
 //! | [`admin`] | `/healthz`, `/readyz`, `/metrics` |
 //! | [`metrics`] | the Prometheus registry: request, upstream, store and session counters |
 //!

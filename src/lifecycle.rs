@@ -1,6 +1,7 @@
 //! What a response's instructions mean for the session, pure: which store write to make
-//! and which `Set-Cookie` to send (SPEC §3.3 rules, §4 "emits Set-Cookie only when").
-//! The pipeline executes the [`Decision`]; every branch is unit-tested here.
+//! and which `Set-Cookie` to send (docs/protocol.md §5; docs/protocol.md §6.5 for when a
+//! Set-Cookie is sent). The pipeline executes the [`Decision`]; every branch is unit-tested
+//! here.
 
 use http::StatusCode;
 
@@ -134,7 +135,7 @@ fn decide_changes<E>(
 ) -> Result<Result<Decision, StoreUnavailable>, E> {
     let writes = changes.writes();
     // Deleting keys of a session that does not exist is a no-op, not a reason to create
-    // an empty session; every other write creates one (SPEC §3.3, lazy creation).
+    // an empty session; every other write creates one (docs/protocol.md §5.4).
     let creates =
         changes.max_age.is_some() || changes.ops.iter().any(|op| !matches!(op, Op::Delete(_)));
     if view.status == SessionStatus::Unavailable
@@ -248,7 +249,7 @@ fn plan(target: Target, changes: &ChangeSet) -> WritePlan {
 }
 
 /// The session a plan meant to update (or move) is gone: strict ids forbid writing it
-/// under its old id, so the same ops go to a brand-new session (SPEC §3.3).
+/// under its old id, so the same ops go to a brand-new session (docs/protocol.md §9.3).
 pub fn retry_as_new(previous: &WritePlan, id: SessionId, policy: &CookiePolicy) -> Decision {
     Decision {
         plan: Some(WritePlan {

@@ -1,4 +1,5 @@
-//! Logging setup (SPEC §9): `tracing` events to stderr, as text or JSON lines.
+//! Logging setup (docs/configuration.md#admin-and-logging): `tracing` events to stderr, as
+//! text or JSON lines.
 //!
 //! The filter is `log.level` from the config; a non-empty `RUST_LOG` overrides it so
 //! an operator can raise verbosity for one run without editing the file.

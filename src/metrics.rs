@@ -1,4 +1,5 @@
-//! Prometheus metrics (SPEC §9, served on the admin listener's `/metrics`).
+//! Prometheus metrics (docs/decisions.md#observability, served on the admin listener's
+//! `/metrics`).
 //!
 //! One explicit [`Registry`] per sidecar (no globals, so tests can run several sidecars
 //! in one process). Every labelled series is created up front from a closed set of

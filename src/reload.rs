@@ -1,4 +1,5 @@
-//! `SIGHUP`: what a re-read configuration may change in a running sidecar (SPEC §9).
+//! `SIGHUP`: what a re-read configuration may change in a running sidecar
+//! (docs/configuration.md#reloading).
 //!
 //! Pure: [`plan`] compares the configuration in force with the re-read one and returns
 //! the configuration to put in force, the restart-only settings that differ (logged as

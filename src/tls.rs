@@ -1,4 +1,5 @@
-//! TLS termination on the proxy listener (SPEC §2, §10 `tls.cert` / `tls.key`).
+//! TLS termination on the proxy listener (docs/protocol.md §10.1;
+//! docs/configuration.md#listener `tls.cert` / `tls.key`).
 //!
 //! [`TlsCerts`] loads the PEM certificate chain and private key, builds one rustls
 //! [`ServerConfig`] (ring provider only, ALPN `h2` then `http/1.1`) and serves the

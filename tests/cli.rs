@@ -1,6 +1,6 @@
-//! The binary's command line (SPEC §9): `gen-secret`, `check`, config errors with
-//! `FILE:LINE:COLUMN`, and a real run of the binary that serves a request and stops on
-//! SIGTERM.
+//! The binary's command line (docs/configuration.md#session-sidecar-check): `gen-secret`,
+//! `check`, config errors with `FILE:LINE:COLUMN`, and a real run of the binary that serves
+//! a request and stops on SIGTERM.
 
 mod harness;
 

@@ -1,4 +1,5 @@
-//! The process lifecycle with the real binary and real signals (SPEC §9, issue 4):
+//! The process lifecycle with the real binary and real signals
+//! (docs/configuration.md#signals, docs/decisions.md#lifecycle-reload-and-shutdown):
 //! `SIGHUP` re-reads the configuration without dropping connections (secret rotation,
 //! bypass and cookie attributes, TLS certificate files renewed in place; a broken file
 //! is rejected and the old settings stay), `SIGTERM` stops accepting at once, lets a

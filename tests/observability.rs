@@ -1,4 +1,4 @@
-//! Observability (SPEC §9, issue 4 "Admin listener" and "Logs"): `/metrics` parsed whole
+//! Observability (docs/decisions.md#observability): `/metrics` parsed whole
 //! and its counters moving by exact amounts (memory and a real `redis-server`), the admin
 //! listener kept off the proxy port, `X-Request-Id` trust rules, and the binary's JSON
 //! access log without cookie values, session data or query strings.

@@ -486,7 +486,7 @@ fn exchange(sc: &Sidecar, data: &'static [u8]) -> (String, bool) {
 
 /// hyper removes `Content-Length` when `Transfer-Encoding` is present before the
 /// service runs; the connection's head scanner still sees both, and the request is
-/// refused without reaching the app (request smuggling, SPEC §8.6).
+/// refused without reaching the app (request smuggling, docs/protocol.md §10.4).
 #[tokio::test(flavor = "multi_thread")]
 async fn content_length_with_transfer_encoding_is_refused_and_closed() {
     let sc = memory(json!({})).await;
@@ -710,8 +710,8 @@ async fn an_upload_that_continues_after_an_early_response_is_not_cut() {
     assert_eq!(body_len, 60, "the upload was cut after the early response");
 }
 
-/// SECURITY G6: connections over `limits.max_connections` (or the per-address cap) are
-/// closed at accept; the others keep working, and a freed slot admits again.
+/// docs/security.md §14: connections over `limits.max_connections` (or the per-address cap)
+/// are closed at accept; the others keep working, and a freed slot admits again.
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_caps_close_extra_connections_at_accept() {
     fn closed_at_once(addr: std::net::SocketAddr) -> bool {

@@ -1,6 +1,7 @@
-//! The behavioural suite: SPEC §3–§6 as a client and an app see them, written once and
-//! run against every store engine (`memory`, `redis`, `memcached`) through the real proxy,
-//! a real upstream HTTP server and, for Redis and memcached, a real server per test.
+//! The behavioural suite: docs/protocol.md §3–§9 as a client and an app see them, written
+//! once and run against every store engine (`memory`, `redis`, `memcached`) through the
+//! real proxy, a real upstream HTTP server and, for Redis and memcached, a real server per
+//! test.
 
 mod backing;
 mod harness;
@@ -258,7 +259,7 @@ macro_rules! session_suite {
                 assert_eq!(r.status, 503);
                 assert!(r.reserved_in_response().is_empty() && r.cookie("session").is_none());
                 assert_eq!(c.get("/").await.session(), json!({"a": 1}));
-                // A logout is honoured even when the app then fails (SECURITY C8).
+                // A logout is honoured even when the app then fails (docs/security.md §9).
                 let mut other = sc.client();
                 write(&mut other, &[set(json!({"u": 1}))]).await;
                 let mut stale = other.clone();

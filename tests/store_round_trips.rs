@@ -76,7 +76,9 @@ fn memcached_counts(server: &backing::MemcachedServer) -> [u64; 3] {
 
 /// The same budget on memcached: a read is one round trip, and a write is one more
 /// because the pipeline hands the version it loaded to the write, so the session is not
-/// read again (issue 5): per write request one touch, one get (the flash) and one set.
+/// read again
+/// (docs/performance.md#what-changed-each-measured-side-by-side-before-it-landed): per
+/// write request one touch, one get (the flash) and one set.
 #[tokio::test]
 async fn memcached_write_requests_do_not_read_the_session_twice() {
     let server = backing::MemcachedServer::start();

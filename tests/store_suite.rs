@@ -1187,7 +1187,8 @@ mod memcached_only {
     }
 
     /// A write handed the version its request loaded does not read the session again:
-    /// a read + write request costs two round trips, not three (issue 5).
+    /// a read + write request costs two round trips, not three
+    /// (docs/performance.md#what-changed-each-measured-side-by-side-before-it-landed).
     #[tokio::test]
     async fn a_write_based_on_the_current_load_does_not_read_again() {
         let server = MemcachedServer::start();

@@ -1,6 +1,6 @@
-//! `https://` and `unix:` upstreams (SPEC §8.1), end to end with real components: the
-//! scripted upstream served over rustls with a CA generated in the test, or on a unix
-//! socket; the sidecar in-process (and the binary where the environment matters).
+//! `https://` and `unix:` upstreams (docs/protocol.md §10.1), end to end with real
+//! components: the scripted upstream served over rustls with a CA generated in the test, or
+//! on a unix socket; the sidecar in-process (and the binary where the environment matters).
 
 mod backing;
 mod harness;

@@ -1,4 +1,4 @@
-//! WebSocket through the sidecar (SPEC §8.2, issue 4 "Upgrades"), with a real
+//! WebSocket through the sidecar (docs/protocol.md §10.5), with a real
 //! WebSocket server as the upstream and a real WebSocket client, both `tungstenite`
 //! (the protocol engine of the `tokio-tungstenite` dev-dependency, used through its
 //! blocking API in threads: its async streams need `futures` traits this crate does not

@@ -1,12 +1,12 @@
-//! The YAML configuration (SPEC §9, §10): schema, defaults, `${VAR}` expansion,
+//! The YAML configuration (docs/configuration.md): schema, defaults, `${VAR}` expansion,
 //! validation with `FILE:LINE:COLUMN` errors and hints, and the redacted printout of
 //! `session-sidecar check`.
 //!
 //! Loading goes in three steps:
 //! 1. serde-saphyr parses the text into private `Raw*` structs (`deny_unknown_fields`,
-//!    every key optional, values wrapped in [`Spanned`] so that later checks can point
-//!    at the offending value). Duplicate keys and oversized/alias-bomb documents are
-//!    rejected by the parser.
+//!    every key optional, values wrapped in [`serde_saphyr::Spanned`] so that later checks
+//!    can point at the offending value). Duplicate keys and oversized/alias-bomb documents
+//!    are rejected by the parser.
 //! 2. `${VAR}` references are expanded in string scalars *after* parsing, so a value
 //!    from the environment can never change the document structure.
 //! 3. Defaults are applied and every rule is checked while building [`Config`]; the
@@ -21,7 +21,7 @@
 //! Numbers and booleans may also be written as strings (`port: "${REDIS_PORT}"`),
 //! which is what makes `${VAR}` usable for them.
 
-//! The code is split by job: [`types`] (the public types and their defaults), `raw`
+//! The code is split by job: `types` (the public types and their defaults), `raw`
 //! (the position-tagged serde structs), `reader` (scalar readers and error
 //! construction), `sections` and `store` (one builder per section), `values` (pure
 //! value parsers), `expand` (`${VAR}`), `suggest` (did-you-mean) and `redact` (the

@@ -398,7 +398,7 @@ impl Default for Timeouts {
 pub struct Limits {
     #[serde(serialize_with = "ser::size")]
     pub max_header_size: usize,
-    /// The most client connections the proxy listener holds at once (SECURITY.md G6).
+    /// The most client connections the proxy listener holds at once (docs/security.md §14).
     pub max_connections: usize,
     /// The most client connections from one peer IP address; `None` when
     /// `limits.max_connections_per_ip: null` (no per-address cap).

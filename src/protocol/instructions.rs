@@ -31,7 +31,7 @@ pub enum Op {
 /// cap it by `absolute_ttl` anyway; the bound only keeps the arithmetic far from overflow.
 pub const MAX_MAX_AGE: u64 = u32::MAX as u64;
 
-/// The write instructions of SPEC §3.3, in their order of effect.
+/// The write instructions of docs/protocol.md §5.1, in their order of effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Destroy,
@@ -45,7 +45,7 @@ pub(super) enum Kind {
 }
 
 impl Kind {
-    /// Order of effect, independent of the order of the headers (SPEC §3.3).
+    /// Order of effect, independent of the order of the headers (docs/protocol.md §5.3).
     pub(super) const ALL: [Kind; 8] = [
         Kind::Destroy,
         Kind::Regenerate,
@@ -80,7 +80,7 @@ impl ReservedPrefix {
     }
 
     /// Remove every reserved header from the upstream's response `headers` and parse the
-    /// write instructions among them (SPEC §3.3).
+    /// write instructions among them (docs/protocol.md §5.7).
     ///
     /// The headers are gone from the map whatever the outcome, so nothing reserved can
     /// reach the client even when the caller turns an error into a 502 carelessly.
@@ -175,7 +175,7 @@ impl ReservedPrefix {
 }
 
 // ---------------------------------------------------------------------------------------
-// Write instructions (SPEC §3.3)
+// Write instructions (docs/protocol.md §5)
 // ---------------------------------------------------------------------------------------
 
 /// The validated write instructions of one response.
@@ -206,8 +206,8 @@ impl ChangeSet {
 }
 
 /// A write instruction the sidecar refuses; the whole response's writes are dropped and
-/// the client gets a 502 (SPEC §3.3). `reason` never quotes the value, which can be
-/// session data: at most a key name, cut to 64 characters and escaped.
+/// the client gets a 502 (docs/protocol.md §5.5). `reason` never quotes the value, which
+/// can be session data: at most a key name, cut to 64 characters and escaped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{header}: {reason}")]
 pub struct Malformed {

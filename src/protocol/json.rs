@@ -35,10 +35,10 @@ pub fn encode_object(map: &BTreeMap<String, String>) -> String {
     out
 }
 
-/// Longest session key, in UTF-8 bytes (SPEC §3.3).
+/// Longest session key, in UTF-8 bytes (docs/protocol.md §5.2).
 pub const MAX_KEY_LEN: usize = 256;
 /// Deepest nesting of containers in an instruction value; the outer object (or array)
-/// is level 1. serde_json's own limit is 128 (SECURITY finding 9, F2).
+/// is level 1. serde_json's own limit is 128 (docs/security.md §4).
 pub const MAX_DEPTH: usize = 32;
 /// Key names quoted in error messages are cut to this many characters: the reason is
 /// logged and may end up in a 502 body, and a key is the only part of the value shown.
@@ -49,7 +49,7 @@ const KEY_DISPLAY_CHARS: usize = 64;
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 // ---------------------------------------------------------------------------------------
-// Strict JSON (SECURITY finding 9, F2)
+// Strict JSON (docs/security.md §4)
 // ---------------------------------------------------------------------------------------
 //
 // serde_json keeps the last of duplicate keys silently and the maintainers declined to
@@ -128,7 +128,7 @@ pub(super) fn parse_key_array(bytes: &[u8]) -> Result<Vec<String>, String> {
     })
 }
 
-/// Session keys: non-empty, at most [`MAX_KEY_LEN`] bytes of UTF-8 (SPEC §3.3).
+/// Session keys: non-empty, at most [`MAX_KEY_LEN`] bytes of UTF-8 (docs/protocol.md §5.2).
 fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("empty key".to_owned());
@@ -674,7 +674,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Wire encoding (SPEC §3.2)
+// Wire encoding (docs/protocol.md §4.1)
 // ---------------------------------------------------------------------------------------
 
 /// The JSON string literal of `key`, quotes included, ASCII only: the *field* form the

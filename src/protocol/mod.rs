@@ -1,5 +1,5 @@
-//! The header protocol (SPEC §3), pure: reserved-name matching, the encoding of the
-//! injected `X-Session*` values, and the strict parsing of the upstream's write
+//! The header protocol (docs/protocol.md §3–§5), pure: reserved-name matching, the encoding
+//! of the injected `X-Session*` values, and the strict parsing of the upstream's write
 //! instructions into a [`ChangeSet`]. No I/O here; each part is unit-tested beside its
 //! code.
 //!

@@ -15,7 +15,7 @@ pub enum ProtocolError {
     InvalidPrefix(String),
 }
 
-/// The reserved header family, from `headers.prefix` (SPEC §3.1).
+/// The reserved header family, from `headers.prefix` (docs/protocol.md §3.1).
 ///
 /// A name is reserved when, ASCII-lowercased with `_` and `.` mapped to `-`, it starts
 /// with the prefix normalised the same way. CGI, WSGI, PHP, ASGI and some proxies fold
@@ -94,9 +94,9 @@ impl ReservedPrefix {
     }
 
     /// Remove every reserved header, all of its values, in one pass over the names
-    /// (SECURITY D3). For client request headers and for request and response trailers,
-    /// where reserved names are never honoured (Traefik CVE-2026-88004 smuggled them in
-    /// trailers).
+    /// (docs/security.md §3). For client request headers and for request and response
+    /// trailers, where reserved names are never honoured (Traefik CVE-2026-88004 smuggled
+    /// them in trailers).
     pub fn strip(&self, headers: &mut HeaderMap) {
         let doomed: Vec<HeaderName> = headers
             .keys()

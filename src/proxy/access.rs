@@ -54,7 +54,7 @@ impl Drop for AccessLine<'_> {
             None => StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST),
         };
         self.metrics.request(status);
-        // Never cookie values, session data or query strings (SECURITY, pitfall 20).
+        // Never cookie values, session data or query strings (docs/security.md §16).
         tracing::info!(
             target: "session_sidecar::access",
             method = %self.method,

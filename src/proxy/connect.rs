@@ -1,6 +1,6 @@
-//! Connectors for the upstream client (SPEC §8.1): the TLS client configuration of an
-//! `https://` upstream, a unix-socket connector for `unix:` upstreams, and a wrapper that
-//! bounds a whole connect (TCP, TLS handshake or unix connect) by
+//! Connectors for the upstream client (docs/protocol.md §10.1): the TLS client
+//! configuration of an `https://` upstream, a unix-socket connector for `unix:` upstreams,
+//! and a wrapper that bounds a whole connect (TCP, TLS handshake or unix connect) by
 //! `timeouts.upstream_connect`.
 //!
 //! The connectors are `tower_service::Service<Uri>` (hyper-util's connector interface);

@@ -1,5 +1,5 @@
-//! The upstream side (SPEC §8.1): a pooled keep-alive HTTP/1.1 client to an `http://`,
-//! `https://` or `unix:` upstream, with connect and response-header timeouts.
+//! The upstream side (docs/protocol.md §10.1): a pooled keep-alive HTTP/1.1 client to an
+//! `http://`, `https://` or `unix:` upstream, with connect and response-header timeouts.
 //!
 //! One [`Upstream`] type dispatches over three pools ([`super::pool`]) that differ only
 //! in their connector ([`super::connect`]); the pool settings are the same for all three.
@@ -25,7 +25,7 @@ use crate::{
 
 /// How long an idle pooled connection is kept. It must stay below the app's own
 /// keep-alive timeout, which the sidecar cannot know: reusing a socket the app is
-/// closing fails the request (`IncompleteMessage`, DEPENDENCIES pitfall 4). Common app
+/// closing fails the request (`IncompleteMessage`, docs/decisions.md#upstreams). Common app
 /// servers close idle connections after 2 s (gunicorn's async workers) or 5 s (Node,
 /// uvicorn, Apache), so 1 s stays below all of them; the cost is a fresh connect after a
 /// second of silence, cheap on the loopback or a unix socket (docs/decisions.md).
@@ -79,7 +79,8 @@ impl Upstream {
                 // tried; `ConnectTimeout` bounds the whole connect, TLS included.
                 tcp.set_connect_timeout(Some(connect_timeout));
                 // Small request/response heads dominate: Nagle would add up to 40 ms per
-                // exchange on a keep-alive connection (DEPENDENCIES pitfall 5).
+                // exchange on a keep-alive connection (hyper-util's HttpConnector leaves
+                // TCP_NODELAY off).
                 tcp.set_nodelay(true);
                 if *https {
                     // Fail at startup, not on the first request, on a host rustls cannot

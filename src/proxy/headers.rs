@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::{error::ProxyError, protocol::ReservedPrefix};
 
-/// Refuse ambiguous framing before anything else (request smuggling, SPEC §8.6).
+/// Refuse ambiguous framing before anything else (request smuggling, docs/security.md §12).
 /// hyper itself accepts `Content-Length` with `Transfer-Encoding` (it ignores the length),
 /// `Transfer-Encoding: gzip, chunked` and repeated `Transfer-Encoding` lines; a front
 /// proxy must not, because the app or another hop may frame the same bytes differently.
@@ -61,7 +61,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     // One pass over the names present decides what goes: most messages carry none of
     // these or only `Connection`, and a `remove` per fixed name (hashing each) was a
-    // visible share of the request path (issue 5).
+    // visible share of the request path (docs/performance.md#what-the-profile-showed).
     let mut listed: Vec<HeaderName> = Vec::new();
     let mut wants_upgrade = false;
     for value in headers.get_all(header::CONNECTION) {
@@ -158,10 +158,11 @@ pub fn peer_value(peer: IpAddr) -> HeaderValue {
     HeaderValue::try_from(peer.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Set `X-Forwarded-For/-Proto/-Host` (SPEC §8.3); `peer` is [`peer_value`]. A client's own values are kept
-/// (and `For` extended) only when the peer is a trusted proxy; otherwise they are
-/// replaced, so an app never trusts an address the client made up (oauth2-proxy
-/// GHSA-7x63-xv5r-3p2x). An untrusted `Forwarded` header is removed for the same reason.
+/// Set `X-Forwarded-For/-Proto/-Host` (docs/protocol.md §10.3); `peer` is [`peer_value`]. A
+/// client's own values are kept (and `For` extended) only when the peer is a trusted proxy;
+/// otherwise they are replaced, so an app never trusts an address the client made up
+/// (oauth2-proxy GHSA-7x63-xv5r-3p2x). An untrusted `Forwarded` header is removed for the
+/// same reason.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: &HeaderValue,

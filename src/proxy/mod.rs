@@ -1,7 +1,7 @@
-//! The request pipeline (SPEC §2), top to bottom in `Proxy::receive` (steps 1–2) and
-//! `Proxy::process` (steps 3–7): strip → load (read the cookie, one store round trip) →
-//! inject → forward → take instructions → decide and apply → respond.
-//! Header details live in [`headers`], the upstream client in [`forward`], upgrades in
+//! The request pipeline (docs/protocol.md §2), top to bottom in `Proxy::receive` (steps
+//! 1–2) and `Proxy::process` (steps 3–7): strip → load (read the cookie, one store round
+//! trip) → inject → forward → take instructions → decide and apply → respond. Header
+//! details live in [`headers`], the upstream client in [`forward`], upgrades in
 //! [`upgrade`], and the decision of what to write in [`crate::lifecycle`].
 
 pub mod access;
@@ -269,7 +269,8 @@ impl Proxy {
         } else {
             // Boxed, as the upstream and store calls of steps 4 and 6: the engines' futures
             // are KiBs, and inline they made this future ~17 KiB, copied whole on every
-            // request (issue 5).
+            // request
+            // (docs/performance.md#what-changed-each-measured-side-by-side-before-it-landed).
             Some(Box::pin(self.load_session(settings, &req)).await?)
         };
         Ok(Inbound { req, session })
@@ -582,7 +583,7 @@ fn error_response(
         resp.headers_mut().remove(header::CONNECTION);
     } else if has_body {
         // A body we never read must not be taken for the next request on this
-        // connection (SPEC §8.6).
+        // connection (docs/protocol.md §10.4).
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -2,13 +2,15 @@
 //! low-level client (`hyper::client::conn::http1`), reused last-in first-out.
 //!
 //! Why not hyper-util's pooled client: on the request path it was the largest single
-//! cost after hyper's own parsing (issue 5, callgrind: 16 % of a pass-through request's
-//! instructions: a `HashMap` keyed by scheme and authority hashed with SipHash on every
-//! checkout and return, an absolute URI rebuilt and converted back, and a spawned task
-//! per request to wait for the connection to become idle again). One upstream needs
-//! none of that: a `Vec` of idle senders behind a mutex held for a push or a pop.
+//! cost after hyper's own parsing
+//! (docs/performance.md#what-changed-each-measured-side-by-side-before-it-landed;
+//! callgrind: 16 % of a pass-through request's instructions: a `HashMap` keyed by scheme
+//! and authority hashed with SipHash on every checkout and return, an absolute URI rebuilt
+//! and converted back, and a spawned task per request to wait for the connection to become
+//! idle again). One upstream needs none of that: a `Vec` of idle senders behind a mutex
+//! held for a push or a pop.
 //!
-//! What it keeps from hyper-util's pool (DEPENDENCIES pitfalls 3 and 4):
+//! What it keeps from hyper-util's pool (docs/decisions.md#upstreams):
 //! - an idle connection is reused for at most [`super::forward::POOL_IDLE_TIMEOUT`]
 //!   after it went idle, and closed by a background sweep after that;
 //! - at most [`super::forward::POOL_MAX_IDLE`] idle connections are kept;

@@ -64,7 +64,8 @@ impl RequestIds {
     pub fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         // `format!("{:08x}{:08x}", prefix, n)` by hand: this runs on every request, and
-        // the formatting machinery was a visible share of its instructions (issue 5).
+        // the formatting machinery was a visible share of its instructions
+        // (docs/performance.md#what-the-profile-showed).
         match u32::try_from(n) {
             Ok(low) => {
                 let mut id = String::with_capacity(16);

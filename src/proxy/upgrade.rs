@@ -1,5 +1,5 @@
-//! Protocol upgrades (WebSocket and any `Upgrade`, SPEC §8.2): after the upstream
-//! answers `101`, both upgraded connections are joined byte for byte.
+//! Protocol upgrades (WebSocket and any `Upgrade`, docs/protocol.md §10.5): after the
+//! upstream answers `101`, both upgraded connections are joined byte for byte.
 //!
 //! Tunnels outlive the HTTP connection that started them (hyper's connection future ends
 //! at the `101`), so they are tracked here: shutdown closes the set, waits for the open

@@ -1,7 +1,7 @@
-//! Connection caps (SECURITY G6): at most `limits.max_connections` client connections
-//! at once, and at most `limits.max_connections_per_ip` from one address. A connection
-//! over a cap is closed as soon as it is accepted, before any byte is read or any TLS
-//! work is done; the cap frees when an admitted connection (or its tunnel) closes.
+//! Connection caps (docs/security.md §14): at most `limits.max_connections` client
+//! connections at once, and at most `limits.max_connections_per_ip` from one address. A
+//! connection over a cap is closed as soon as it is accepted, before any byte is read or
+//! any TLS work is done; the cap frees when an admitted connection (or its tunnel) closes.
 
 use std::{
     collections::HashMap,

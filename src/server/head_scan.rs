@@ -13,14 +13,14 @@ pub enum HeadFraming {
     Ambiguous,
     /// Not seen whole: the head was read, at least in part, while an earlier request on
     /// the connection was in flight (pipelining), so the scan cannot vouch for it. A
-    /// request with `Transfer-Encoding` must then be refused too (SPEC §8.6).
+    /// request with `Transfer-Encoding` must then be refused too (docs/protocol.md §10.4).
     Unseen,
 }
 
 /// Watches the raw bytes of one request head for the framing headers hyper normalises
 /// away: with both `Content-Length` and `Transfer-Encoding`, hyper removes the length
-/// before the service runs, and SPEC §8.6 wants such a request refused (400), not
-/// forwarded. Only names at line starts are matched, case-insensitively; scanning stops
+/// before the service runs, and docs/protocol.md §10.4 wants such a request refused (400),
+/// not forwarded. Only names at line starts are matched, case-insensitively; scanning stops
 /// at the blank line that ends the head. No allocation: a fixed window of the current
 /// line's first bytes.
 #[derive(Debug, Default)]

@@ -6,9 +6,10 @@
 //! - On plain TCP hyper's auto builder sniffs the h2 preface (h2c prior knowledge);
 //!   anything else is HTTP/1.1. No `Upgrade: h2c`.
 //! - hyper has no timer while it sniffs, none for h2 requests and one shared
-//!   header-read/idle timer for h1 (DEPENDENCIES pitfalls 1, 2): the connection's
-//!   [`Activity`] watchdog closes a connection whose first bytes or request head are late
-//!   (`header_read`) and an HTTP/2 connection with no stream for `idle` (GOAWAY first).
+//!   header-read/idle timer for h1 (docs/decisions.md#proxying, "Two client timers"): the
+//!   connection's [`Activity`] watchdog closes a connection whose first bytes or request
+//!   head are late (`header_read`) and an HTTP/2 connection with no stream for `idle`
+//!   (GOAWAY first).
 //! - Shutdown: stop accepting, ask every connection to finish gracefully (h1: close after
 //!   the response in flight; h2: GOAWAY, streams in flight complete), then close and
 //!   wait for the upgraded tunnels, all within `timeouts.shutdown`.
@@ -42,8 +43,8 @@ use crate::{
 
 /// Streams one HTTP/2 client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
-/// HTTP/2 flow-control windows: 64 KiB per stream, 1 MiB per connection (SECURITY G5;
-/// hyper's adaptive window would grow them).
+/// HTTP/2 flow-control windows: 64 KiB per stream, 1 MiB per connection
+/// (docs/security.md §14; hyper's adaptive window would grow them).
 pub const H2_STREAM_WINDOW: u32 = 64 * 1024;
 pub const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// HTTP/2 keep-alive: a PING this often while the connection is quiet, and the
@@ -80,7 +81,7 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         // Without a timer hyper silently disables its header-read timeout and panics
-        // if one is set (DEPENDENCIES pitfall 1): this is the slowloris guard.
+        // if one is set (docs/security.md §13): this is the slowloris guard.
         .timer(TokioTimer::new())
         // hyper's header-read timer also runs while a keep-alive connection is idle, so
         // it gets the idle timeout; the shorter header-read deadline is enforced by the
@@ -91,10 +92,10 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .keep_alive(true);
     builder
         .http2()
-        // Keep-alive pings panic without a timer (pitfall 1).
+        // Keep-alive pings panic without a timer.
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        // Flow-control windows (SECURITY G5): what one client can make us buffer.
+        // Flow-control windows (docs/security.md §14): what one client can make us buffer.
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         // Decoded header list size (RFC 9113 §6.5.2); hyper refuses larger with 431.
@@ -173,7 +174,7 @@ pub async fn serve_proxy(
                 let (stream, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning (pitfall 19).
+                        // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
@@ -309,7 +310,7 @@ impl Connection {
             let (in_flight, framing) = in_service.request();
             // A head the raw scan could not see whole (pipelined behind another
             // request) may have hidden a Content-Length: with Transfer-Encoding it is
-            // refused like a seen CL+TE (SPEC §8.6).
+            // refused like a seen CL+TE (docs/protocol.md §10.4).
             let ambiguous_framing = match framing {
                 HeadFraming::Clean => false,
                 HeadFraming::Ambiguous => true,
@@ -332,7 +333,8 @@ impl Connection {
             // Boxed: hyper keeps room for the service's future in every connection, also
             // while it idles, and the pipeline's future is several KiB (store calls,
             // upstream exchange). One allocation per request instead keeps idle
-            // keep-alive connections small (issue 5: RSS with 1,000 of them).
+            // keep-alive connections small (docs/performance.md#what-the-profile-showed:
+            // RSS with 1,000 of them).
             Box::pin(async move {
                 let resp = proxy.handle(req, &conn).await;
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {

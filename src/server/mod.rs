@@ -253,8 +253,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// SPEC §7: start even when the store is down, but say so, and name a database setting
-/// the server cannot honour.
+/// docs/protocol.md §9.6: start even when the store is down, but say so, and name a
+/// database setting the server cannot honour.
 async fn report_store_at_start(store: &TimedStore<AnyStore>) {
     if let AnyStore::Redis(redis) = store.engine() {
         match store.bounded(redis.check_databases()).await {

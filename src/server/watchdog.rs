@@ -12,7 +12,7 @@
 //!
 //! A connection is armed when it is accepted (after the TLS handshake): a client that
 //! connects and sends nothing is closed after `header_read` too — hyper's protocol
-//! sniffing has no timer of its own (DEPENDENCIES pitfall 2).
+//! sniffing has no timer of its own (docs/decisions.md#proxying, "Two client timers").
 //!
 //! HTTP/2 has no request head in that sense: PING, SETTINGS and WINDOW_UPDATE frames
 //! arrive while no request is in flight, and a stream's HEADERS are bounded by h2's own

@@ -1,4 +1,4 @@
-//! The embedded default store: in-process, bounded, TTL-evicting (SPEC §7 `memory`).
+//! The embedded default store: in-process, bounded, TTL-evicting (docs/protocol.md §9.7).
 //!
 //! One mutex over a map and an expiry index. Every operation is a few map lookups with
 //! no `.await` while the lock is held, so a plain `std::sync::Mutex` never blocks the
@@ -48,7 +48,7 @@ impl Entry {
         self.created + lifetimes.absolute_ttl
     }
 
-    /// Idle lifetime from now, never past the absolute deadline (SPEC §5).
+    /// Idle lifetime from now, never past the absolute deadline (docs/protocol.md §7.2).
     fn refreshed_expiry(&self, now: Instant, lifetimes: &Lifetimes) -> Instant {
         let idle = self
             .max_age

@@ -25,7 +25,7 @@ use crate::{
 /// A session field map: JSON string literal of the key → compact JSON value text.
 pub type FieldMap = BTreeMap<String, String>;
 
-/// Lifetimes and bounds every engine enforces (SPEC §5).
+/// Lifetimes and bounds every engine enforces (docs/protocol.md §7).
 #[derive(Debug, Clone)]
 pub struct Lifetimes {
     /// Idle lifetime, refreshed on every load (`session.ttl`).
@@ -164,9 +164,9 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// The one interface every engine implements (SPEC §7). Implementations never block a
-/// runtime thread. Engines add no call timer of their own: in production every engine
-/// runs behind [`timed::TimedStore`], which bounds each call by `store.timeout`
+/// The one interface every engine implements (docs/protocol.md §9). Implementations never
+/// block a runtime thread. Engines add no call timer of their own: in production every
+/// engine runs behind [`timed::TimedStore`], which bounds each call by `store.timeout`
 /// (answering [`StoreError::Timeout`]) and records the store metrics.
 pub trait SessionStore: Send + Sync + 'static {
     /// Load data and pending flash in one round trip, consume that flash (exactly once,
@@ -243,7 +243,8 @@ pub fn apply_ops(
 }
 
 /// A stored value counts as an integer for `Incr` when it is a JSON integer that fits an
-/// `i64` (`-0`, `1.0` and `1e3` do not: they are not what `Incr` itself writes).
+/// `i64`. `-0` counts (as `0`, a valid JSON integer); `1.0`, `1e3` and leading zeros do
+/// not. The Redis apply script follows the same rule.
 pub fn parse_integer(text: &str) -> Option<i64> {
     let digits = text.strip_prefix('-').unwrap_or(text);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {

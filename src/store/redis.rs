@@ -1,4 +1,4 @@
-//! The Redis engine (SPEC §7 `redis`).
+//! The Redis engine (docs/protocol.md §9.7).
 //!
 //! # Key layout
 //!
@@ -205,8 +205,9 @@ impl RedisStore {
     }
 
     /// Can the configured databases be selected? A failing one is reported with the
-    /// setting to change (SPEC §7), e.g. on a server with fewer `databases`, a managed
-    /// Redis that forbids `SELECT`, or a cluster (db 0 only).
+    /// setting to change (docs/configuration.md#store, `db_sessions`), e.g. on a server
+    /// with fewer `databases`, a managed Redis that forbids `SELECT`, or a cluster (db 0
+    /// only).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] naming the setting, or the connection error.

@@ -1,4 +1,4 @@
-//! The memcached engine (SPEC §7 `memcached`): N servers, consistent hashing, CAS merges.
+//! The memcached engine (docs/protocol.md §9.7): N servers, consistent hashing, CAS merges.
 //!
 //! # Client
 //!
@@ -7,7 +7,7 @@
 //! Not the `memcache` crate: its async client (`exp`) is experimental (API may change in
 //! any minor release), cannot route a session's two items by the *session's* key, has
 //! no CAS-conditional delete in its high-level API and no pipelining of two reads; its
-//! stable client blocks the runtime (DEPENDENCIES §4, Pitfall 14).
+//! stable client does blocking socket I/O, which would stall a runtime thread.
 //!
 //! # Key layout
 //!
@@ -38,7 +38,7 @@
 //! A field is the JSON string literal of the user key (quotes included), a value its JSON
 //! text, exactly as in [`crate::store`]'s field maps: e.g. `S1 1700000000000 -\n6:"user",5:"ann",`.
 //! Length prefixes make decoding exact without a JSON parser, and bytes read from the
-//! store are validated as untrusted input (SECURITY H1).
+//! store are validated as untrusted input (docs/security.md §2).
 //!
 //! # Lifetimes
 //!
