@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer, ser::SerializeMap};
 
 use super::{
     expand::escape_vars,
-    types::{Config, RedisOptions},
+    types::{Config, RedisOptions, RedisTopology},
     values::{format_duration, format_size, parse_redis_url, redact_url},
 };
 
@@ -59,8 +59,8 @@ pub(super) fn size<S: Serializer>(v: &usize, s: S) -> Result<S::Ok, S::Error> {
 impl Serialize for RedisOptions {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
-        match &self.url {
-            Some(url) => {
+        match &self.topology {
+            RedisTopology::Url(url) => {
                 map.serialize_entry("url", &escape_vars(&redact_url(&url.0)))?;
                 // Written only when the URL does not already carry the number.
                 let url_db = parse_redis_url(&url.0).ok().and_then(|i| i.db);
@@ -68,20 +68,41 @@ impl Serialize for RedisOptions {
                     map.serialize_entry("db_sessions", &self.db_sessions)?;
                 }
             }
-            None => {
-                map.serialize_entry("host", &escape_vars(&self.host))?;
-                map.serialize_entry("port", &self.port)?;
-                if let Some(u) = &self.username {
-                    map.serialize_entry("username", &escape_vars(u))?;
-                }
-                if let Some(p) = &self.password {
-                    map.serialize_entry("password", p)?;
-                }
-                map.serialize_entry("db_sessions", &self.db_sessions)?;
+            RedisTopology::Server { host, port } => {
+                map.serialize_entry("host", &escape_vars(host))?;
+                map.serialize_entry("port", port)?;
             }
+            RedisTopology::Sentinel(sentinel) => {
+                map.serialize_entry("sentinel", sentinel)?;
+            }
+            RedisTopology::Cluster(cluster) => {
+                map.serialize_entry("cluster", cluster)?;
+            }
+        }
+        if !matches!(self.topology, RedisTopology::Url(_)) {
+            if let Some(u) = &self.username {
+                map.serialize_entry("username", &escape_vars(u))?;
+            }
+            if let Some(p) = &self.password {
+                map.serialize_entry("password", p)?;
+            }
+            map.serialize_entry("db_sessions", &self.db_sessions)?;
         }
         map.serialize_entry("db_notifications", &self.db_notifications)?;
         map.serialize_entry("max_connections", &self.max_connections)?;
+        // A `rediss://` URL says TLS already; `tls: true` with it is accepted too.
+        map.serialize_entry("tls", &self.tls.is_some())?;
+        if let Some(tls) = &self.tls {
+            for (key, v) in [
+                ("tls_ca", &tls.ca),
+                ("tls_cert", &tls.cert),
+                ("tls_key", &tls.key),
+            ] {
+                if let Some(p) = v {
+                    map.serialize_entry(key, &escape_vars(&p.to_string_lossy()))?;
+                }
+            }
+        }
         map.end()
     }
 }

@@ -227,7 +227,7 @@ impl Ctx<'_> {
                 ));
             }
             url_client_db = Some((redis_client_db(&url).map_err(bad_url)?, u.referenced));
-            out.url = Some(Secret(url));
+            out.topology = RedisTopology::Url(Secret(url));
         }
         if let Some(v) = &raw.host {
             let h = self.string(v, "store.storage.host")?;
@@ -238,10 +238,15 @@ impl Ctx<'_> {
                     None,
                 ));
             }
-            out.host = h;
+            if let RedisTopology::Server { host, .. } = &mut out.topology {
+                *host = h;
+            }
         }
         if let Some(v) = &raw.port {
-            out.port = self.int(v, "store.storage.port", 1, MAX_PORT)? as u16;
+            let p = self.int(v, "store.storage.port", 1, MAX_PORT)? as u16;
+            if let RedisTopology::Server { port, .. } = &mut out.topology {
+                *port = p;
+            }
         }
         out.username = self.opt_string(&raw.username, "store.storage.username")?;
         if let Some(v) = &raw.password {

@@ -172,22 +172,76 @@ impl Default for MemoryOptions {
     }
 }
 
-/// `store.storage` with `engine: redis` (pycket's names). TLS to Redis is not in this
-/// build: `tls: true` and `rediss://` are refused at load, so there is no TLS option.
+/// `store.storage` with `engine: redis` (pycket's names; docs/configuration.md#redis).
+/// Exactly one topology; TLS and the data-node credentials apply to every topology.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisOptions {
-    /// `redis://…` or `redis+unix://…` URL; when set, the server, username and password
-    /// come from it (giving `host`, `port`, `username` or `password` too is an error),
-    /// and a database number in its path is `db_sessions`.
-    pub url: Option<Secret>,
-    pub host: String,
-    pub port: u16,
+    /// Where the data lives: one server, a Sentinel-managed master, or a cluster.
+    pub topology: RedisTopology,
+    /// Data-node credentials (with `url`: `None`, the URL carries them).
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub db_sessions: u32,
     pub db_notifications: u32,
-    /// Multiplexed connections.
+    /// Multiplexed connections (per master for Sentinel; a cluster keeps one
+    /// multiplexed connection per node).
     pub max_connections: usize,
+    /// TLS to every Redis node (and to the sentinels): `tls: true` or a `rediss://` URL.
+    /// `None` is plain TCP.
+    pub tls: Option<RedisTls>,
+}
+
+/// `store.storage`: which Redis topology (docs/configuration.md#redis).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// `url`: `redis://`, `rediss://` or `redis+unix://`; the server, username and
+    /// password come from it, and a database number in its path is `db_sessions`.
+    Url(Secret),
+    /// `host` and `port` (the default: 127.0.0.1:6379).
+    Server { host: String, port: u16 },
+    /// `sentinel: {master_name, nodes, username, password}`.
+    Sentinel(SentinelOptions),
+    /// `cluster: {nodes}`.
+    Cluster(ClusterOptions),
+}
+
+/// `store.storage.sentinel`: the master is asked of these sentinels and followed
+/// across failovers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SentinelOptions {
+    #[serde(serialize_with = "ser::escaped")]
+    pub master_name: String,
+    /// `host:port` of each sentinel.
+    #[serde(serialize_with = "ser::escaped_list")]
+    pub nodes: Vec<String>,
+    /// Credentials of the sentinels themselves (the data nodes use
+    /// `store.storage.username`/`password`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+}
+
+/// `store.storage.cluster`: seed nodes of a Redis Cluster; the rest is discovered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterOptions {
+    /// `host:port` of each seed node.
+    #[serde(serialize_with = "ser::escaped_list")]
+    pub nodes: Vec<String>,
+}
+
+/// `store.storage.tls_ca`, `tls_cert`, `tls_key` (with `tls: true` or `rediss://`).
+/// The server name checked is the host the sidecar connects to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RedisTls {
+    /// PEM bundle of the CAs to trust; `None`: the system roots.
+    #[serde(serialize_with = "ser::opt_path")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and its key (PEM), both or neither.
+    #[serde(serialize_with = "ser::opt_path")]
+    pub cert: Option<PathBuf>,
+    #[serde(serialize_with = "ser::opt_path")]
+    pub key: Option<PathBuf>,
 }
 
 /// `store.storage.host` when absent (Redis).
@@ -214,14 +268,16 @@ pub const REDIS_DEFAULT_CONNECTIONS: usize = 2;
 impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
-            url: None,
-            host: DEFAULT_REDIS_HOST.to_owned(),
-            port: DEFAULT_REDIS_PORT,
+            topology: RedisTopology::Server {
+                host: DEFAULT_REDIS_HOST.to_owned(),
+                port: DEFAULT_REDIS_PORT,
+            },
             username: None,
             password: None,
             db_sessions: DEFAULT_DB_SESSIONS,
             db_notifications: DEFAULT_DB_NOTIFICATIONS,
             max_connections: REDIS_DEFAULT_CONNECTIONS,
+            tls: None,
         }
     }
 }

@@ -69,7 +69,11 @@ use super::{
     ApplyError, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
     WritePlan, pairs::decode_pairs,
 };
-use crate::{config::RedisOptions, cookie::SessionId, protocol::Op};
+use crate::{
+    config::{RedisOptions, RedisTopology},
+    cookie::SessionId,
+    protocol::Op,
+};
 
 const LOAD_LUA: &str = concat!(
     include_str!("redis/common.lua"),
@@ -149,15 +153,18 @@ impl RedisStore {
     ) -> Result<RedisStore, StoreError> {
         let bad = |msg: String| StoreError::Unavailable(msg);
         // The client's errors name no part of the URL, which may hold a password.
-        let mut info: ConnectionInfo = match &options.url {
-            Some(url) => url
+        let mut info: ConnectionInfo = match &options.topology {
+            RedisTopology::Url(url) => url
                 .0
                 .as_str()
                 .into_connection_info()
                 .map_err(|e| bad(format!("redis client: store.storage.url refused ({e})")))?,
-            None => (options.host.clone(), options.port)
+            RedisTopology::Server { host, port } => (host.clone(), *port)
                 .into_connection_info()
                 .map_err(|e| bad(format!("redis client: store.storage.host refused ({e})")))?,
+            RedisTopology::Sentinel(_) | RedisTopology::Cluster(_) => {
+                return Err(bad("redis: this topology is not built yet".to_owned()));
+            }
         };
         let mut redis_settings = info.redis_settings().clone().set_db(0);
         if let Some(username) = &options.username {
