@@ -20,7 +20,7 @@ use crate::{
     body::{Body, full},
     metrics,
     proxy::Proxy,
-    store::SessionStore,
+    store::{SessionStore, StoreError, any::AnyStore, timed::TimedStore},
 };
 
 /// Answer one admin request.
@@ -38,14 +38,18 @@ pub async fn handle<B>(req: Request<B>, proxy: &Proxy) -> Response<Body> {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             // Bounded by `store.timeout` (the store's wrapper), as every store call.
-            match proxy.store().ping().await {
-                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            match readiness(proxy.store()).await {
+                Ok(None) => text(StatusCode::OK, "ready\n".into()),
+                Ok(Some(topology)) => text(StatusCode::OK, format!("ready\n{topology}\n")),
                 Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
             }
         }
         "/metrics" => {
             let m = proxy.metrics();
             m.set_open_tunnels(proxy.tunnels().len());
+            if let AnyStore::Redis(redis) = proxy.store().engine() {
+                m.set_store_master_changes(redis.master_changes());
+            }
             let mut resp = text(StatusCode::OK, m.encode());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -54,6 +58,16 @@ pub async fn handle<B>(req: Request<B>, proxy: &Proxy) -> Response<Body> {
             resp
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// Is the store usable? For Redis, also which topology and its state (the master in
+/// use, the failovers seen: docs/configuration.md#redis), as the second line of
+/// `/readyz`.
+async fn readiness(store: &TimedStore<AnyStore>) -> Result<Option<String>, StoreError> {
+    match store.engine() {
+        AnyStore::Redis(redis) => store.bounded(redis.describe()).await.map(Some),
+        _ => store.ping().await.map(|()| None),
     }
 }
 

@@ -218,6 +218,7 @@ pub struct Metrics {
     connections: Gauge,
     connections_refused: [Counter; 2],
     tunnels: Gauge,
+    master_changes: Counter,
 }
 
 impl Default for Metrics {
@@ -363,6 +364,14 @@ impl Metrics {
             tunnels.clone(),
         );
 
+        let master_changes = Counter::default();
+        registry.register(
+            "store_master_changes",
+            "Failovers of the Redis store this sidecar has followed: the Sentinel master \
+             address changed, or a cluster node became master of slots (seen by /readyz)",
+            master_changes.clone(),
+        );
+
         Metrics {
             registry,
             requests,
@@ -377,6 +386,7 @@ impl Metrics {
             connections,
             connections_refused,
             tunnels,
+            master_changes,
         }
     }
 
@@ -439,6 +449,14 @@ impl Metrics {
     /// The current number of open tunnels (read at scrape time).
     pub fn set_open_tunnels(&self, n: usize) {
         self.tunnels.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The store's count of master changes (read at scrape time; it only grows).
+    pub fn set_store_master_changes(&self, n: u64) {
+        let seen = self.master_changes.get();
+        if n > seen {
+            self.master_changes.inc_by(n - seen);
+        }
     }
 
     /// The whole registry in the Prometheus text format ([`CONTENT_TYPE`]).

@@ -54,16 +54,14 @@
 
 use std::{
     fmt,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
 use redis::{
-    Client, ConnectionInfo, IntoConnectionInfo, RedisError, Script, ScriptInvocation, Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    io::tcp::TcpSettings,
+    ConnectionInfo, IntoConnectionInfo, RedisError, Script, ScriptInvocation, Value,
+    cluster::ClusterClient,
 };
-use tokio::sync::OnceCell;
 
 use super::{
     ApplyError, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
@@ -75,6 +73,12 @@ use crate::{
     protocol::Op,
 };
 
+mod connector;
+mod nodes;
+
+use connector::{Call, Connector, Pool, Sentinel};
+use nodes::{NodeTemplate, finish, host_port};
+
 const LOAD_LUA: &str = concat!(
     include_str!("redis/common.lua"),
     include_str!("redis/load.lua")
@@ -85,16 +89,14 @@ const APPLY_LUA: &str = concat!(
 );
 const CHECK_DBS_LUA: &str = include_str!("redis/check_dbs.lua");
 
+/// The shortest life of a write token (see the module docs): a resent call arrives
+/// within `store.timeout` of the first (the call is abandoned after it), so a token
+/// lives for the longer of this and four timeouts.
+const MIN_TOKEN_TTL: Duration = Duration::from_secs(10);
+
 /// The Redis engine.
 pub struct RedisStore {
-    client: Client,
-    /// Connection and response timeouts of `store.timeout` and a quick give-up for the
-    /// managers' (re)connection attempts. They govern reconnecting, not the bound of a
-    /// call: that is [`super::timed::TimedStore`]'s, which every engine runs behind.
-    manager_config: ConnectionManagerConfig,
-    /// One lazily connected manager per slot; an empty cell means "connect on next use".
-    slots: Box<[OnceCell<ConnectionManager>]>,
-    next: AtomicUsize,
+    connector: Connector,
     key_prefix: String,
     db_sessions: i64,
     db_notifications: i64,
@@ -102,25 +104,32 @@ pub struct RedisStore {
     load_script: Script,
     apply_script: Script,
     check_script: Script,
+    /// Write tokens: a random per-process prefix and a counter (unique across
+    /// sidecars sharing the store with overwhelming probability).
+    token_prefix: u64,
+    token_counter: AtomicU64,
+    token_ttl: Duration,
 }
 
 impl fmt::Debug for RedisStore {
-    // Hand-written: the client's connection info holds the password.
+    // Hand-written: the clients' connection info holds the password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
             .field("key_prefix", &self.key_prefix)
             .field("db_sessions", &self.db_sessions)
             .field("db_notifications", &self.db_notifications)
-            .field("connections", &self.slots.len())
+            .field("cluster", &self.connector.is_cluster())
             .finish_non_exhaustive()
     }
 }
 
-/// The three keys of one session (see the module docs).
+/// The keys of one session (see the module docs).
 struct SessionKeys {
     data: String,
     flash: String,
     scratch: String,
+    /// Prefix of this session's write-token keys (`<data>:w:`).
+    token: String,
 }
 
 /// Apply-script modes (ARGV[1] of `apply.lua`).
@@ -130,21 +139,32 @@ mod mode {
     pub const MOVE: &str = "M";
     pub const DESTROY: &str = "X";
     pub const DESTROY_THEN_CREATE: &str = "R";
+    /// Read and delete a session, returning its state (the first half of a move on a
+    /// cluster, where the two ids live in different slots).
+    pub const TAKE: &str = "T";
+    /// Create a session from a given state (`created`, `max_age`, fields): the second
+    /// half of a move on a cluster, or putting a taken session back.
+    pub const IMPORT: &str = "I";
+}
+
+/// A session read and deleted by [`mode::TAKE`].
+struct Taken {
+    created: String,
+    max_age: Option<String>,
+    data: super::FieldMap,
+    flash: super::FieldMap,
 }
 
 impl RedisStore {
     /// Build the store from its validated options (see [`crate::config::Storage`]),
     /// the shared `store.key_prefix`, and `store.timeout` (which also bounds the
-    /// connection manager's connects and responses). No I/O: connections are made on
-    /// first use, so the sidecar starts while Redis is down.
-    ///
-    /// The configuration checked every rule (no TLS, a URL the client parses, database
-    /// numbers that agree with it: docs/configuration.md#check-is-authoritative).
+    /// connections' connects and responses). No I/O besides reading the TLS files:
+    /// connections are made on first use, so the sidecar starts while Redis is down.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when the Redis client refuses the connection settings
-    /// (not expected for a loaded configuration). Messages never contain the URL or
-    /// the password.
+    /// [`StoreError::Unavailable`] when a TLS file cannot be read or parsed, or the
+    /// Redis client refuses the connection settings. Messages never contain the URL or
+    /// a password.
     pub fn new(
         options: &RedisOptions,
         key_prefix: &str,
@@ -152,55 +172,104 @@ impl RedisStore {
         lifetimes: Lifetimes,
     ) -> Result<RedisStore, StoreError> {
         let bad = |msg: String| StoreError::Unavailable(msg);
+        let template = NodeTemplate::new(options, timeout).map_err(bad)?;
         // The client's errors name no part of the URL, which may hold a password.
-        let mut info: ConnectionInfo = match &options.topology {
-            RedisTopology::Url(url) => url
-                .0
-                .as_str()
-                .into_connection_info()
-                .map_err(|e| bad(format!("redis client: store.storage.url refused ({e})")))?,
-            RedisTopology::Server { host, port } => (host.clone(), *port)
-                .into_connection_info()
-                .map_err(|e| bad(format!("redis client: store.storage.host refused ({e})")))?,
-            RedisTopology::Sentinel(_) | RedisTopology::Cluster(_) => {
-                return Err(bad("redis: this topology is not built yet".to_owned()));
+        let refused =
+            |what: &str, e: RedisError| bad(format!("redis client: {what} refused ({e})"));
+        let pool_size = options.max_connections.max(1);
+        let connector = match &options.topology {
+            RedisTopology::Url(url) => {
+                let info: ConnectionInfo = url
+                    .0
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|e| refused("store.storage.url", e))?;
+                // Connections stay on db 0 (the scripts SELECT what they need): a
+                // connection that selected a missing db at connect time would never
+                // reconnect.
+                let settings = info.redis_settings().clone().set_db(0);
+                let addr = display_addr(info.addr());
+                let info = finish(info.addr().clone(), settings)
+                    .map_err(|e| refused("store.storage.url", e))?;
+                let client = template
+                    .client(info)
+                    .map_err(|e| refused("store.storage.url", e))?;
+                Connector::Direct(Pool::new(client, &template, pool_size, addr))
+            }
+            RedisTopology::Server { host, port } => {
+                let client = template
+                    .info(host, *port)
+                    .and_then(|info| template.client(info))
+                    .map_err(|e| refused("store.storage.host", e))?;
+                Connector::Direct(Pool::new(
+                    client,
+                    &template,
+                    pool_size,
+                    format!("{host}:{port}"),
+                ))
+            }
+            RedisTopology::Sentinel(sentinel) => {
+                let sentinel_template = template.with_credentials(
+                    sentinel.username.as_deref(),
+                    sentinel.password.as_ref().map(|p| p.0.as_str()),
+                );
+                let mut clients = Vec::new();
+                for node in &sentinel.nodes {
+                    let (host, port) = host_port(node).map_err(bad)?;
+                    let client = sentinel_template
+                        .info(&host, port)
+                        .and_then(|info| sentinel_template.client(info))
+                        .map_err(|e| refused("store.storage.sentinel.nodes", e))?;
+                    clients.push((node.clone(), client));
+                }
+                // A data-node client is built at each resolution: build one now so a
+                // setting the client refuses fails here, not at the first request.
+                template
+                    .info("127.0.0.1", 6379)
+                    .and_then(|info| template.client(info))
+                    .map_err(|e| refused("store.storage", e))?;
+                Connector::Sentinel(Sentinel::new(
+                    sentinel.master_name.clone(),
+                    clients,
+                    &sentinel_template,
+                    template,
+                    pool_size,
+                ))
+            }
+            RedisTopology::Cluster(cluster) => {
+                let mut nodes = Vec::new();
+                for node in &cluster.nodes {
+                    let (host, port) = host_port(node).map_err(bad)?;
+                    nodes.push(
+                        template
+                            .info(&host, port)
+                            .map_err(|e| refused("store.storage.cluster.nodes", e))?,
+                    );
+                }
+                let mut builder = ClusterClient::builder(nodes)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    // Redirects (`MOVED`/`ASK`) and reconnections are retries too;
+                    // every call is safe to resend (write tokens).
+                    .retries(4)
+                    .min_retry_wait(10)
+                    .max_retry_wait((timeout.as_millis() as u64 / 4).max(10))
+                    .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+                if let Some(certs) = &template.tls {
+                    builder = builder.certs(certs.clone());
+                }
+                let client = builder
+                    .build()
+                    .map_err(|e| refused("store.storage.cluster", e))?;
+                Connector::Cluster(connector::Cluster::new(client))
             }
         };
-        let mut redis_settings = info.redis_settings().clone().set_db(0);
-        if let Some(username) = &options.username {
-            redis_settings = redis_settings.set_username(username);
-        }
-        if let Some(password) = &options.password {
-            redis_settings = redis_settings.set_password(&password.0);
-        }
-        // Connections stay on db 0 (the scripts SELECT what they need): a connection
-        // that selected a missing db at connect time would never reconnect.
-        info = info
-            .set_redis_settings(redis_settings)
-            // redis 1.x leaves Nagle on; every call is one small request/response.
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = Client::open(info)
-            .map_err(|e| bad(format!("store.storage: invalid Redis settings ({e})")))?;
 
-        // A dead Redis must cost at most `store.timeout` per call: connection attempts
-        // and responses time out after it, and the background reconnection gives up
-        // quickly (each later call starts a new attempt anyway).
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10).min(timeout))
-            .set_max_delay((timeout / 2).max(Duration::from_millis(1)));
-
-        let slots = (0..options.max_connections.max(1))
-            .map(|_| OnceCell::new())
-            .collect();
-
+        let mut prefix = [0u8; 8];
+        getrandom::fill(&mut prefix)
+            .map_err(|e| bad(format!("no randomness for write tokens ({e})")))?;
         Ok(RedisStore {
-            client,
-            manager_config,
-            slots,
-            next: AtomicUsize::new(0),
+            connector,
             key_prefix: key_prefix.to_owned(),
             db_sessions: i64::from(options.db_sessions),
             db_notifications: i64::from(options.db_notifications),
@@ -208,7 +277,30 @@ impl RedisStore {
             load_script: Script::new(LOAD_LUA),
             apply_script: Script::new(APPLY_LUA),
             check_script: Script::new(CHECK_DBS_LUA),
+            token_prefix: u64::from_le_bytes(prefix),
+            token_counter: AtomicU64::new(0),
+            token_ttl: MIN_TOKEN_TTL.max(timeout * 4),
         })
+    }
+
+    /// Failovers this sidecar has seen (metric `store_master_changes_total`).
+    pub fn master_changes(&self) -> u64 {
+        self.connector.master_changes()
+    }
+
+    /// The topology and its state, for `/readyz` (also checks the databases).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] with the reason. Not bounded here: run it through
+    /// [`super::timed::TimedStore::bounded`].
+    pub async fn describe(&self) -> Result<String, StoreError> {
+        let line = self
+            .connector
+            .describe()
+            .await
+            .map_err(|e| self.store_error(e))?;
+        self.check_databases().await?;
+        Ok(line)
     }
 
     /// Can the configured databases be selected? A failing one is reported with the
@@ -238,10 +330,7 @@ impl RedisStore {
         for &(_, db) in &probes {
             inv.arg(db);
         }
-        let reply = self
-            .run(&inv, true)
-            .await
-            .map_err(|e| self.store_error(e))?;
+        let reply = self.run(&inv).await.map_err(|e| self.store_error(e))?;
         let items = as_array(reply)?;
         if items.is_empty() {
             return Ok(());
@@ -266,46 +355,20 @@ impl RedisStore {
         SessionKeys {
             flash: format!("{base}:flash"),
             scratch: format!("{base}:tmp"),
+            token: format!("{base}:w:"),
             data: base,
         }
     }
 
-    /// The manager of `slot`, connecting it if it is not yet. A failed (or cancelled)
-    /// attempt leaves the cell empty, so the next call tries again.
-    async fn manager(&self, slot: usize) -> Result<ConnectionManager, RedisError> {
-        let Some(cell) = self.slots.get(slot) else {
-            return Err(RedisError::from((
-                redis::ErrorKind::Client,
-                "no connection slot",
-            )));
-        };
-        cell.get_or_try_init(|| {
-            ConnectionManager::new_with_config(self.client.clone(), self.manager_config.clone())
-        })
-        .await
-        .cloned()
+    /// A fresh write token (see the module docs).
+    fn token(&self) -> String {
+        let n = self.token_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{n:x}", self.token_prefix)
     }
 
-    /// Run a script on the next connection. Retried once on the same connection (which
-    /// reconnects meanwhile) when the first attempt certainly did not reach Redis
-    /// (connection refused) or, for `idempotent` calls, when the connection dropped.
-    /// A write whose outcome is unknown is never retried: an `Incr` could apply twice.
-    async fn run(&self, inv: &ScriptInvocation<'_>, idempotent: bool) -> Result<Value, RedisError> {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len().max(1);
-        let first = match self.manager(slot).await {
-            Ok(mut conn) => inv.invoke_async::<Value>(&mut conn).await,
-            Err(e) => Err(e),
-        };
-        match first {
-            Err(e)
-                if e.is_connection_refusal()
-                    || (idempotent && (e.is_connection_dropped() || e.is_io_error())) =>
-            {
-                let mut conn = self.manager(slot).await?;
-                inv.invoke_async::<Value>(&mut conn).await
-            }
-            other => other,
-        }
+    /// Run a script (retry rules: [`connector`]).
+    async fn run(&self, inv: &ScriptInvocation<'_>) -> Result<Value, RedisError> {
+        self.connector.call(Call::Script(inv)).await
     }
 
     /// Map a driver error. Messages carry the driver's description only (never keys,
@@ -324,54 +387,47 @@ impl RedisStore {
         }
         StoreError::Unavailable(format!("redis: {text}"))
     }
-}
 
-impl SessionStore for RedisStore {
-    async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
-        let keys = self.keys(id);
-        let mut inv = self.load_script.prepare_invoke();
-        inv.key(&keys.data)
-            .key(&keys.flash)
-            .arg(self.db_sessions)
-            .arg(self.db_notifications)
-            .arg(millis(self.lifetimes.ttl))
-            .arg(millis(self.lifetimes.absolute_ttl));
-        let reply = self
-            .run(&inv, true)
-            .await
-            .map_err(|e| self.store_error(e))?;
-        match reply {
-            Value::BulkString(bytes) => decode_load_reply(&bytes),
-            _ => Err(corrupt("reply type")),
-        }
-    }
-
-    async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
-        let (mode, target, source) = match &plan.target {
-            Target::Existing(id) => (mode::EXISTING, id, None),
-            Target::Create(id) => (mode::CREATE, id, None),
-            Target::Move { from, to } => (mode::MOVE, to, Some(from)),
-            Target::Destroy(id) => (mode::DESTROY, id, None),
-            Target::DestroyThenCreate { old, new } => (mode::DESTROY_THEN_CREATE, new, Some(old)),
-        };
-        let keys = self.keys(target);
-        let source = source.map(|id| self.keys(id));
-        let source = source.as_ref().unwrap_or(&keys);
-
+    /// One apply-script call: `mode` on `target` (with `source` where the mode reads
+    /// another session), `created` for [`mode::IMPORT`], then `ops`.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_script(
+        &self,
+        mode: &str,
+        target: &SessionKeys,
+        source: Option<&SessionKeys>,
+        max_age: Option<&str>,
+        created: Option<&str>,
+        prefill: Option<&Taken>,
+        ops: &[Op],
+    ) -> Result<Vec<Value>, StoreError> {
+        let source = source.unwrap_or(target);
+        let token = format!("{}{}", target.token, self.token());
         let mut inv = self.apply_script.prepare_invoke();
-        inv.key(&keys.data)
-            .key(&keys.flash)
-            .key(&keys.scratch)
+        inv.key(&target.data)
+            .key(&target.flash)
+            .key(&target.scratch)
             .key(&source.data)
             .key(&source.flash)
+            .key(&token)
             .arg(mode)
             .arg(self.db_sessions)
             .arg(self.db_notifications)
             .arg(millis(self.lifetimes.ttl))
             .arg(millis(self.lifetimes.absolute_ttl))
             .arg(self.lifetimes.max_size)
-            .arg(plan.max_age.map(|s| s.to_string()).unwrap_or_default());
-        for op in &plan.ops {
+            .arg(max_age.unwrap_or_default())
+            .arg(millis(self.token_ttl))
+            .arg(created.unwrap_or_default());
+        if let Some(taken) = prefill {
+            for (field, value) in &taken.data {
+                inv.arg("S").arg(field).arg(value);
+            }
+            for (field, value) in &taken.flash {
+                inv.arg("F").arg(field).arg(value);
+            }
+        }
+        for op in ops {
             match op {
                 Op::ClearData => inv.arg("C"),
                 Op::Delete(field) => inv.arg("D").arg(field),
@@ -380,12 +436,12 @@ impl SessionStore for RedisStore {
                 Op::FlashSet(field, value) => inv.arg("F").arg(field).arg(value),
             };
         }
+        let reply = self.run(&inv).await.map_err(|e| self.store_error(e))?;
+        as_array(reply)
+    }
 
-        let reply = self
-            .run(&inv, false)
-            .await
-            .map_err(|e| self.store_error(e))?;
-        let items = as_array(reply)?;
+    /// The outcome of an apply-script reply.
+    fn outcome(&self, items: &[Value]) -> Result<WriteOutcome, StoreError> {
         let status = text(items.first())?;
         let detail = || text(items.get(1));
         let size = || -> Result<usize, StoreError> {
@@ -404,14 +460,143 @@ impl SessionStore for RedisStore {
         }
     }
 
+    /// A move on a cluster, where the two ids' keys live in different hash slots and
+    /// one script cannot touch both: take the old session (read and delete, atomic),
+    /// then create the new one from it with the plan's ops. When the ops are refused
+    /// (nothing may be written), the taken session is put back. When the second step
+    /// fails on the store, the session is lost: the answer is 503, the old id is
+    /// already dead (docs/configuration.md#redis).
+    async fn move_across_slots(
+        &self,
+        from: &SessionId,
+        to: &SessionId,
+        plan: &WritePlan,
+    ) -> Result<WriteOutcome, StoreError> {
+        let old = self.keys(from);
+        let reply = self
+            .apply_script(mode::TAKE, &old, None, None, None, None, &[])
+            .await?;
+        let Some(taken) = decode_taken(&reply)? else {
+            return self.outcome(&reply);
+        };
+        let new = self.keys(to);
+        let max_age = plan
+            .max_age
+            .map(|s| s.to_string())
+            .or_else(|| taken.max_age.clone());
+        let created = Some(taken.created.as_str());
+        let reply = self
+            .apply_script(
+                mode::IMPORT,
+                &new,
+                None,
+                max_age.as_deref(),
+                created,
+                Some(&taken),
+                &plan.ops,
+            )
+            .await?;
+        match self.outcome(&reply) {
+            Err(StoreError::Rejected(e)) => {
+                // Refused: nothing was written for the new id; put the old one back.
+                let back = self
+                    .apply_script(
+                        mode::IMPORT,
+                        &old,
+                        None,
+                        taken.max_age.as_deref(),
+                        created,
+                        Some(&taken),
+                        &[],
+                    )
+                    .await?;
+                self.outcome(&back)?;
+                Err(StoreError::Rejected(e))
+            }
+            other => other,
+        }
+    }
+}
+
+/// `host:port` of an address, for `/readyz` (a unix socket: its path).
+fn display_addr(addr: &redis::ConnectionAddr) -> String {
+    match addr {
+        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => format!("{host}:{port} (TLS)"),
+        redis::ConnectionAddr::Unix(path) => path.display().to_string(),
+        _ => "redis".to_owned(),
+    }
+}
+
+/// The reply of [`mode::TAKE`]: `{'TAKEN', created, max_age or '', data pairs, flash
+/// pairs}`, or another status (`GONE`, `CORRUPT`) for [`RedisStore::outcome`].
+fn decode_taken(items: &[Value]) -> Result<Option<Taken>, StoreError> {
+    if text(items.first())? != "TAKEN" {
+        return Ok(None);
+    }
+    let bytes = |i: usize| match items.get(i) {
+        Some(Value::BulkString(b)) => Ok(b.as_slice()),
+        _ => Err(corrupt("take reply")),
+    };
+    let created = text(items.get(1))?;
+    let max_age = Some(text(items.get(2))?).filter(|m| !m.is_empty());
+    Ok(Some(Taken {
+        created,
+        max_age,
+        data: decode_pairs(bytes(3)?).map_err(corrupt)?,
+        flash: decode_pairs(bytes(4)?).map_err(corrupt)?,
+    }))
+}
+
+impl SessionStore for RedisStore {
+    async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+        let keys = self.keys(id);
+        let mut inv = self.load_script.prepare_invoke();
+        inv.key(&keys.data)
+            .key(&keys.flash)
+            .arg(self.db_sessions)
+            .arg(self.db_notifications)
+            .arg(millis(self.lifetimes.ttl))
+            .arg(millis(self.lifetimes.absolute_ttl));
+        let reply = self.run(&inv).await.map_err(|e| self.store_error(e))?;
+        match reply {
+            Value::BulkString(bytes) => decode_load_reply(&bytes),
+            _ => Err(corrupt("reply type")),
+        }
+    }
+
+    async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
+        let max_age = plan.max_age.map(|s| s.to_string());
+        let max_age = max_age.as_deref();
+        let cluster = self.connector.is_cluster();
+        let (mode, target, source) = match &plan.target {
+            Target::Existing(id) => (mode::EXISTING, id, None),
+            Target::Create(id) => (mode::CREATE, id, None),
+            Target::Move { from, to } if cluster => {
+                return self.move_across_slots(from, to, plan).await;
+            }
+            Target::Move { from, to } => (mode::MOVE, to, Some(from)),
+            Target::Destroy(id) => (mode::DESTROY, id, None),
+            Target::DestroyThenCreate { old, new } if cluster => {
+                // Two slots: destroy, then create (each atomic on its own).
+                let reply = self
+                    .apply_script(mode::DESTROY, &self.keys(old), None, None, None, None, &[])
+                    .await?;
+                self.outcome(&reply)?;
+                (mode::CREATE, new, None)
+            }
+            Target::DestroyThenCreate { old, new } => (mode::DESTROY_THEN_CREATE, new, Some(old)),
+        };
+        let keys = self.keys(target);
+        let source = source.map(|id| self.keys(id));
+        let reply = self
+            .apply_script(mode, &keys, source.as_ref(), max_age, None, None, &plan.ops)
+            .await?;
+        self.outcome(&reply)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len().max(1);
-        let mut conn = self.manager(slot).await.map_err(|e| self.store_error(e))?;
-        redis::cmd("PING")
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| self.store_error(e))?;
-        self.check_databases().await
+        self.describe().await.map(|_| ())
     }
 }
 

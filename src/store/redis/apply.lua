@@ -7,14 +7,24 @@
 -- KEYS[1] target data hash   KEYS[2] target flash hash   KEYS[3] target scratch key
 -- KEYS[4] source data hash   KEYS[5] source flash hash   (the `from`/`old` session;
 --         the target's keys again when the mode has no source)
--- ARGV[1] mode: 'E' Existing, 'C' Create, 'M' Move, 'X' Destroy, 'R' DestroyThenCreate
+-- KEYS[6] this call's write-token key (in db_sessions, the target's hash slot)
+-- ARGV[1] mode: 'E' Existing, 'C' Create, 'M' Move, 'X' Destroy, 'R' DestroyThenCreate,
+--         'T' Take (read and delete the target, return its state),
+--         'I' Import (create the target from a given state: ARGV[9] and the ops)
 -- ARGV[2] db_sessions  ARGV[3] db_notifications  ARGV[4] session.ttl in ms
 -- ARGV[5] session.absolute_ttl in ms  ARGV[6] session.max_size in bytes
 -- ARGV[7] new max_age in seconds, or '' to keep the current one
--- ARGV[8..] ops, flat: 'C' | 'D' field | 'S' field value | 'I' field by | 'F' field value
+-- ARGV[8] life of the write-token key in ms
+-- ARGV[9] 'I' only: the `created` meta field to keep (unix ms)
+-- ARGV[10..] ops, flat: 'C' | 'D' field | 'S' field value | 'I' field by | 'F' field value
 --
 -- Returns {'OK'} | {'GONE'} | {'CORRUPT'} | {'NOT_INTEGER', field} | {'OVERFLOW', field}
 --         | {'TOO_LARGE', size} | {'FLASH_TOO_LARGE', size}
+--         | {'TAKEN', created, max_age or '', data pairs, flash pairs} ('T' only)
+--
+-- Write tokens: a call that wrote leaves KEYS[6] behind for a while (its reply, for
+-- 'T'); the same call resent (a reply lost on a dropped connection, a driver retry)
+-- finds it and returns the first reply without writing again.
 
 local mode = ARGV[1]
 local db_sessions = tonumber(ARGV[2])
@@ -22,6 +32,8 @@ local db_notifications = tonumber(ARGV[3])
 local ttl_ms = tonumber(ARGV[4])
 local absolute_ms = tonumber(ARGV[5])
 local max_size = tonumber(ARGV[6])
+
+local token_ttl = ARGV[8]
 
 local now = now_ms()
 
@@ -44,6 +56,28 @@ local function read_hash(key)
   return fields, meta, #raw > 0
 end
 
+-- Resent? Then this call already wrote: answer as the first time.
+use_db(db_sessions)
+if mode == 'T' then
+  local stash = redis.call('HMGET', KEYS[6], 'created', 'max_age', 'data', 'flash')
+  if stash[1] then
+    return {'TAKEN', stash[1], stash[2], stash[3], stash[4]}
+  end
+elseif redis.call('EXISTS', KEYS[6]) == 1 then
+  return {'OK'}
+end
+
+-- Nothing outlives its session: the token lives at most as long as the session's keys.
+local function remember(cap_ms, ...)
+  use_db(db_sessions)
+  if select('#', ...) > 0 then
+    redis.call('HSET', KEYS[6], ...)
+  else
+    redis.call('SET', KEYS[6], '1')
+  end
+  redis.call('PEXPIRE', KEYS[6], int_text(math.max(1, math.min(tonumber(token_ttl), cap_ms))))
+end
+
 if mode == 'X' then
   use_db(db_sessions)
   redis.call('DEL', KEYS[1])
@@ -54,7 +88,7 @@ end
 
 local data, flash = {}, {}
 local created_text, max_age
-if mode == 'E' or mode == 'M' then
+if mode == 'E' or mode == 'M' or mode == 'T' then
   use_db(db_sessions)
   local meta, exists
   data, meta, exists = read_hash(KEYS[4])
@@ -75,11 +109,39 @@ if mode == 'E' or mode == 'M' then
   flash = read_hash(KEYS[5])
 elseif mode == 'C' or mode == 'R' then
   created_text = int_text(now)
+elseif mode == 'I' then
+  created_text = ARGV[9]
+  local created = tonumber(created_text)
+  if not created then
+    return {'CORRUPT'}
+  end
+  if created + absolute_ms <= now then
+    return {'GONE'}
+  end
 else
   return redis.error_reply('session-sidecar: unknown apply mode')
 end
 if ARGV[7] ~= '' then
   max_age = ARGV[7]
+end
+
+if mode == 'T' then
+  local function pairs_text(map)
+    local out = {}
+    for field, value in pairs(map) do
+      out[#out + 1] = netstring_pair(field, value)
+    end
+    return table.concat(out)
+  end
+  local data_text, flash_text = pairs_text(data), pairs_text(flash)
+  use_db(db_sessions)
+  redis.call('DEL', KEYS[4])
+  use_db(db_notifications)
+  redis.call('DEL', KEYS[5])
+  local left = tonumber(created_text) + absolute_ms - now
+  remember(left, 'created', created_text, 'max_age', max_age or '', 'data', data_text,
+    'flash', flash_text)
+  return {'TAKEN', created_text, max_age or '', data_text, flash_text}
 end
 
 -- A stored value counts as an integer exactly as `store::parse_integer` says: optional
@@ -130,7 +192,7 @@ local function add(current, by)
 end
 
 local function apply_ops()
-  local i = 8
+  local i = 10
   while i <= #ARGV do
     local op = ARGV[i]
     if op == 'C' then
@@ -251,4 +313,5 @@ if #flash_list > 0 then
   write_hash(KEYS[2], flash_list)
 end
 
+remember(tonumber(ttl))
 return {'OK'}
