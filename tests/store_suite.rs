@@ -796,6 +796,98 @@ mod redis_only {
         matches!(e, StoreError::Unavailable(_) | StoreError::Timeout)
     }
 
+    /// A TCP relay to Redis that, once armed, forwards the next request but swallows
+    /// Redis' reply and drops the connection: the write happened, the store never
+    /// heard back. The fault of a connection lost mid-call.
+    struct ReplyEater {
+        port: u16,
+        armed: Arc<std::sync::atomic::AtomicBool>,
+        eaten: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl ReplyEater {
+        async fn start(redis_port: u16) -> Self {
+            use std::sync::atomic::Ordering;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let eaten = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (a, n) = (armed.clone(), eaten.clone());
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let server = tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
+                        .await
+                        .unwrap();
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(k) = cr.read(&mut buf).await {
+                            if k == 0 || sw.write_all(&buf[..k]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let (a, n) = (a.clone(), n.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(k) = sr.read(&mut buf).await {
+                            if k == 0 {
+                                break;
+                            }
+                            if a.swap(false, Ordering::SeqCst) {
+                                n.fetch_add(1, Ordering::SeqCst);
+                                break; // drops both halves: the reply is lost
+                            }
+                            if cw.write_all(&buf[..k]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+            ReplyEater { port, armed, eaten }
+        }
+
+        fn arm(&self) {
+            self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+
+        fn eaten(&self) -> usize {
+            self.eaten.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_reply_was_lost_is_resent_and_applied_once() {
+        let server = RedisServer::start();
+        let relay = ReplyEater::start(server.port()).await;
+        let mut cfg = store_config(relay.port, 0, 1);
+        redis_options(&mut cfg).max_connections = 1;
+        let s = timed(redis_new(&cfg, lifetimes()).expect("store"), TIMEOUT);
+        let id = create(&s, vec![Op::Incr(f("n"), 1)]).await;
+        for round in 1..=3 {
+            relay.arm();
+            let p = WritePlan {
+                target: Target::Existing(id.clone()),
+                ops: vec![Op::Incr(f("n"), 1)],
+                max_age: None,
+                revision: None,
+            };
+            // The first send is applied and its reply eaten; the resend finds the
+            // call's write token and answers without applying it again.
+            assert_eq!(apply(&s, p).await, WriteOutcome::Applied, "round {round}");
+            assert_eq!(relay.eaten(), round, "the fault was injected");
+            let got = load(&s, &id).await.expect("exists");
+            assert_eq!(
+                got.data,
+                fields(&[("n", &(round + 1).to_string())]),
+                "round {round}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn key_layout_and_ttls() {
         let server = RedisServer::start();
