@@ -5,6 +5,12 @@
 //! Every test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+#[path = "../harness/certs.rs"]
+pub mod certs;
+pub mod tls;
+
+pub use tls::TlsRedis;
+
 use std::{
     io::{ErrorKind, Read, Write},
     net::{TcpListener, TcpStream},
