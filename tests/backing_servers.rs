@@ -39,6 +39,9 @@ fn sentinel_set_fails_over_after_the_master_is_killed() {
     let (new, at) = set.wait_failover(old);
     eprintln!("sentinel failover: {:?}", at - killed);
     assert_eq!(new, replica);
+    let t = Instant::now();
+    set.wait_all_report(new);
+    eprintln!("all sentinels agree after: {:?}", t.elapsed());
     assert_eq!(set.master_port(), new);
 }
 

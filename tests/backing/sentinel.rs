@@ -143,6 +143,27 @@ impl SentinelSet {
         }
     }
 
+    /// Wait (≤30 s) until every sentinel reports `master` as the master (after
+    /// [`SentinelSet::wait_failover`] the others follow within a hello period or so).
+    pub fn wait_all_report(&self, master: u16) {
+        let deadline = Instant::now() + WAIT;
+        while !self
+            .sentinels
+            .iter()
+            .all(|s| get_master_addr(s.port) == Some(master))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "sentinels disagree on the master: {:?}",
+                self.sentinels
+                    .iter()
+                    .map(|s| get_master_addr(s.port))
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Start the killed server again as a replica of the current master.
     pub fn restart_old_master_as_replica(&mut self) {
         let m = self.master_port();
