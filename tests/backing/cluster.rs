@@ -134,7 +134,19 @@ impl RedisCluster {
                     summarize(nodes.as_ref()?)
                 })
                 .collect();
-            if summaries.iter().all(|s| s.is_some()) && summaries.windows(2).all(|w| w[0] == w[1]) {
+            // every master with slots sees its replica online (initial sync done)
+            let synced = views.iter().all(|(p, _, nodes)| {
+                let master = nodes.as_ref().is_some_and(|nodes| {
+                    nodes
+                        .iter()
+                        .any(|n| n.port == *p && n.is_master() && !n.slots.is_empty())
+                });
+                !master || info_replication(*p).is_some_and(|i| i.contains("state=online"))
+            });
+            if synced
+                && summaries.iter().all(|s| s.is_some())
+                && summaries.windows(2).all(|w| w[0] == w[1])
+            {
                 return;
             }
             assert!(

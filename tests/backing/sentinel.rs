@@ -31,9 +31,18 @@ impl SentinelSet {
     /// and wait until each reports the master, ≥1 replica and 2 other sentinels.
     /// Panics with diagnostics after ~30 s.
     pub fn start() -> Self {
-        let master = RedisServer::start();
+        // the replica's initial sync starts at once (default: a 5 s delay); the
+        // replica gets the same setting for when it is promoted
+        let fast_sync = ["--repl-diskless-sync-delay", "0"];
+        let master = RedisServer::start_with(&fast_sync);
         let mport = master.port().to_string();
-        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &mport]);
+        let replica = RedisServer::start_with(&[
+            "--replicaof",
+            "127.0.0.1",
+            &mport,
+            fast_sync[0],
+            fast_sync[1],
+        ]);
         let deadline = Instant::now() + WAIT;
         loop {
             let info = info(replica.port(), "replication").unwrap_or_default();
