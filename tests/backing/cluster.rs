@@ -52,7 +52,10 @@ impl RedisCluster {
         let servers: Vec<RedisServer> = (0..6)
             .map(|_| {
                 let port = free_port();
-                let bus = free_port();
+                // the cluster bus port (default port + 10000 may be past 65535)
+                let bus = std::iter::repeat_with(free_port)
+                    .find(|b| *b != port)
+                    .expect("a free port");
                 let conf = dir.path().join(format!("nodes-{port}.conf"));
                 RedisServer::start_on(
                     port,
