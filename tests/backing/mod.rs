@@ -5,6 +5,21 @@
 //! Every test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+// The harness' certificates (binaries that compile `harness` too hold two copies).
+#[allow(clippy::duplicate_mod)]
+#[path = "../harness/certs.rs"]
+pub mod certs;
+pub mod cluster;
+pub mod sentinel;
+pub mod tls;
+
+#[allow(unused_imports)]
+pub use cluster::RedisCluster;
+#[allow(unused_imports)]
+pub use sentinel::SentinelSet;
+#[allow(unused_imports)]
+pub use tls::TlsRedis;
+
 use std::{
     io::{ErrorKind, Read, Write},
     net::{TcpListener, TcpStream},

@@ -1,14 +1,21 @@
 //! Test certificates generated in the test (rcgen): a CA and a leaf for `localhost`
-//! and `127.0.0.1`, written as PEM files into a temporary directory.
+//! and `127.0.0.1`, written as PEM files into a temporary directory, and client
+//! certificates the same CA signs (mTLS). `backing` compiles this file too (its TLS
+//! `redis-server`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair,
+};
 
 /// A CA, one leaf certificate it signed, and the PEM files on disk.
 pub struct TestPki {
     dir: tempfile::TempDir,
+    /// The CA with its key, for signing more certificates later.
+    ca: CertifiedIssuer<'static, KeyPair>,
     /// The CA certificate (PEM), for clients that must trust the leaf.
     pub ca_pem: String,
     /// The CA certificate's file.
@@ -49,11 +56,33 @@ impl TestPki {
         let key_file = write(dir.path(), "key.pem", &leaf_key.serialize_pem());
         TestPki {
             dir,
+            ca,
             ca_pem,
             ca_file,
             cert_file,
             key_file,
         }
+    }
+
+    /// A client certificate (extended key usage clientAuth) with common name `cn`,
+    /// signed by this CA, written next to the other files as `client-<cn>.pem` and
+    /// `client-<cn>-key.pem`: (certificate file, key file).
+    pub fn client_cert(&self, cn: &str) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("client key");
+        let cert = params
+            .signed_by(&key, &self.ca)
+            .expect("client certificate");
+        (
+            write(self.dir.path(), &format!("client-{cn}.pem"), &cert.pem()),
+            write(
+                self.dir.path(),
+                &format!("client-{cn}-key.pem"),
+                &key.serialize_pem(),
+            ),
+        )
     }
 
     /// The directory holding the files (for writing replacements next to them).
