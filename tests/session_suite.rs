@@ -1,5 +1,6 @@
 //! The behavioural suite: docs/protocol.md §3–§9 as a client and an app see them, written
-//! once and run against every store engine (`memory`, `redis`, `memcached`) through the
+//! once and run against every store engine (`memory`, `redis` standalone, on a cluster
+//! and under Sentinel, `memcached`) through the
 //! real proxy, a real upstream HTTP server and, for Redis and memcached, a real server per
 //! test.
 
@@ -31,6 +32,31 @@ pub fn redis() -> Store {
     Store {
         section: json!({"engine": "redis", "storage": {"host": "127.0.0.1", "port": server.port()}}),
         redis: Some(server),
+        memcached: None,
+    }
+}
+
+/// One Redis Cluster and one Sentinel set for the whole binary (starting them takes
+/// seconds; every test uses fresh random session ids).
+pub fn cluster() -> Store {
+    static CLUSTER: std::sync::OnceLock<backing::RedisCluster> = std::sync::OnceLock::new();
+    let cluster = CLUSTER.get_or_init(backing::RedisCluster::start);
+    Store {
+        section: json!({"engine": "redis", "storage": {"cluster": {"nodes": cluster.nodes()}}}),
+        redis: None,
+        memcached: None,
+    }
+}
+
+pub fn sentinel() -> Store {
+    static SET: std::sync::OnceLock<backing::SentinelSet> = std::sync::OnceLock::new();
+    let set = SET.get_or_init(backing::SentinelSet::start);
+    Store {
+        section: json!({"engine": "redis", "storage": {"sentinel": {
+            "master_name": set.master_name(),
+            "nodes": set.sentinel_nodes(),
+        }}}),
+        redis: None,
         memcached: None,
     }
 }
@@ -409,3 +435,5 @@ macro_rules! session_suite {
 session_suite!(memory);
 session_suite!(redis);
 session_suite!(memcached);
+session_suite!(cluster);
+session_suite!(sentinel);

@@ -13,8 +13,8 @@ use std::{
 use backing::{MemcachedServer, RedisServer};
 use session_sidecar::{
     config::{
-        MAX_KEY_PREFIX_LEN, MemcachedOptions, OnError, RedisOptions, RedisTopology, Storage,
-        StoreConfig,
+        ClusterOptions, MAX_KEY_PREFIX_LEN, MemcachedOptions, OnError, RedisOptions, RedisTopology,
+        SentinelOptions, Storage, StoreConfig,
     },
     cookie::SessionId,
     metrics::Metrics,
@@ -126,6 +126,61 @@ fn make_redis_store(l: Lifetimes) -> Fixture<TimedStore<RedisStore>> {
     Fixture {
         store: Arc::new(timed(store, TIMEOUT)),
         server: Some(server),
+        memcached: Vec::new(),
+        expiry_slack: Duration::ZERO,
+    }
+}
+
+/// One Redis Cluster (3 masters with a replica each) and one Sentinel set for the
+/// whole binary: starting them takes seconds, and every test uses fresh random ids.
+fn shared_cluster() -> &'static backing::RedisCluster {
+    static CLUSTER: std::sync::OnceLock<backing::RedisCluster> = std::sync::OnceLock::new();
+    CLUSTER.get_or_init(backing::RedisCluster::start)
+}
+
+fn shared_sentinels() -> &'static backing::SentinelSet {
+    static SET: std::sync::OnceLock<backing::SentinelSet> = std::sync::OnceLock::new();
+    SET.get_or_init(backing::SentinelSet::start)
+}
+
+fn topology_config(topology: RedisTopology, db_notifications: u32) -> StoreConfig {
+    StoreConfig {
+        storage: Storage::Redis(RedisOptions {
+            topology,
+            db_sessions: 0,
+            db_notifications,
+            max_connections: 4,
+            ..RedisOptions::default()
+        }),
+        ..store_config(0, 0, 0)
+    }
+}
+
+fn make_cluster_store(l: Lifetimes) -> Fixture<TimedStore<RedisStore>> {
+    let nodes = shared_cluster().nodes();
+    let cfg = topology_config(RedisTopology::Cluster(ClusterOptions { nodes }), 0);
+    Fixture {
+        store: Arc::new(timed(redis_new(&cfg, l).expect("cluster store"), TIMEOUT)),
+        server: None,
+        memcached: Vec::new(),
+        expiry_slack: Duration::ZERO,
+    }
+}
+
+fn make_sentinel_store(l: Lifetimes) -> Fixture<TimedStore<RedisStore>> {
+    let set = shared_sentinels();
+    let cfg = topology_config(
+        RedisTopology::Sentinel(SentinelOptions {
+            master_name: set.master_name().to_owned(),
+            nodes: set.sentinel_nodes(),
+            username: None,
+            password: None,
+        }),
+        1,
+    );
+    Fixture {
+        store: Arc::new(timed(redis_new(&cfg, l).expect("sentinel store"), TIMEOUT)),
+        server: None,
         memcached: Vec::new(),
         expiry_slack: Duration::ZERO,
     }
@@ -782,6 +837,8 @@ macro_rules! store_suite {
 store_suite!(memory, make_memory_store);
 store_suite!(redis, make_redis_store);
 store_suite!(memcached, make_memcached_store);
+store_suite!(cluster, make_cluster_store);
+store_suite!(sentinel, make_sentinel_store);
 
 /// Redis-specific behaviour: layout, expiries, databases, outages.
 mod redis_only {

@@ -578,7 +578,11 @@ impl SessionStore for RedisStore {
             Target::Move { from, to } => (mode::MOVE, to, Some(from)),
             Target::Destroy(id) => (mode::DESTROY, id, None),
             Target::DestroyThenCreate { old, new } if cluster => {
-                // Two slots: destroy, then create (each atomic on its own).
+                // Two slots: destroy, then create (each atomic on its own). A create
+                // from nothing is refused or not whatever the store holds: check it
+                // first, so that a refused plan writes nothing.
+                let empty = super::FieldMap::new();
+                super::apply_ops(&empty, &empty, &plan.ops, self.lifetimes.max_size)?;
                 let reply = self
                     .apply_script(mode::DESTROY, &self.keys(old), None, None, None, None, &[])
                     .await?;

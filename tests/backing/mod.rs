@@ -279,6 +279,7 @@ fn spawn_until_ours(
         };
         loop {
             if answers_as(child.id()) {
+                kill_at_exit(child.id());
                 return child;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -304,8 +305,44 @@ fn spawn_until_ours(
 /// Kill a child (SIGKILL: an outage, not a clean shutdown) and reap it.
 fn kill_child(child: &mut Option<Child>) {
     if let Some(mut child) = child.take() {
+        forget_at_exit(child.id());
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+/// The servers alive now. Servers shared by a whole test binary live in statics, which
+/// are never dropped: these are killed when the test process exits, so no server
+/// outlives its test run.
+static LIVE: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn kill_live_servers() {
+    if let Ok(pids) = LIVE.lock() {
+        for &pid in pids.iter() {
+            // SAFETY: kill(2) with a pid this process spawned and has not reaped.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn kill_at_exit(pid: u32) {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: registers a plain extern "C" fn that only calls kill(2).
+        unsafe {
+            libc::atexit(kill_live_servers);
+        }
+    });
+    if let Ok(mut pids) = LIVE.lock() {
+        pids.push(pid);
+    }
+}
+
+fn forget_at_exit(pid: u32) {
+    if let Ok(mut pids) = LIVE.lock() {
+        pids.retain(|&p| p != pid);
     }
 }
 
