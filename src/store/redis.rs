@@ -10,9 +10,31 @@
 //! | `<p>{<sk>}`, e.g. `session:{Zm9v…}` | `db_sessions` | hash | the session data and its meta fields |
 //! | `<p>{<sk>}:flash` | `db_notifications` | hash | pending flash (notifications) |
 //! | `<p>{<sk>}:tmp` | `db_sessions` | string | scratch for exact `Incr`; exists only while a script runs |
+//! | `<p>{<sk>}:w:<token>` | `db_sessions` | string or hash | write token: this write was applied (see below) |
 //!
 //! The literal braces around the store key are a Redis Cluster hash tag: every key of one
 //! session hashes to the same slot, so one script may touch them all.
+//!
+//! # Write tokens: a resent write is applied once
+//!
+//! A call whose reply was lost (the connection dropped after Redis ran the script) is
+//! resent: by the engine once (`redis/connector.rs`), and by the cluster driver on reconnection. A resent
+//! `Incr` must not count twice. Every write call therefore carries a token unique to
+//! the call (a random per-process prefix and a counter); the script that writes leaves
+//! the token key behind, and the same call resent finds it and answers as the first
+//! time without writing. A token lives `max(10 s, 4 × store.timeout)` (a resend arrives
+//! within `store.timeout` of the first send: the call is abandoned after it), and never
+//! longer than its session.
+//!
+//! # Topologies
+//!
+//! One server, the master a set of sentinels names, or a cluster (`redis/connector.rs`). On a
+//! cluster one script touches one hash slot, and the two ids of a regenerate hash to
+//! different slots: a move is two atomic scripts there, take (read and delete the old
+//! session) then create the new one from it with the plan's ops; if the ops are refused
+//! the taken session is put back, so a refused write changes nothing. A store failure
+//! between the two steps loses the session (the answer is 503 and the old id is
+//! already dead): the same outcome as a failure of the store itself.
 //!
 //! Hash fields of the data and flash hashes are in the wire form of [`crate::store`]:
 //! a user key is stored as its JSON string literal *with the quotes* (field `"user"`,
@@ -46,11 +68,11 @@
 //!
 //! # Connections
 //!
-//! `max_connections` [`ConnectionManager`]s (each one multiplexed connection), used
-//! round-robin and created lazily on first use: the sidecar starts while Redis is down,
-//! a failed connection attempt is retried by the next call, and a manager reconnects by
-//! itself after Redis restarts. Every call is bounded by `store.timeout` by the wrapper
-//! the engine runs behind ([`super::timed::TimedStore`]), not here.
+//! `max_connections` multiplexed connections per server (a cluster: the driver's one
+//! per node), created lazily on first use: the sidecar starts while Redis is down, a
+//! failed connection attempt is retried by the next call, and a connection reconnects
+//! by itself after Redis restarts. Every call is bounded by `store.timeout` by the
+//! wrapper the engine runs behind ([`super::timed::TimedStore`]), not here.
 
 use std::{
     fmt,
