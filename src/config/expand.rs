@@ -84,7 +84,13 @@ mod tests {
             "store:\n  engine: redis\n  key_prefix: \"app${PORT}:\"\n  storage:\n    port: ${PORT}\n    \
              password: \"${TRICKY}\"\n",
         );
-        assert_eq!(redis(&c).port, 6380);
+        assert_eq!(
+            redis(&c).topology,
+            RedisTopology::Server {
+                host: "127.0.0.1".into(),
+                port: 6380
+            }
+        );
         assert_eq!(c.store.key_prefix, "app6380:");
         assert_eq!(
             redis(&c).password,

@@ -142,11 +142,28 @@ pub(super) struct RawStorage {
     pub(super) db_notifications: Option<Val>,
     pub(super) max_connections: Option<Val>,
     pub(super) tls: Option<Val>,
-    // Recognised so that the error says they are not supported yet.
-    pub(super) sentinel: Option<Spanned<serde::de::IgnoredAny>>,
-    pub(super) cluster: Option<Spanned<serde::de::IgnoredAny>>,
+    pub(super) tls_ca: Option<Str>,
+    pub(super) tls_cert: Option<Str>,
+    pub(super) tls_key: Option<Str>,
+    pub(super) sentinel: Option<Spanned<RawSentinel>>,
+    pub(super) cluster: Option<Spanned<RawCluster>>,
     pub(super) servers: Option<Spanned<Vec<Str>>>,
     pub(super) max_entries: Option<Val>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSentinel {
+    pub(super) master_name: Option<Str>,
+    pub(super) nodes: Option<Spanned<Vec<Str>>>,
+    pub(super) username: Option<Str>,
+    pub(super) password: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) nodes: Option<Spanned<Vec<Str>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,12 +271,20 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
             "db_notifications",
             "max_connections",
             "tls",
+            "tls_ca",
+            "tls_cert",
+            "tls_key",
             "sentinel",
             "cluster",
             "servers",
             "max_entries",
         ],
     ),
+    (
+        "store.storage.sentinel",
+        &["master_name", "nodes", "username", "password"],
+    ),
+    ("store.storage.cluster", &["nodes"]),
     ("session", &["ttl", "absolute_ttl", "max_size"]),
     (
         "cookies",

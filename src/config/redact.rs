@@ -90,9 +90,10 @@ impl Serialize for RedisOptions {
         }
         map.serialize_entry("db_notifications", &self.db_notifications)?;
         map.serialize_entry("max_connections", &self.max_connections)?;
-        // A `rediss://` URL says TLS already; `tls: true` with it is accepted too.
-        map.serialize_entry("tls", &self.tls.is_some())?;
+        // Written only when on (a `rediss://` URL says TLS already; `tls: true` with it
+        // is accepted too).
         if let Some(tls) = &self.tls {
+            map.serialize_entry("tls", &true)?;
             for (key, v) in [
                 ("tls_ca", &tls.ca),
                 ("tls_cert", &tls.cert),
@@ -227,16 +228,22 @@ mod tests {
             format!("{BASE}store: {{engine: memcached, storage: {{servers: [\"a:1\"]}}}}\n");
         let unix_url =
             format!("{BASE}store: {{engine: redis, storage: {{url: \"unix:///r.sock\"}}}}\n");
+        let sentinel = format!(
+            "{BASE}store: {{engine: redis, storage: {{sentinel: {{master_name: m, nodes: [\"a:1\"], \
+             password: spw}}, password: dpw}}}}\n"
+        );
         for yaml in [
             RICH.to_owned(),
             BASE.to_owned(),
             redis_fields,
             memcached,
             unix_url,
+            sentinel,
         ] {
             let first = parse(&yaml)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .redacted_yaml();
+            assert!(!first.contains("spw") && !first.contains("dpw"), "{first}");
             // Secrets cannot come back; give the reader valid ones in their place.
             let again = first.replace("<redacted>", "${SESSION_SECRET}");
             let second = parse(&again)
@@ -250,6 +257,16 @@ mod tests {
             BASE.to_owned(),
             format!("{BASE}store: {{engine: memcached, storage: {{servers: [\"a:1\"]}}}}\n"),
             format!("{BASE}store: {{engine: redis, storage: {{url: \"redis://r/3\"}}}}\n"),
+            format!(
+                "{BASE}store: {{engine: redis, storage: {{url: \"rediss://r:6380\", tls_ca: /ca.pem, \
+                 tls_cert: /c.pem, tls_key: /k.pem}}}}\n"
+            ),
+            format!("{BASE}store: {{engine: redis, storage: {{host: r, tls: true}}}}\n"),
+            format!(
+                "{BASE}store: {{engine: redis, storage: {{sentinel: {{master_name: m, nodes: [\"a:1\", \"b:2\"], \
+                 username: su}}, username: u, db_notifications: 3}}}}\n"
+            ),
+            format!("{BASE}store: {{engine: redis, storage: {{cluster: {{nodes: [\"a:1\"]}}}}}}\n"),
             format!("{BASE}store: {{engine: redis, storage: {{host: r, db_sessions: 2}}}}\n"),
         ] {
             let c = parse(&yaml).unwrap_or_else(|e| panic!("{e}"));

@@ -35,8 +35,11 @@ impl Engine {
 const REDIS_URL_HINT: &str = "for example redis://127.0.0.1:6379/0, redis://user:pass@host:6380 \
      or redis+unix:///run/redis.sock";
 const DB_NUMBER_HINT: &str = "a Redis database number, 0 or more (a default Redis has 16: 0 to 15)";
-const NO_REDIS_TLS_HINT: &str = "TLS to Redis is not in this build: use `redis://` with \
-     `tls: false`, or reach Redis through a TLS tunnel (stunnel, a service mesh)";
+const TOPOLOGY_HINT: &str = "use exactly one of: `url: redis://host:6379` (or `host`/`port`), \
+     `sentinel: {master_name: mymaster, nodes: [\"10.0.0.1:26379\"]}`, \
+     `cluster: {nodes: [\"10.0.0.1:7000\"]}`";
+const NODES_HINT: &str =
+    "a list of host:port, for example [\"10.0.0.1:26379\", \"10.0.0.2:26379\"]";
 
 /// Where a key was written, when it was.
 fn at<T>(v: &Option<Spanned<T>>) -> Option<&Location> {
@@ -108,6 +111,11 @@ impl Ctx<'_> {
             ("db_sessions", Engine::Redis, at(&raw.db_sessions)),
             ("db_notifications", Engine::Redis, at(&raw.db_notifications)),
             ("tls", Engine::Redis, at(&raw.tls)),
+            ("tls_ca", Engine::Redis, at(&raw.tls_ca)),
+            ("tls_cert", Engine::Redis, at(&raw.tls_cert)),
+            ("tls_key", Engine::Redis, at(&raw.tls_key)),
+            ("sentinel", Engine::Redis, at(&raw.sentinel)),
+            ("cluster", Engine::Redis, at(&raw.cluster)),
             ("servers", Engine::Memcached, at(&raw.servers)),
             ("max_entries", Engine::Memory, at(&raw.max_entries)),
         ];
@@ -141,15 +149,6 @@ impl Ctx<'_> {
                 Some("remove it, or set `store.engine: redis` or `memcached`".to_owned()),
             ));
         }
-        for (key, v) in [("sentinel", &raw.sentinel), ("cluster", &raw.cluster)] {
-            if let Some(v) = v {
-                return Err(self.err(
-                    &v.referenced,
-                    format!("`store.storage.{key}` is not supported yet"),
-                    Some("use a single Redis server through `url` or `host`/`port`".to_owned()),
-                ));
-            }
-        }
         Ok(match engine {
             Engine::Memory => Storage::Memory(self.memory(raw)?),
             Engine::Redis => Storage::Redis(self.redis(raw)?),
@@ -170,6 +169,8 @@ impl Ctx<'_> {
         let mut out = RedisOptions::default();
         // The database the Redis client would select from the URL, and where the URL is.
         let mut url_client_db = None;
+        // The URL's scheme: `Some(true)` for rediss://, `None` for a unix socket.
+        let mut url_tls = Some(false);
         if let Some(u) = &raw.url {
             for (key, at) in [
                 ("host", at(&raw.host)),
@@ -218,14 +219,7 @@ impl Ctx<'_> {
                     Some("`rediss://` means TLS, `redis://` means plain TCP".to_owned()),
                 ));
             }
-            if info.tls == Some(true) {
-                return Err(self.err(
-                    &u.referenced,
-                    "`store.storage.url`: `rediss://` (TLS to Redis) is not supported by this \
-                     build",
-                    Some(NO_REDIS_TLS_HINT.to_owned()),
-                ));
-            }
+            url_tls = info.tls;
             url_client_db = Some((redis_client_db(&url).map_err(bad_url)?, u.referenced));
             out.topology = RedisTopology::Url(Secret(url));
         }
@@ -261,17 +255,8 @@ impl Ctx<'_> {
         if let Some(v) = &raw.max_connections {
             out.max_connections = self.connections(v)?;
         }
-        // With a URL, its scheme decided (above); a unix socket has no TLS to turn on.
-        if let Some(v) = &raw.tls
-            && raw.url.is_none()
-            && self.bool(v, "store.storage.tls")?
-        {
-            return Err(self.err(
-                &v.referenced,
-                "`store.storage.tls: true`: TLS to Redis is not supported by this build",
-                Some(NO_REDIS_TLS_HINT.to_owned()),
-            ));
-        }
+        out.tls = self.redis_tls(raw, url_tls, raw.url.as_ref())?;
+        self.redis_topology(raw, &mut out)?;
         // The client selects a database given in the URL (`/2`, or `?db=2` on a unix
         // socket URL); the store keeps every connection on the numbers set here.
         if let Some((db, at)) = url_client_db
@@ -293,6 +278,193 @@ impl Ctx<'_> {
             ));
         }
         Ok(out)
+    }
+
+    /// `tls`, `tls_ca`, `tls_cert`, `tls_key` (docs/configuration.md#redis). With a
+    /// URL its scheme decides, and `tls` must agree with it (checked above).
+    fn redis_tls(
+        &self,
+        raw: &RawStorage,
+        url_tls: Option<bool>,
+        url: Option<&Str>,
+    ) -> Result<Option<RedisTls>, ConfigError> {
+        let flag = match &raw.tls {
+            Some(v) => Some((self.bool(v, "store.storage.tls")?, v)),
+            None => None,
+        };
+        let on = match (url, url_tls, flag) {
+            (Some(_), None, Some((true, v))) => {
+                return Err(self.err(
+                    &v.referenced,
+                    "`store.storage.tls: true`: a unix socket has no TLS",
+                    Some("remove `tls`, or connect over TCP with rediss://".to_owned()),
+                ));
+            }
+            (Some(_), Some(scheme), _) => scheme,
+            (Some(_), None, _) => false,
+            (None, _, Some((on, _))) => on,
+            (None, _, None) => false,
+        };
+        let files = [
+            ("tls_ca", &raw.tls_ca),
+            ("tls_cert", &raw.tls_cert),
+            ("tls_key", &raw.tls_key),
+        ];
+        if !on {
+            if let Some((key, Some(v))) = files.iter().find(|(_, v)| v.is_some()) {
+                return Err(self.err(
+                    &v.referenced,
+                    format!("`store.storage.{key}` needs TLS, which is off"),
+                    Some("set `tls: true`, or use a rediss:// URL".to_owned()),
+                ));
+            }
+            return Ok(None);
+        }
+        if let (Some(v), None) | (None, Some(v)) = (&raw.tls_cert, &raw.tls_key) {
+            return Err(self.err(
+                &v.referenced,
+                "`store.storage.tls_cert` and `tls_key` go together",
+                Some("give the client certificate chain and its key, or neither".to_owned()),
+            ));
+        }
+        let path = |v: &Option<Str>, key: &str| -> Result<_, ConfigError> {
+            v.as_ref()
+                .map(|v| self.file_path(v, &format!("store.storage.{key}")))
+                .transpose()
+        };
+        Ok(Some(RedisTls {
+            ca: path(&raw.tls_ca, "tls_ca")?,
+            cert: path(&raw.tls_cert, "tls_cert")?,
+            key: path(&raw.tls_key, "tls_key")?,
+        }))
+    }
+
+    /// Exactly one topology: `url`, `host`/`port`, `sentinel` or `cluster`.
+    fn redis_topology(&self, raw: &RawStorage, out: &mut RedisOptions) -> Result<(), ConfigError> {
+        let present = [
+            ("url", "url", at(&raw.url)),
+            ("host", "host/port", at(&raw.host)),
+            ("port", "host/port", at(&raw.port)),
+            ("sentinel", "sentinel", at(&raw.sentinel)),
+            ("cluster", "cluster", at(&raw.cluster)),
+        ];
+        let mut first: Option<(&str, &str)> = None;
+        for (key, group, at) in present {
+            let Some(at) = at else { continue };
+            match first {
+                None => first = Some((key, group)),
+                Some((_, g)) if g == group => {}
+                Some((other, _)) => {
+                    return Err(self.err(
+                        at,
+                        format!("`store.storage.{key}` cannot be combined with `{other}`"),
+                        Some(TOPOLOGY_HINT.to_owned()),
+                    ));
+                }
+            }
+        }
+        if let Some(v) = &raw.sentinel {
+            out.topology = RedisTopology::Sentinel(self.sentinel(v)?);
+        }
+        if let Some(v) = &raw.cluster {
+            let nodes = self.nodes(&v.value.nodes, &v.referenced, "store.storage.cluster.nodes")?;
+            out.topology = RedisTopology::Cluster(ClusterOptions { nodes });
+            // A cluster has db 0 only (both default to 0 there).
+            for (key, v) in [
+                ("db_sessions", &raw.db_sessions),
+                ("db_notifications", &raw.db_notifications),
+            ] {
+                if let Some(v) = v
+                    && self.db_number(v, &format!("store.storage.{key}"))? != 0
+                {
+                    return Err(self.err(
+                        &v.referenced,
+                        format!("`store.storage.{key}`: a Redis Cluster has database 0 only"),
+                        Some(
+                            "remove it: on a cluster, sessions and notifications share db 0 \
+                             under distinct keys"
+                                .to_owned(),
+                        ),
+                    ));
+                }
+            }
+            out.db_sessions = 0;
+            out.db_notifications = 0;
+        }
+        Ok(())
+    }
+
+    fn sentinel(&self, v: &Spanned<RawSentinel>) -> Result<SentinelOptions, ConfigError> {
+        let raw = &v.value;
+        let Some(name) = &raw.master_name else {
+            return Err(self.err(
+                &v.referenced,
+                "`store.storage.sentinel.master_name` is required",
+                Some(
+                    "the name the sentinels monitor, for example master_name: mymaster".to_owned(),
+                ),
+            ));
+        };
+        let master_name = self.string(name, "store.storage.sentinel.master_name")?;
+        if master_name.is_empty()
+            || master_name
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(self.err(
+                &name.referenced,
+                "`store.storage.sentinel.master_name` must be a name without spaces",
+                Some("for example master_name: mymaster".to_owned()),
+            ));
+        }
+        let nodes = self.nodes(&raw.nodes, &v.referenced, "store.storage.sentinel.nodes")?;
+        let username = self.opt_string(&raw.username, "store.storage.sentinel.username")?;
+        let password = match &raw.password {
+            Some(p) => Some(Secret(self.string(p, "store.storage.sentinel.password")?)),
+            None => None,
+        };
+        Ok(SentinelOptions {
+            master_name,
+            nodes,
+            username,
+            password,
+        })
+    }
+
+    /// A required, non-empty list of `host:port`.
+    fn nodes(
+        &self,
+        list: &Option<Spanned<Vec<Str>>>,
+        parent: &Location,
+        key: &str,
+    ) -> Result<Vec<String>, ConfigError> {
+        let Some(list) = list else {
+            return Err(self.err(
+                parent,
+                format!("`{key}` is required"),
+                Some(NODES_HINT.to_owned()),
+            ));
+        };
+        if list.value.is_empty() {
+            return Err(self.err(
+                &list.referenced,
+                format!("`{key}` needs at least one node"),
+                Some(NODES_HINT.to_owned()),
+            ));
+        }
+        let mut nodes = Vec::new();
+        for v in &list.value {
+            let s = self.string(v, key)?;
+            if !is_host_port(&s) {
+                return Err(self.err(
+                    &v.referenced,
+                    format!("`{key}`: {:?} is not host:port", sanitize(&s)),
+                    Some(NODES_HINT.to_owned()),
+                ));
+            }
+            nodes.push(s);
+        }
+        Ok(nodes)
     }
 
     /// A Redis database number (the server decides how many it has; see
@@ -380,21 +552,25 @@ mod tests {
              max_connections: 4\n    tls: false\n",
         );
         let s = redis(&c);
-        assert_eq!((s.host.as_str(), s.port), ("redis.internal", 6380));
+        assert_eq!(
+            s.topology,
+            RedisTopology::Server {
+                host: "redis.internal".into(),
+                port: 6380
+            }
+        );
         assert_eq!(s.username.as_deref(), Some("app"));
         assert_eq!(s.password, Some(Secret("pw".into())));
         assert_eq!(
             (s.db_sessions, s.db_notifications, s.max_connections),
             (10, 11, 4)
         );
-        // TLS to Redis is not in this build: refused at load, not at start.
-        let e = assert_err(
-            "store: {engine: redis, storage: {tls: true}}\n",
-            3,
-            39,
-            "TLS to Redis is not supported",
+        let s = redis(&ok("store: {engine: redis, storage: {tls: true}}\n")).clone();
+        assert_eq!(
+            s.tls,
+            Some(RedisTls::default()),
+            "system roots, no client certificate"
         );
-        assert!(e.hint().unwrap_or_default().contains("tunnel"), "{e}");
 
         let c = ok(
             "store:\n  engine: memcached\n  storage: {servers: [\"10.0.0.1:11211\", \"[::1]:11211\"]}\n",
@@ -471,10 +647,16 @@ mod tests {
             "memory setting",
         );
         assert_err(
-            "store: {engine: redis, storage: {sentinel: {master_name: m}}}\n",
+            "store: {engine: memcached, storage: {cluster: {nodes: [\"a:1\"]}}}\n",
             3,
-            44,
-            "not supported yet",
+            47,
+            "redis setting",
+        );
+        assert_err(
+            "store: {engine: memory, storage: {tls_ca: ca.pem}}\n",
+            3,
+            43,
+            "redis setting",
         );
     }
 
@@ -485,31 +667,41 @@ mod tests {
         );
         let s = redis(&c);
         assert_eq!(
-            s.url,
-            Some(Secret("redis://u:hunter2-redis-password@r:6380/3".into()))
+            s.topology,
+            RedisTopology::Url(Secret("redis://u:hunter2-redis-password@r:6380/3".into()))
         );
         assert_eq!(s.db_sessions, 3);
-        assert!(
+        assert_eq!(
             redis(&ok(
                 "store: {engine: redis, storage: {url: \"redis+unix:///run/r.sock\"}}\n"
             ))
-            .url
-            .is_some()
+            .topology
+            .clone(),
+            RedisTopology::Url(Secret("redis+unix:///run/r.sock".into()))
         );
-        // TLS to Redis is not in this build; the message does not echo the URL.
+        // rediss:// is TLS; `tls` must agree with the scheme, and the message does not
+        // echo the URL.
+        let s = redis(&ok(
+            "store: {engine: redis, storage: {url: \"rediss://u:pw@r:6380\", tls_ca: ca.pem}}\n",
+        ))
+        .clone();
+        // Relative to the config file's directory.
+        assert_eq!(
+            s.tls.and_then(|t| t.ca),
+            Some(std::path::PathBuf::from("conf/ca.pem"))
+        );
         let e = assert_err(
-            "store:\n  engine: redis\n  storage:\n    url: \"rediss://u:${REDIS_PASSWORD}@r:6380/3\"\n",
-            6,
+            "store:\n  engine: redis\n  storage:\n    url: \"rediss://u:${REDIS_PASSWORD}@r\"\n    tls: false\n",
+            7,
             10,
-            "`rediss://` (TLS to Redis) is not supported",
+            "contradicts the scheme",
         );
         assert!(!e.to_string().contains("hunter2"), "{e}");
-        assert!(e.hint().unwrap_or_default().contains("tunnel"), "{e}");
         assert_err(
-            "store: {engine: redis, storage: {url: \"rediss://r\", tls: true}}\n",
+            "store: {engine: redis, storage: {url: \"redis+unix:///r.sock\", tls: true}}\n",
             3,
-            39,
-            "not supported",
+            68,
+            "a unix socket has no TLS",
         );
         // A database the client would select from the URL must be `db_sessions`.
         let e = assert_err(
@@ -610,6 +802,141 @@ mod tests {
             3,
             52,
             "redis or memcached setting",
+        );
+    }
+
+    const STORAGE: &str = "store:\n  engine: redis\n  storage:\n";
+
+    #[test]
+    fn redis_topologies() {
+        let c = ok(&format!(
+            "{STORAGE}    sentinel:\n      master_name: mymaster\n      nodes: [\"10.0.0.1:26379\", \"s2:26379\"]\n      \
+             password: spw\n    password: dpw\n"
+        ));
+        let s = redis(&c);
+        assert_eq!(
+            s.topology,
+            RedisTopology::Sentinel(SentinelOptions {
+                master_name: "mymaster".into(),
+                nodes: vec!["10.0.0.1:26379".into(), "s2:26379".into()],
+                username: None,
+                password: Some(Secret("spw".into())),
+            })
+        );
+        assert_eq!(s.password, Some(Secret("dpw".into())));
+        assert_eq!((s.db_sessions, s.db_notifications), (0, 1));
+
+        let c = ok(&format!(
+            "{STORAGE}    cluster: {{nodes: [\"10.0.0.1:7000\"]}}\n    tls: true\n"
+        ));
+        let s = redis(&c);
+        assert_eq!(
+            s.topology,
+            RedisTopology::Cluster(ClusterOptions {
+                nodes: vec!["10.0.0.1:7000".into()]
+            })
+        );
+        assert_eq!((s.db_sessions, s.db_notifications), (0, 0), "db 0 only");
+        assert!(s.tls.is_some());
+        ok(&format!(
+            "{STORAGE}    cluster: {{nodes: [\"a:1\"]}}\n    db_notifications: 0\n"
+        ));
+    }
+
+    #[test]
+    fn redis_topology_rules() {
+        let e = assert_err(
+            &format!("{STORAGE}    url: redis://r\n    cluster: {{nodes: [\"a:1\"]}}\n"),
+            7,
+            14,
+            "`store.storage.cluster` cannot be combined with `url`",
+        );
+        assert!(e.hint().unwrap_or_default().contains("sentinel:"), "{e}");
+        assert_err(
+            &format!("{STORAGE}    host: r\n    sentinel: {{master_name: m, nodes: [\"a:1\"]}}\n"),
+            7,
+            15,
+            "cannot be combined with `host`",
+        );
+        assert_err(
+            &format!(
+                "{STORAGE}    sentinel: {{master_name: m, nodes: [\"a:1\"]}}\n    cluster: {{nodes: [\"a:1\"]}}\n"
+            ),
+            7,
+            14,
+            "cannot be combined with `sentinel`",
+        );
+        let e = assert_err(
+            &format!("{STORAGE}    cluster: {{nodes: [\"a:1\"]}}\n    db_notifications: 1\n"),
+            7,
+            23,
+            "a Redis Cluster has database 0 only",
+        );
+        assert!(e.hint().is_some());
+        assert_err(
+            &format!("{STORAGE}    cluster: {{nodes: []}}\n"),
+            6,
+            22,
+            "needs at least one node",
+        );
+        assert_err(
+            &format!("{STORAGE}    cluster: {{nodes: [\"nohost\"]}}\n"),
+            6,
+            23,
+            "is not host:port",
+        );
+        assert_err(
+            &format!("{STORAGE}    sentinel: {{nodes: [\"a:1\"]}}\n"),
+            6,
+            15,
+            "`store.storage.sentinel.master_name` is required",
+        );
+        assert_err(
+            &format!("{STORAGE}    sentinel: {{master_name: m}}\n"),
+            6,
+            15,
+            "`store.storage.sentinel.nodes` is required",
+        );
+        let e = assert_err(
+            &format!("{STORAGE}    sentinel: {{master_name: m, nodes: [\"a:1\"], master: x}}\n"),
+            6,
+            48,
+            "unknown key `master` in `store.storage.sentinel`",
+        );
+        assert!(e.hint().unwrap_or_default().contains("master_name"), "{e}");
+    }
+
+    #[test]
+    fn redis_tls_rules() {
+        let c = ok(&format!(
+            "{STORAGE}    host: r\n    tls: true\n    tls_ca: certs/ca.pem\n    tls_cert: /c.pem\n    tls_key: /k.pem\n"
+        ));
+        let tls = redis(&c).tls.clone().expect("tls");
+        assert_eq!(tls.ca, Some(std::path::PathBuf::from("conf/certs/ca.pem")));
+        assert_eq!(tls.cert, Some(std::path::PathBuf::from("/c.pem")));
+        assert_err(
+            &format!("{STORAGE}    tls_ca: ca.pem\n"),
+            6,
+            13,
+            "`store.storage.tls_ca` needs TLS, which is off",
+        );
+        assert_err(
+            &format!("{STORAGE}    url: redis://r\n    tls_ca: ca.pem\n"),
+            7,
+            13,
+            "needs TLS",
+        );
+        assert_err(
+            &format!("{STORAGE}    tls: true\n    tls_cert: c.pem\n"),
+            7,
+            15,
+            "`store.storage.tls_cert` and `tls_key` go together",
+        );
+        assert_err(
+            &format!("{STORAGE}    url: redis://r\n    tls: true\n"),
+            7,
+            10,
+            "contradicts the scheme",
         );
     }
 }

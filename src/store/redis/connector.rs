@@ -156,6 +156,8 @@ impl Connector {
                     _ => "unknown".to_owned(),
                 };
                 if role != "master" {
+                    // Demoted without an error yet: ask the sentinels again.
+                    s.inner.invalidate(&pool);
                     return Err(RedisError::from((
                         redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
                         "the node the sentinels name is not a master",
