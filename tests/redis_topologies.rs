@@ -66,11 +66,12 @@ impl Tracked {
     }
 }
 
-/// What a trickle through a failover saw.
+/// What a trickle through a failover saw, in ms from the kill.
 #[derive(Debug)]
 struct Gap {
-    /// The last 503, measured from the promotion (negative: before it).
-    last_failure_after_promotion: Option<Duration>,
+    promoted: i128,
+    first_failure: Option<i128>,
+    last_failure: Option<i128>,
     failures: usize,
     served: usize,
 }
@@ -78,9 +79,10 @@ struct Gap {
 /// Requests every 50 ms from 4 sessions while `kill_and_wait` (run on a blocking
 /// thread) kills the master and waits for the promotion; keeps going until 2 s of
 /// answers after the promotion were all served, or fails at promotion + 10 s.
-async fn trickle_through<F>(sc: &Sidecar, kill_and_wait: F) -> Gap
+async fn trickle_through<F, K>(sc: &Sidecar, kill_and_wait: F) -> Gap
 where
-    F: FnOnce() -> Instant + Send + 'static,
+    F: FnOnce() -> (Instant, Instant, K) + Send + 'static,
+    K: Send + 'static,
 {
     let mut clients = Vec::new();
     for who in 0..4 {
@@ -93,13 +95,19 @@ where
     let failover = tokio::task::spawn_blocking(kill_and_wait);
     tokio::pin!(failover);
     let mut promoted: Option<Instant> = None;
+    let mut killed: Option<Instant> = None;
+    let mut servers: Option<K> = None;
+    let mut first_failure: Option<Instant> = None;
     let mut last_failure: Option<Instant> = None;
     let (mut failures, mut served) = (0, 0);
     let bound = Instant::now() + Duration::from_secs(45);
     loop {
         if promoted.is_none()
-            && let Ok(Ok(at)) = tokio::time::timeout(Duration::ZERO, &mut failover).await
+            && let Ok(Ok((kill, at, alive))) =
+                tokio::time::timeout(Duration::ZERO, &mut failover).await
         {
+            killed = Some(kill);
+            servers = Some(alive);
             promoted = Some(at);
         }
         for c in clients.iter_mut() {
@@ -107,6 +115,7 @@ where
                 served += 1;
             } else {
                 failures += 1;
+                first_failure.get_or_insert_with(Instant::now);
                 last_failure = Some(Instant::now());
             }
         }
@@ -133,23 +142,38 @@ where
         assert!(c.step().await);
         assert_eq!(
             c.seen,
-            before + 1,
+            before + 2,
             "who {}: exactly once after recovery",
             c.who
         );
     }
+    drop(servers);
+    let kill = killed.expect("killed");
+    let ms = |t: Instant| {
+        if t >= kill {
+            t.duration_since(kill).as_millis() as i128
+        } else {
+            -(kill.duration_since(t).as_millis() as i128)
+        }
+    };
     Gap {
-        last_failure_after_promotion: last_failure.map(|f| f.saturating_duration_since(at)),
+        promoted: ms(at),
+        first_failure: first_failure.map(ms),
+        last_failure: last_failure.map(ms),
         failures,
         served,
     }
 }
 
 fn report(name: &str, gap: &Gap) {
+    let show = |v: Option<i128>| v.map_or("none".to_owned(), |v| format!("{v} ms"));
     eprintln!(
-        "FAILOVER {name}: last 503 {} after the promotion; {} answers 503, {} served",
-        gap.last_failure_after_promotion
-            .map_or("none".to_owned(), |d| format!("{} ms", d.as_millis())),
+        "FAILOVER {name} (ms after the kill): promotion seen at {} ms; 503s from {} to {}; \
+         serving resumed {} after the promotion; {} answers 503, {} served",
+        gap.promoted,
+        show(gap.first_failure),
+        show(gap.last_failure),
+        show(gap.last_failure.map(|l| l - gap.promoted)),
         gap.failures,
         gap.served
     );
@@ -162,12 +186,11 @@ async fn sentinel_failover_under_a_trickle_of_requests() {
         "master_name": set.master_name(), "nodes": set.sentinel_nodes()}}});
     let sc = Sidecar::start(section, json!({})).await;
     let gap = trickle_through(&sc, move || {
+        let kill = Instant::now();
         let old = set.kill_master();
         let (new, at) = set.wait_failover(old);
         assert_ne!(new, old);
-        // Keep the set alive until the test ends (its servers die on drop).
-        std::mem::forget(set);
-        at
+        (kill, at, set)
     })
     .await;
     report("sentinel", &gap);
@@ -185,11 +208,11 @@ async fn cluster_failover_under_a_trickle_of_requests() {
             .into_iter()
             .max_by_key(|&(_, n)| n)
             .expect("masters");
+        let kill = Instant::now();
         cluster.kill_master(victim);
         let (new, at) = cluster.wait_promoted(victim);
         assert_ne!(new, victim);
-        std::mem::forget(cluster);
-        at
+        (kill, at, cluster)
     })
     .await;
     report("cluster", &gap);
