@@ -663,12 +663,25 @@ mod tests {
     }
 
     #[test]
+    fn master_changes_follow_the_store_and_only_grow() {
+        let m = Metrics::new();
+        let name = "session_sidecar_store_master_changes_total";
+        assert_eq!(value(&m.encode(), name, ""), 0.0);
+        m.set_store_master_changes(2);
+        assert_eq!(value(&m.encode(), name, ""), 2.0);
+        m.set_store_master_changes(1); // never goes back
+        assert_eq!(value(&m.encode(), name, ""), 2.0);
+        m.set_store_master_changes(3);
+        assert_eq!(value(&m.encode(), name, ""), 3.0);
+    }
+
+    #[test]
     fn every_family_has_help_and_type() {
         let text = Metrics::new().encode();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(helps, 12, "{text}");
-        assert_eq!(types, 12, "{text}");
+        assert_eq!(helps, 13, "{text}");
+        assert_eq!(types, 13, "{text}");
         for (name, _, _) in samples(&text) {
             assert!(name.starts_with("session_sidecar_"), "{name}");
         }

@@ -60,16 +60,31 @@ const ROWS: &[Row] = &[
     row(
         "redis tls: true",
         "store: {engine: redis, storage: {host: 127.0.0.1, port: 1, tls: true}}",
-        false,
+        true,
     ),
     row(
         "redis rediss:// url",
         "store: {engine: redis, storage: {url: \"rediss://127.0.0.1:1\"}}",
-        false,
+        true,
     ),
     row(
         "redis rediss:// url with tls: true",
         "store: {engine: redis, storage: {url: \"rediss://127.0.0.1:1\", tls: true}}",
+        true,
+    ),
+    row(
+        "redis rediss:// url with tls: false",
+        "store: {engine: redis, storage: {url: \"rediss://127.0.0.1:1\", tls: false}}",
+        false,
+    ),
+    row(
+        "redis tls_cert without tls_key",
+        "store: {engine: redis, storage: {tls: true, tls_cert: /c.pem}}",
+        false,
+    ),
+    row(
+        "redis tls_ca with TLS off",
+        "store: {engine: redis, storage: {tls_ca: /ca.pem}}",
         false,
     ),
     row(
@@ -123,8 +138,41 @@ const ROWS: &[Row] = &[
         false,
     ),
     row(
-        "redis sentinel",
+        "redis sentinel without nodes",
         "store: {engine: redis, storage: {sentinel: {master_name: m}}}",
+        false,
+    ),
+    row(
+        "redis sentinel",
+        "store: {engine: redis, storage: {sentinel: {master_name: m, nodes: [\"127.0.0.1:1\"]}, \
+         password: pw}}",
+        true,
+    ),
+    row(
+        "redis sentinel with TLS",
+        "store: {engine: redis, storage: {sentinel: {master_name: m, nodes: [\"127.0.0.1:1\"]}, \
+         tls: true}}",
+        true,
+    ),
+    row(
+        "redis cluster",
+        "store: {engine: redis, storage: {cluster: {nodes: [\"127.0.0.1:1\", \"127.0.0.1:2\"]}}}",
+        true,
+    ),
+    row(
+        "redis cluster with db_notifications 1",
+        "store: {engine: redis, storage: {cluster: {nodes: [\"127.0.0.1:1\"]}, db_notifications: 1}}",
+        false,
+    ),
+    row(
+        "redis sentinel and cluster",
+        "store: {engine: redis, storage: {sentinel: {master_name: m, nodes: [\"127.0.0.1:1\"]}, \
+         cluster: {nodes: [\"127.0.0.1:1\"]}}}",
+        false,
+    ),
+    row(
+        "memcached with a cluster",
+        "store: {engine: memcached, storage: {cluster: {nodes: [\"127.0.0.1:1\"]}}}",
         false,
     ),
     row("memcached defaults", "store: {engine: memcached}", true),
@@ -187,6 +235,22 @@ const FILE_ROWS: &[Row] = &[
         false,
     ),
     row("https upstream with the system roots", "", true),
+    row(
+        "redis TLS with a missing CA bundle",
+        "store: {engine: redis, storage: {port: 1, tls: true, tls_ca: \"{dir}/no-ca.pem\"}}",
+        false,
+    ),
+    row(
+        "redis TLS with a CA bundle without certificates",
+        "store: {engine: redis, storage: {port: 1, tls: true, tls_ca: \"{dir}/garbage.pem\"}}",
+        false,
+    ),
+    row(
+        "redis TLS with a client certificate and key that are not PEM",
+        "store: {engine: redis, storage: {port: 1, tls: true, tls_cert: \"{dir}/garbage.pem\", \
+         tls_key: \"{dir}/garbage.pem\"}}",
+        false,
+    ),
 ];
 
 fn config_text(store: &str) -> String {

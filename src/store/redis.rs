@@ -305,7 +305,7 @@ impl RedisStore {
         })
     }
 
-    /// Failovers this sidecar has seen (metric `store_master_changes_total`).
+    /// Failovers this sidecar has seen (metric `session_sidecar_store_master_changes_total`).
     pub fn master_changes(&self) -> u64 {
         self.connector.master_changes()
     }
