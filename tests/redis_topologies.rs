@@ -79,7 +79,7 @@ struct Gap {
 /// Requests every 50 ms from 4 sessions while `kill_and_wait` (run on a blocking
 /// thread) kills the master and waits for the promotion; keeps going until 2 s of
 /// answers after the promotion were all served, or fails at promotion + 10 s.
-async fn trickle_through<F, K>(sc: &Sidecar, kill_and_wait: F) -> Gap
+async fn trickle_through<F, K>(sc: &Sidecar, kill_and_wait: F) -> (Gap, K)
 where
     F: FnOnce() -> (Instant, Instant, K) + Send + 'static,
     K: Send + 'static,
@@ -147,7 +147,7 @@ where
             c.who
         );
     }
-    drop(servers);
+    let servers = servers.expect("the servers that survived");
     let kill = killed.expect("killed");
     let ms = |t: Instant| {
         if t >= kill {
@@ -156,19 +156,54 @@ where
             -(kill.duration_since(t).as_millis() as i128)
         }
     };
-    Gap {
+    let gap = Gap {
         promoted: ms(at),
         first_failure: first_failure.map(ms),
         last_failure: last_failure.map(ms),
         failures,
         served,
-    }
+    };
+    (gap, servers)
+}
+
+/// `/readyz` and `/metrics` of an in-process sidecar started with an admin listener.
+async fn admin(sc: &Sidecar, path: &str) -> (u16, String) {
+    let addr = sc
+        .running
+        .as_ref()
+        .and_then(|r| r.admin_addr)
+        .expect("admin listener");
+    let r = Client::new(addr).get(path).await;
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+const WITH_ADMIN: &str = r#"{"admin": {"listen": "127.0.0.1:0"}}"#;
+
+fn with_admin() -> Value {
+    serde_json::from_str(WITH_ADMIN).expect("json")
+}
+
+/// After a failover: `/readyz` names the new master (Sentinel) or the cluster state,
+/// and the failover was counted.
+async fn failover_was_seen(sc: &Sidecar, topology: &str) {
+    let (status, body) = admin(sc, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("ready\n") && body.contains(topology),
+        "{body}"
+    );
+    assert!(body.contains("1 master change(s) seen"), "{body}");
+    let (_, metrics) = admin(sc, "/metrics").await;
+    assert!(
+        metrics.contains("session_sidecar_store_master_changes_total 1\n"),
+        "{metrics}"
+    );
 }
 
 fn report(name: &str, gap: &Gap) {
     let show = |v: Option<i128>| v.map_or("none".to_owned(), |v| format!("{v} ms"));
     eprintln!(
-        "FAILOVER {name} (ms after the kill): promotion seen at {} ms; 503s from {} to {}; \
+        "FAILOVER {name} (ms after the kill or switch): promotion seen at {} ms; 503s from {} to {}; \
          serving resumed {} after the promotion; {} answers 503, {} served",
         gap.promoted,
         show(gap.first_failure),
@@ -184,8 +219,8 @@ async fn sentinel_failover_under_a_trickle_of_requests() {
     let mut set = backing::SentinelSet::start();
     let section = json!({"engine": "redis", "storage": {"sentinel": {
         "master_name": set.master_name(), "nodes": set.sentinel_nodes()}}});
-    let sc = Sidecar::start(section, json!({})).await;
-    let gap = trickle_through(&sc, move || {
+    let sc = Sidecar::start(section, with_admin()).await;
+    let (gap, _servers) = trickle_through(&sc, move || {
         let kill = Instant::now();
         let old = set.kill_master();
         let (new, at) = set.wait_failover(old);
@@ -194,14 +229,48 @@ async fn sentinel_failover_under_a_trickle_of_requests() {
     })
     .await;
     report("sentinel", &gap);
+    failover_was_seen(&sc, "redis sentinel master").await;
+}
+
+/// A master demoted without dying (`SENTINEL FAILOVER`): its connections stay up and it
+/// answers writes with `READONLY`, which must make the sidecar ask the sentinels again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_switch_to_a_live_replica_is_followed() {
+    let set = backing::SentinelSet::start();
+    let section = json!({"engine": "redis", "storage": {"sentinel": {
+        "master_name": set.master_name(), "nodes": set.sentinel_nodes()}}});
+    let sc = Sidecar::start(section, with_admin()).await;
+    let (gap, _servers) = trickle_through(&sc, move || {
+        let kill = Instant::now();
+        let old = set.master_port();
+        let sentinel = set.sentinel_nodes()[0].clone();
+        let port = sentinel.rsplit(':').next().expect("port").to_owned();
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port, "SENTINEL", "FAILOVER", set.master_name()])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("OK"),
+            "{out:?}"
+        );
+        let (new, at) = set.wait_failover(old);
+        assert_ne!(new, old);
+        (kill, at, set)
+    })
+    .await;
+    report("sentinel (switch, old master alive)", &gap);
+    failover_was_seen(&sc, "redis sentinel master").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_failover_under_a_trickle_of_requests() {
     let mut cluster = backing::RedisCluster::start();
     let section = json!({"engine": "redis", "storage": {"cluster": {"nodes": cluster.nodes()}}});
-    let sc = Sidecar::start(section, json!({})).await;
-    let gap = trickle_through(&sc, move || {
+    let sc = Sidecar::start(section, with_admin()).await;
+    // A first probe: the cluster counter compares the masters each probe sees.
+    let (status, body) = admin(&sc, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (gap, _servers) = trickle_through(&sc, move || {
         // The master holding the most sessions (the 4 are spread over the 3).
         let (victim, _) = cluster
             .count_keys_per_master()
@@ -216,6 +285,7 @@ async fn cluster_failover_under_a_trickle_of_requests() {
     })
     .await;
     report("cluster", &gap);
+    failover_was_seen(&sc, "redis cluster ok, 3 master(s)").await;
 }
 
 /// The data key of the session a client holds, found on the cluster (its name hides
@@ -238,6 +308,16 @@ async fn a_live_sessions_slot_migrates_under_requests() {
     let cluster = backing::RedisCluster::start();
     let section = json!({"engine": "redis", "storage": {"cluster": {"nodes": cluster.nodes()}}});
     let sc = Sidecar::start(section, json!({})).await;
+    // Sessions spread over all masters, each in one slot.
+    for who in 100..130 {
+        Tracked::new(&sc, who).await;
+    }
+    let spread = cluster.count_keys_per_master();
+    assert!(
+        spread.iter().all(|&(_, n)| n > 0),
+        "every master holds sessions: {spread:?}"
+    );
+
     let mut c = Tracked::new(&sc, 7).await;
     let (key, from) = find_session_key(&cluster, 7);
     let slot = cluster.key_slot(&key);
@@ -393,6 +473,17 @@ async fn tls_redis_round_trip_and_wrong_ca_is_unavailable() {
     let mut w = wrong.client();
     w.cookie = c.cookie.clone();
     assert_eq!(w.get("/").await.status, 503);
+    let wrong = Sidecar::start(
+        tls_section(&server.url(), server.wrong_ca_path(), None),
+        with_admin(),
+    )
+    .await;
+    let (status, body) = admin(&wrong, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.to_lowercase().contains("certificate"),
+        "a clear reason: {body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
