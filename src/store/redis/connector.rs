@@ -142,12 +142,12 @@ impl Connector {
     pub(super) async fn describe(&self) -> Result<String, RedisError> {
         match self {
             Connector::Direct(pool) => {
-                pool.call(Call::Cmd(&redis::cmd("PING"))).await?;
+                self.call(Call::Cmd(&redis::cmd("PING"))).await?;
                 Ok(format!("redis server {}", pool.addr))
             }
             Connector::Sentinel(s) => {
+                let reply = self.call(Call::Cmd(&redis::cmd("ROLE"))).await?;
                 let pool = s.pool().await?;
-                let reply = s.call(Call::Cmd(&redis::cmd("ROLE"))).await?;
                 let role = match reply {
                     Value::Array(items) => match items.first() {
                         Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
