@@ -3,7 +3,7 @@
 
 Everything runs on loopback in one run: an nginx upstream (`return 200`, ~100-byte
 body), redis-server, memcached, a baseline nginx `proxy_pass` with upstream keepalive,
-and three sidecars (memory, redis, memcached). wrk drives keep-alive load; rows are
+and four sidecars (memory, redis, a 3-master Redis Cluster, memcached). wrk drives keep-alive load; rows are
 interleaved over rounds and the median is reported, as ratios to nginx proxy_pass.
 
 Run it through `bench/run.sh`, which installs the tools and builds the release binary.
@@ -343,24 +343,31 @@ class Row:
 
 
 class Stores:
-    def __init__(self, redis_port: int, memcached_port: int, pids: dict[str, int]):
+    def __init__(self, redis_port: int, memcached_port: int, cluster_ports: list[int], pids: dict[str, list[int]]):
         self.redis_port = redis_port
         self.memcached_port = memcached_port
-        self.pids = pids  # engine → server pid, for CPU time
+        self.cluster_ports = cluster_ports
+        self.pids = pids  # engine → server pids, for CPU time
 
-    def redis(self, *args: str) -> str:
+    def redis(self, *args: str, port: int | None = None) -> str:
         return subprocess.run(
-            ["redis-cli", "-p", str(self.redis_port), *args], check=True, capture_output=True, text=True
+            ["redis-cli", "-p", str(port or self.redis_port), *args], check=True, capture_output=True, text=True
         ).stdout
 
-    def redis_calls(self) -> dict[str, int]:
-        calls = {}
-        for line in self.redis("INFO", "commandstats").splitlines():
-            if line.startswith("cmdstat_"):
-                name, rest = line[len("cmdstat_"):].split(":", 1)
-                stats = dict(kv.split("=") for kv in rest.split(","))
-                calls[name] = int(stats["calls"])
+    def redis_calls(self, ports: list[int] | None = None) -> dict[str, int]:
+        """Command counts from `INFO commandstats`, summed over `ports` (one server by default)."""
+        calls: dict[str, int] = {}
+        for port in ports or [self.redis_port]:
+            for line in self.redis("INFO", "commandstats", port=port).splitlines():
+                if line.startswith("cmdstat_"):
+                    name, rest = line[len("cmdstat_"):].split(":", 1)
+                    stats = dict(kv.split("=") for kv in rest.split(","))
+                    calls[name] = calls.get(name, 0) + int(stats["calls"])
         return calls
+
+    def cpu(self, store: str | None) -> float | None:
+        pids = self.pids.get(store or "")
+        return sum(cpu_seconds(pid) for pid in pids) if pids else None
 
     def memcached_stats(self) -> dict[str, int]:
         with socket.create_connection(("127.0.0.1", self.memcached_port), timeout=5) as s:
@@ -387,9 +394,10 @@ class Stores:
         touch, and the flash's, a get) and never waits for a TTL correction (a touch);
         every other command is its own exchange, so round trips = gets + sets + deletes.
         """
-        if store == "redis":
-            calls = self.redis_calls()
-            commands = sum(n for name, n in calls.items() if not name.startswith(("info", "config")))
+        if store in ("redis", "redis-cluster"):
+            calls = self.redis_calls(self.cluster_ports if store == "redis-cluster" else None)
+            # The cluster client's own topology queries are not request work.
+            commands = sum(n for name, n in calls.items() if not name.startswith(("info", "config", "cluster")))
             return commands, calls.get("evalsha", 0) + calls.get("eval", 0)
         if store == "memcached":
             s = self.memcached_stats()
@@ -417,12 +425,13 @@ def measure(args, row: Row, stores: Stores, lua: Path) -> dict:
     before_cmds, before_trips = stores.counts(row.store)
     before_ops = row.sidecar.store_ops() if row.sidecar else (0.0, 0.0)
     before_cpu = cpu_seconds(row.pid) if row.pid else 0.0
-    store_pid = stores.pids.get(row.store or "")
-    before_store_cpu = cpu_seconds(store_pid) if store_pid else 0.0
+    before_store_cpu = stores.cpu(row.store)
     result = wrk(args, row, args.duration, lua)
     cpu = cpu_seconds(row.pid) - before_cpu if row.pid else 0.0
     n = max(result["requests"], 1)
-    result["store_cpu_us"] = (cpu_seconds(store_pid) - before_store_cpu) * 1e6 / n if store_pid else None
+    after_store_cpu = stores.cpu(row.store)
+    result["store_cpu_us"] = (
+        (after_store_cpu - before_store_cpu) * 1e6 / n if after_store_cpu is not None else None)
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["cpu_us"] = cpu * 1e6 / n if row.pid else None
     after_cmds, after_trips = stores.counts(row.store)
@@ -544,6 +553,31 @@ def main() -> int:
             print(f"work directory kept: {work}")
 
 
+def start_cluster(peers: Peers, work: Path) -> list[int]:
+    """A 3-master Redis Cluster without replicas, ready when every node says `cluster_state:ok`."""
+    ports = []
+    while len(ports) < 3:  # a node's bus listens on port + 10000
+        port = free_port()
+        if port <= 55535 and port not in ports:
+            ports.append(port)
+    for port in ports:
+        peers.spawn(f"redis-cluster-{port}", [
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--cluster-enabled", "yes", "--cluster-config-file", str(work / f"nodes-{port}.conf"),
+            "--cluster-node-timeout", "5000", "--dir", str(work)], port)
+    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, text=True)
+    deadline = time.monotonic() + 30
+    while True:
+        states = [subprocess.run(["redis-cli", "-p", str(p), "CLUSTER", "INFO"], capture_output=True,
+                                 text=True).stdout for p in ports]
+        if all("cluster_state:ok" in st for st in states):
+            return ports
+        if time.monotonic() > deadline:
+            raise BenchError("the Redis Cluster did not reach cluster_state:ok within 30 s")
+        time.sleep(0.2)
+
+
 def run(args, binary: Path, work: Path, peers: Peers) -> int:
     app, nginx_proxy = free_port(), free_port()
     redis_port, memcached_port = free_port(), free_port()
@@ -557,11 +591,16 @@ def run(args, binary: Path, work: Path, peers: Peers) -> int:
                           "--appendonly", "no"], redis_port)
     peers.spawn("memcached", [which("memcached"), "-l", "127.0.0.1", "-p", str(memcached_port), "-U", "0",
                               "-m", "64"] + (["-u", "root"] if os.geteuid() == 0 else []), memcached_port)
-    stores = Stores(redis_port, memcached_port, {"redis": peers.procs[-2].pid, "memcached": peers.procs[-1].pid})
+    cluster_ports = start_cluster(peers, work)
+    pids = {"redis": [peers.procs[-5].pid], "memcached": [peers.procs[-4].pid],
+            "redis-cluster": [p.pid for p in peers.procs[-3:]]}
+    stores = Stores(redis_port, memcached_port, cluster_ports, pids)
 
+    nodes = ", ".join(f'"127.0.0.1:{p}"' for p in cluster_ports)
     engines = {
         "memory": "store:\n  engine: memory",
         "redis": f"store:\n  engine: redis\n  storage:\n    host: 127.0.0.1\n    port: {redis_port}",
+        "redis-cluster": f"store:\n  engine: redis\n  storage:\n    cluster:\n      nodes: [{nodes}]",
         "memcached": f"store:\n  engine: memcached\n  storage:\n    servers: [\"127.0.0.1:{memcached_port}\"]",
     }
     sidecars = {}
