@@ -245,6 +245,8 @@ fn plan(target: Target, changes: &ChangeSet) -> WritePlan {
         ops: changes.ops.clone(),
         max_age: changes.max_age,
         revision: None,
+        owner: Default::default(),
+        client: None,
     }
 }
 
@@ -257,6 +259,8 @@ pub fn retry_as_new(previous: &WritePlan, id: SessionId, policy: &CookiePolicy) 
             ops: previous.ops.clone(),
             max_age: previous.max_age,
             revision: None,
+            owner: Default::default(),
+            client: None,
         }),
         cookie: CookieAction::Issue {
             id,

@@ -234,6 +234,8 @@ fn plan(target: Target, ops: Vec<Op>) -> WritePlan {
         ops,
         max_age: None,
         revision: None,
+        owner: Default::default(),
+        client: None,
     }
 }
 
@@ -384,6 +386,8 @@ mod cases {
             ops: vec![set("user", "\"ann\""), flash("msg", "\"hi\"")],
             max_age: Some(100),
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -444,6 +448,8 @@ mod cases {
             ops: vec![set("user", "\"ann\""), flash("old", "1")],
             max_age: Some(100),
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -544,6 +550,8 @@ mod cases {
             ],
             max_age: Some(500),
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         let existing = |ops: Vec<Op>| WritePlan {
@@ -551,6 +559,8 @@ mod cases {
             ops,
             max_age: Some(7),
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
 
         let e = rejected(s, existing(vec![set("new", "1"), Op::Incr(f("f"), 1)])).await;
@@ -652,6 +662,8 @@ mod cases {
             ops: vec![set("a", "1")],
             max_age: Some(120),
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         assert_eq!(load(s, &id).await.expect("exists").max_age, Some(120));
@@ -660,6 +672,8 @@ mod cases {
             ops: vec![],
             max_age: Some(30),
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         assert_eq!(load(s, &id).await.expect("exists").max_age, Some(30));
@@ -706,6 +720,8 @@ mod cases {
             ops: vec![set("a", "1")],
             max_age: Some(5),
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         assert_eq!(apply(s, p).await, WriteOutcome::Applied);
         // A load refreshes a remember-me session with its own lifetime, not session.ttl
@@ -931,6 +947,8 @@ mod redis_only {
                 ops: vec![Op::Incr(f("n"), 1)],
                 max_age: None,
                 revision: None,
+                owner: Default::default(),
+                client: None,
             };
             // The first send is applied and its reply eaten; the resend finds the
             // call's write token and answers without applying it again.
@@ -964,6 +982,8 @@ mod redis_only {
             ],
             max_age: Some(600),
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
 
@@ -1320,6 +1340,8 @@ mod memcached_only {
             ops: vec![set("who", "\"remember\"")],
             max_age: Some(600),
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
         let plain = create(&s, vec![set("who", "\"plain\"")]).await;
@@ -1359,6 +1381,8 @@ mod memcached_only {
                     .revision
                     .expect("memcached loads report the version they read"),
             ),
+            owner: Default::default(),
+            client: None,
         }
     }
 
@@ -1452,6 +1476,8 @@ mod memcached_only {
             ops: vec![set("user", "\"ann\""), flash("msg", "\"hi\"")],
             max_age: Some(600),
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
 
@@ -1526,6 +1552,8 @@ mod memcached_only {
             ops: vec![],
             max_age: Some(40 * day),
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
         assert!(load(&s, &id).await.is_some());

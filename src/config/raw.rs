@@ -172,6 +172,11 @@ pub(super) struct RawSession {
     pub(super) ttl: Option<Val>,
     pub(super) absolute_ttl: Option<Val>,
     pub(super) max_size: Option<Val>,
+    pub(super) touch_after: Option<Val>,
+    pub(super) no_touch: Option<Spanned<Vec<Str>>>,
+    #[serde(default)]
+    pub(super) max_per_owner: Nullable<Val>,
+    pub(super) record_client: Option<Val>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +225,8 @@ pub(super) struct RawLimits {
 pub(super) struct RawAdmin {
     #[serde(default)]
     pub(super) listen: Nullable<Str>,
+    #[serde(default)]
+    pub(super) token: Nullable<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +234,7 @@ pub(super) struct RawAdmin {
 pub(super) struct RawLog {
     pub(super) format: Option<Str>,
     pub(super) level: Option<Str>,
+    pub(super) owner: Option<Val>,
 }
 
 /// The keys of each section, for "unknown key" hints. serde reports the expected field
@@ -285,7 +293,18 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
         &["master_name", "nodes", "username", "password"],
     ),
     ("store.storage.cluster", &["nodes"]),
-    ("session", &["ttl", "absolute_ttl", "max_size"]),
+    (
+        "session",
+        &[
+            "ttl",
+            "absolute_ttl",
+            "max_size",
+            "touch_after",
+            "no_touch",
+            "max_per_owner",
+            "record_client",
+        ],
+    ),
     (
         "cookies",
         &[
@@ -320,6 +339,6 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
             "max_connections_per_ip",
         ],
     ),
-    ("admin", &["listen"]),
-    ("log", &["format", "level"]),
+    ("admin", &["listen", "token"]),
+    ("log", &["format", "level", "owner"]),
 ];

@@ -71,18 +71,7 @@ impl Ctx<'_> {
         let cookies = self.cookies(raw.cookies.as_ref())?;
         let headers = self.headers(raw.headers.as_ref())?;
 
-        let mut bypass = Vec::new();
-        for v in raw.bypass.iter().flat_map(|b| b.value.iter()) {
-            let p = self.string(v, "bypass")?;
-            if !p.starts_with('/') || p.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                return Err(self.err(
-                    &v.referenced,
-                    format!("`bypass`: {:?} is not a path prefix", sanitize(&p)),
-                    Some("each entry starts with `/`, e.g. `/static/`".to_owned()),
-                ));
-            }
-            bypass.push(p);
-        }
+        let bypass = self.path_prefixes(raw.bypass.as_ref(), "bypass")?;
 
         let mut trusted_proxies = Vec::new();
         for v in raw.trusted_proxies.iter().flat_map(|b| b.value.iter()) {
@@ -175,9 +164,31 @@ impl Ctx<'_> {
             limits,
             admin: AdminConfig {
                 listen: admin_listen,
+                token: self.admin_token(raw.admin.as_ref())?,
             },
             log,
         })
+    }
+
+    /// `admin.token`: at least 32 bytes, like a cookie secret (it guards the power to
+    /// list and revoke every session).
+    fn admin_token(&self, raw: Option<&Spanned<RawAdmin>>) -> Result<Option<Secret>, ConfigError> {
+        let Some(Nullable::Value(v)) = raw.map(|a| &a.value.token) else {
+            return Ok(None);
+        };
+        let token = self.string(v, "admin.token")?;
+        if token.len() < 32 || token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+            return Err(self.err(
+                &v.referenced,
+                format!(
+                    "`admin.token` must be at least 32 printable ASCII characters without \
+                     spaces ({} bytes given)",
+                    token.len()
+                ),
+                Some("generate one with `openssl rand -hex 32`, or use ${ENV_VAR}".to_owned()),
+            ));
+        }
+        Ok(Some(Secret(token)))
     }
 
     pub(super) fn secrets(
@@ -253,7 +264,62 @@ impl Ctx<'_> {
         if let Some(v) = &raw.max_size {
             s.max_size = self.size(v, "session.max_size", SESSION_MAX_SIZE_RANGE)?;
         }
+        if let Some(v) = &raw.touch_after {
+            s.touch_after = self.duration(v, "session.touch_after", true)?;
+            if s.touch_after >= s.ttl {
+                return Err(self.err(
+                    &v.referenced,
+                    format!(
+                        "`session.touch_after` ({}) is not shorter than `session.ttl` ({})",
+                        format_duration(s.touch_after),
+                        format_duration(s.ttl)
+                    ),
+                    Some(
+                        "a session idle for `ttl` must still be refreshed by its next use: \
+                         keep touch_after well below ttl, e.g. a tenth of it"
+                            .to_owned(),
+                    ),
+                ));
+            }
+        }
+        s.no_touch = self.path_prefixes(raw.no_touch.as_ref(), "session.no_touch")?;
+        match &raw.max_per_owner {
+            Nullable::Absent | Nullable::Null => {}
+            Nullable::Value(v) => {
+                s.max_per_owner = Some(self.int_with_hint(
+                    v,
+                    "session.max_per_owner",
+                    1,
+                    i128::from(MAX_PER_OWNER),
+                    "the most live sessions one owner may have, or null for no limit",
+                )? as u32);
+            }
+        }
+        if let Some(v) = &raw.record_client {
+            s.record_client = self.bool(v, "session.record_client")?;
+        }
         Ok(s)
+    }
+
+    /// A list of path prefixes (`bypass`, `session.no_touch`): each starts with `/`.
+    pub(super) fn path_prefixes(
+        &self,
+        raw: Option<&Spanned<Vec<Str>>>,
+        key: &str,
+    ) -> Result<Vec<String>, ConfigError> {
+        let mut out = Vec::new();
+        for v in raw.iter().flat_map(|b| b.value.iter()) {
+            let p = self.string(v, key)?;
+            if !p.starts_with('/') || p.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(self.err(
+                    &v.referenced,
+                    format!("`{key}`: {:?} is not a path prefix", sanitize(&p)),
+                    Some("each entry starts with `/`, e.g. `/static/`".to_owned()),
+                ));
+            }
+            out.push(p);
+        }
+        Ok(out)
     }
 
     pub(super) fn cookies(
@@ -467,6 +533,9 @@ impl Ctx<'_> {
                 ));
             }
             l.level = level;
+        }
+        if let Some(v) = &raw.owner {
+            l.owner = self.bool(v, "log.owner")?;
         }
         Ok(l)
     }

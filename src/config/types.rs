@@ -332,6 +332,17 @@ pub struct SessionConfig {
     pub absolute_ttl: Duration,
     #[serde(serialize_with = "ser::size")]
     pub max_size: usize,
+    /// Lazy touch (docs/protocol.md §13): refresh the idle lifetime only when the last
+    /// refresh is older than this; zero refreshes on every request.
+    #[serde(serialize_with = "ser::duration")]
+    pub touch_after: Duration,
+    /// Path prefixes whose requests never extend a session's idle lifetime.
+    #[serde(serialize_with = "ser::escaped_list")]
+    pub no_touch: Vec<String>,
+    /// Most live sessions per owner (`None`: unlimited); the least recently used go.
+    pub max_per_owner: Option<u32>,
+    /// Record the client's IP and `User-Agent` when a session is created.
+    pub record_client: bool,
 }
 
 /// `session.ttl` when absent.
@@ -340,6 +351,9 @@ pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_ABSOLUTE_TTL: Duration = Duration::from_secs(30 * 86_400);
 /// `session.max_size` when absent.
 pub const DEFAULT_SESSION_MAX_SIZE: usize = 8 * 1024;
+/// Largest `session.max_per_owner`: beyond it an owner's index is no longer bounded by
+/// what one store call handles (docs/protocol.md §12).
+pub const MAX_PER_OWNER: u32 = 10_000;
 /// The range of `session.max_size`.
 pub const SESSION_MAX_SIZE_RANGE: (u64, u64) = (64, 1024 * 1024);
 
@@ -349,6 +363,10 @@ impl Default for SessionConfig {
             ttl: DEFAULT_SESSION_TTL,
             absolute_ttl: DEFAULT_ABSOLUTE_TTL,
             max_size: DEFAULT_SESSION_MAX_SIZE,
+            touch_after: Duration::ZERO,
+            no_touch: Vec::new(),
+            max_per_owner: None,
+            record_client: false,
         }
     }
 }
@@ -484,6 +502,9 @@ impl Default for Limits {
 pub struct AdminConfig {
     /// `None` when `admin.listen: null`.
     pub listen: Option<SocketAddr>,
+    /// The session admin API's bearer token (docs/protocol.md §12); the API is off
+    /// without one.
+    pub token: Option<Secret>,
 }
 
 /// `admin.listen` when absent.
@@ -503,6 +524,8 @@ pub struct LogConfig {
     /// A `tracing` filter directive such as `info` or `session_sidecar=debug`.
     #[serde(serialize_with = "ser::escaped")]
     pub level: String,
+    /// Write the owner id in clear in log lines (default: only its hash).
+    pub owner: bool,
 }
 
 /// `log.level` when absent.
@@ -513,6 +536,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: DEFAULT_LOG_LEVEL.to_owned(),
+            owner: false,
         }
     }
 }

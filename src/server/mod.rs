@@ -140,6 +140,7 @@ pub fn build_store(config: &Config) -> anyhow::Result<AnyStore> {
         ttl: config.session.ttl,
         absolute_ttl: config.session.absolute_ttl,
         max_size: config.session.max_size,
+        touch_after: config.session.touch_after,
     };
     let store = &config.store;
     Ok(match &store.storage {

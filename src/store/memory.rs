@@ -7,12 +7,13 @@
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use super::{
-    FieldMap, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome, WritePlan,
-    apply_ops,
+    ClientInfo, FieldMap, Lifetimes, LoadedSession, Owner, OwnerChange, OwnerKey, SessionInfo,
+    SessionStore, StoreError, Target, Touch, WriteOutcome, WritePlan, apply_ops,
+    owners::{INDEX_MARGIN_MS, MAX_INDEX_ENTRIES, index_due},
 };
 use crate::cookie::SessionId;
 
@@ -32,6 +33,18 @@ struct Inner {
     /// (expiry, store key), ordered by expiry: expired entries and eviction victims are
     /// found at the front without scanning the map.
     by_expiry: BTreeSet<(Instant, String)>,
+    /// Owner indexes (docs/protocol.md §12).
+    owners: HashMap<OwnerKey, OwnerIndex>,
+    /// (latest bound, owner): an index whose latest bound passed is dropped whole.
+    owners_by_expiry: BTreeSet<(Instant, OwnerKey)>,
+}
+
+#[derive(Debug, Default)]
+struct OwnerIndex {
+    /// Store key → bound.
+    entries: HashMap<String, Instant>,
+    /// The latest bound, as filed in `owners_by_expiry`.
+    latest: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +54,15 @@ struct Entry {
     created: Instant,
     max_age: Option<u64>,
     expires_at: Instant,
+    /// The last refresh of the idle lifetime (for `touch_after`).
+    touched: Instant,
+    /// Unix seconds, for the admin API.
+    created_unix: u64,
+    last_seen_unix: u64,
+    owner: Option<Owner>,
+    /// An owned session's bound: its expiry never passes it (see `store::owners`).
+    bound: Option<Instant>,
+    client: Option<ClientInfo>,
 }
 
 impl Entry {
@@ -48,14 +70,49 @@ impl Entry {
         self.created + lifetimes.absolute_ttl
     }
 
-    /// Idle lifetime from now, never past the absolute deadline (docs/protocol.md §7.2).
-    fn refreshed_expiry(&self, now: Instant, lifetimes: &Lifetimes) -> Instant {
-        let idle = self
-            .max_age
+    fn idle(&self, lifetimes: &Lifetimes) -> Duration {
+        self.max_age
             .map(Duration::from_secs)
-            .unwrap_or(lifetimes.ttl);
-        (now + idle).min(self.absolute_deadline(lifetimes))
+            .unwrap_or(lifetimes.ttl)
     }
+
+    /// Idle lifetime from now, never past the absolute deadline (docs/protocol.md §7.2)
+    /// nor an owned session's bound.
+    fn refreshed_expiry(&self, now: Instant, lifetimes: &Lifetimes) -> Instant {
+        let wanted = (now + self.idle(lifetimes)).min(self.absolute_deadline(lifetimes));
+        match self.bound {
+            Some(bound) => wanted.min(bound),
+            None => wanted,
+        }
+    }
+
+    /// Refresh the idle lifetime and `last_seen`; for an owned session, whether its
+    /// bound is due for an extension (ms from now).
+    fn touch(&mut self, now: Instant, lifetimes: &Lifetimes) -> Option<u64> {
+        self.expires_at = self.refreshed_expiry(now, lifetimes);
+        self.touched = now;
+        self.last_seen_unix = unix_now();
+        let bound = self.bound.filter(|_| self.owner.is_some())?;
+        index_due(
+            0,
+            millis(self.idle(lifetimes)),
+            millis(bound.saturating_duration_since(now)),
+            millis(
+                self.absolute_deadline(lifetimes)
+                    .saturating_duration_since(now),
+            ),
+        )
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Inner {
@@ -88,6 +145,35 @@ impl Inner {
                 self.sessions.remove(&key);
             }
         }
+        while let Some((at, _)) = self.owners_by_expiry.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, owner)) = self.owners_by_expiry.pop_first() {
+                self.owners.remove(&owner);
+            }
+        }
+    }
+
+    /// Drop the owner's entries whose bound passed, and the index when none is left;
+    /// keep `owners_by_expiry` at the latest bound.
+    fn reindex_owner(&mut self, owner: &OwnerKey, now: Instant) {
+        let Some(index) = self.owners.get_mut(owner) else {
+            return;
+        };
+        index.entries.retain(|_, bound| *bound > now);
+        let latest = index.entries.values().max().copied();
+        if let Some(old) = std::mem::replace(&mut index.latest, latest) {
+            self.owners_by_expiry.remove(&(old, owner.clone()));
+        }
+        match latest {
+            Some(at) => {
+                self.owners_by_expiry.insert((at, owner.clone()));
+            }
+            None => {
+                self.owners.remove(owner);
+            }
+        }
     }
 }
 
@@ -117,13 +203,34 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn new_entry(&self, now: Instant) -> Entry {
+    /// Entries in the owner's index (tests and `/metrics`-free inspection).
+    pub fn owner_index_len(&self, owner: &OwnerKey) -> usize {
+        let mut inner = self.lock();
+        inner.purge_expired(Instant::now());
+        inner.owners.get(owner).map_or(0, |i| i.entries.len())
+    }
+
+    /// Owner indexes held, expired ones purged first.
+    pub fn owner_indexes(&self) -> usize {
+        let mut inner = self.lock();
+        inner.purge_expired(Instant::now());
+        inner.owners.len()
+    }
+
+    fn new_entry(&self, now: Instant, client: Option<&ClientInfo>) -> Entry {
+        let unix = unix_now();
         Entry {
             data: FieldMap::new(),
             flash: FieldMap::new(),
             created: now,
             max_age: None,
             expires_at: now,
+            touched: now,
+            created_unix: unix,
+            last_seen_unix: unix,
+            owner: None,
+            bound: None,
+            client: client.cloned(),
         }
     }
 
@@ -139,7 +246,11 @@ impl MemoryStore {
                     _ => return Ok(WriteOutcome::Gone),
                 }
             }
-            Target::Create(id) => (self.new_entry(now), None, id.store_key()),
+            Target::Create(id) => (
+                self.new_entry(now, plan.client.as_ref()),
+                None,
+                id.store_key(),
+            ),
             Target::Move { from, to } => {
                 let key = from.store_key();
                 match inner.sessions.get(&key) {
@@ -152,9 +263,11 @@ impl MemoryStore {
                 inner.take_live(&key, now);
                 return Ok(WriteOutcome::Applied);
             }
-            Target::DestroyThenCreate { old, new } => {
-                (self.new_entry(now), Some(old.store_key()), new.store_key())
-            }
+            Target::DestroyThenCreate { old, new } => (
+                self.new_entry(now, plan.client.as_ref()),
+                Some(old.store_key()),
+                new.store_key(),
+            ),
         };
         let (data, flash) = apply_ops(&base.data, &base.flash, &plan.ops, self.lifetimes.max_size)?;
         let mut entry = Entry {
@@ -163,7 +276,19 @@ impl MemoryStore {
             max_age: plan.max_age.or(base.max_age),
             ..base
         };
-        entry.expires_at = entry.refreshed_expiry(now, &self.lifetimes);
+        match &plan.owner {
+            OwnerChange::Keep => {}
+            OwnerChange::Attach { owner, bound_ms } => {
+                entry.owner = Some(owner.clone());
+                entry.bound = Some(now + Duration::from_millis(*bound_ms));
+            }
+            OwnerChange::Detach => {
+                entry.owner = None;
+                entry.bound = None;
+            }
+        }
+        // A write refreshes like a load; a due bound is extended by the next load.
+        entry.touch(now, &self.lifetimes);
         if let Some(old) = old_key {
             inner.take_live(&old, now);
         }
@@ -178,14 +303,24 @@ impl MemoryStore {
 }
 
 impl SessionStore for MemoryStore {
-    async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+    async fn load_touch(
+        &self,
+        id: &SessionId,
+        touch: Touch,
+    ) -> Result<Option<LoadedSession>, StoreError> {
         let now = Instant::now();
         let key = id.store_key();
         let mut inner = self.lock();
         let Some(mut entry) = inner.take_live(&key, now) else {
             return Ok(None);
         };
-        entry.expires_at = entry.refreshed_expiry(now, &self.lifetimes);
+        let due = touch == Touch::Refresh
+            && now.saturating_duration_since(entry.touched) >= self.lifetimes.touch_after;
+        let index_due = if due {
+            entry.touch(now, &self.lifetimes)
+        } else {
+            None
+        };
         let remaining = entry
             .absolute_deadline(&self.lifetimes)
             .saturating_duration_since(now)
@@ -198,6 +333,8 @@ impl SessionStore for MemoryStore {
             max_age: entry.max_age,
             remaining,
             revision: None,
+            owner: entry.owner.clone(),
+            index_due,
         };
         if entry.expires_at > now {
             inner.by_expiry.insert((entry.expires_at, key.clone()));
@@ -213,6 +350,91 @@ impl SessionStore for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    async fn index_add(
+        &self,
+        owner: &OwnerKey,
+        member: &str,
+        bound_ms: u64,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let bound = now + Duration::from_millis(bound_ms.saturating_add(INDEX_MARGIN_MS));
+        let mut inner = self.lock();
+        let index = inner.owners.entry(owner.clone()).or_default();
+        let at = index.entries.entry(member.to_owned()).or_insert(bound);
+        *at = (*at).max(bound);
+        inner.reindex_owner(owner, now);
+        Ok(())
+    }
+
+    async fn index_members(&self, owner: &OwnerKey) -> Result<Vec<String>, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.reindex_owner(owner, now);
+        Ok(inner.owners.get(owner).map_or_else(Vec::new, |index| {
+            index
+                .entries
+                .keys()
+                .take(MAX_INDEX_ENTRIES)
+                .cloned()
+                .collect()
+        }))
+    }
+
+    async fn index_remove(&self, owner: &OwnerKey, members: &[String]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if let Some(index) = inner.owners.get_mut(owner) {
+            for m in members {
+                index.entries.remove(m);
+            }
+        }
+        inner.reindex_owner(owner, Instant::now());
+        Ok(())
+    }
+
+    async fn destroy_keys(&self, keys: &[String]) -> Result<u64, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        Ok(keys
+            .iter()
+            .filter(|key| inner.take_live(key, now).is_some())
+            .count() as u64)
+    }
+
+    async fn session_info(&self, keys: &[String]) -> Result<Vec<Option<SessionInfo>>, StoreError> {
+        let now = Instant::now();
+        let unix = unix_now();
+        let inner = self.lock();
+        Ok(keys
+            .iter()
+            .map(|key| {
+                let e = inner.sessions.get(key).filter(|e| e.expires_at > now)?;
+                Some(SessionInfo {
+                    handle: key.clone(),
+                    owner: e.owner.clone(),
+                    created: e.created_unix,
+                    last_seen: e.last_seen_unix,
+                    expires: unix + e.expires_at.saturating_duration_since(now).as_secs(),
+                    client: e.client.clone(),
+                })
+            })
+            .collect())
+    }
+
+    async fn extend_bound(&self, key: &str, bound_ms: u64) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(e) = inner
+            .sessions
+            .get_mut(key)
+            .filter(|e| e.expires_at > now && e.owner.is_some())
+        else {
+            return Ok(false);
+        };
+        let wanted = now + Duration::from_millis(bound_ms);
+        e.bound = Some(e.bound.map_or(wanted, |b| b.max(wanted)));
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +447,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             absolute_ttl: Duration::from_secs(120),
             max_size: 8192,
+            touch_after: Duration::ZERO,
         }
     }
 
@@ -241,6 +464,8 @@ mod tests {
                 ops: vec![set("a", "1")],
                 max_age: None,
                 revision: None,
+                owner: Default::default(),
+                client: None,
             };
             assert_eq!(store.apply(&plan).await.unwrap(), WriteOutcome::Applied);
         }
@@ -256,6 +481,8 @@ mod tests {
             ops: vec![set("a", "\"x\"")],
             max_age: None,
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         store.apply(&create).await.unwrap();
         let bad = WritePlan {
@@ -263,6 +490,8 @@ mod tests {
             ops: vec![set("b", "1"), Op::Incr("\"a\"".into(), 1)],
             max_age: Some(99),
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         assert!(matches!(
             store.apply(&bad).await,

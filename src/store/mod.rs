@@ -11,6 +11,7 @@
 pub mod any;
 pub mod memcached;
 pub mod memory;
+pub mod owners;
 pub mod pairs;
 pub mod redis;
 pub mod timed;
@@ -21,6 +22,8 @@ use crate::{
     cookie::SessionId,
     protocol::{Op, encoded_object_len},
 };
+
+pub use self::owners::{ClientInfo, Owner, OwnerChange, OwnerKey, SessionInfo};
 
 /// A session field map: JSON string literal of the key → compact JSON value text.
 pub type FieldMap = BTreeMap<String, String>;
@@ -34,6 +37,19 @@ pub struct Lifetimes {
     pub absolute_ttl: Duration,
     /// Largest encoded `X-Session` (and `X-Session-Flash`) value in bytes.
     pub max_size: usize,
+    /// A load refreshes the idle lifetime only when the last refresh is at least this
+    /// old (`session.touch_after`; zero: every load). docs/protocol.md §13.
+    pub touch_after: Duration,
+}
+
+/// Whether a load may extend the session's idle lifetime (docs/protocol.md §13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// Refresh it, when the last refresh is older than `session.touch_after`.
+    Refresh,
+    /// Never (a `session.no_touch` route): the session is read and its flash consumed,
+    /// nothing else changes, `last_seen` included.
+    Keep,
 }
 
 /// What a load found.
@@ -51,6 +67,12 @@ pub struct LoadedSession {
     /// can use it (memcached); `None` from the others. Handed back unchanged with the
     /// same request's write ([`WritePlan::revision`]).
     pub revision: Option<Revision>,
+    /// The session's owner (docs/protocol.md §12).
+    pub owner: Option<Owner>,
+    /// Owned sessions only: this load's refresh came close to the session's index bound
+    /// ([`owners::index_due`]); the new bound, in ms from now, that the pipeline is to
+    /// write to the index and then to the session ([`SessionStore::extend_bound`]).
+    pub index_due: Option<u64>,
 }
 
 /// An opaque token an engine returns with a load and gets back with the same request's
@@ -123,6 +145,11 @@ pub struct WritePlan {
     /// returned, handed back unchanged. Only an optimisation: an engine checks it is
     /// still current before relying on it.
     pub revision: Option<Revision>,
+    /// The owner change (`X-Session-Owner`); [`OwnerChange::Keep`] for most writes.
+    pub owner: OwnerChange,
+    /// With a target that creates a session (`Create`, `DestroyThenCreate`) and
+    /// `session.record_client: true`: what to record of the client.
+    pub client: Option<ClientInfo>,
 }
 
 /// The result of a write that reached the store.
@@ -175,9 +202,25 @@ pub trait SessionStore: Send + Sync + 'static {
     fn load(
         &self,
         id: &SessionId,
+    ) -> impl Future<Output = Result<Option<LoadedSession>, StoreError>> + Send {
+        self.load_touch(id, Touch::Refresh)
+    }
+
+    /// [`SessionStore::load`], refreshing the idle lifetime (and `last_seen`) only with
+    /// [`Touch::Refresh`] and only when the last refresh is at least
+    /// [`Lifetimes::touch_after`] old. A refresh sets the expiry to now + idle lifetime,
+    /// capped by the absolute lifetime and, for an owned session, by its index bound
+    /// ([`owners::capped_expiry`]); it reports [`LoadedSession::index_due`].
+    fn load_touch(
+        &self,
+        id: &SessionId,
+        touch: Touch,
     ) -> impl Future<Output = Result<Option<LoadedSession>, StoreError>> + Send;
 
-    /// Apply a validated plan as one atomic operation (all or nothing).
+    /// Apply a validated plan as one atomic operation (all or nothing), its owner change
+    /// and client record included. A created session records `created` = `last_seen` =
+    /// now; a write refreshes the expiry and `last_seen` like a load; Move carries the
+    /// owner, bound, creation time and client record to the new id.
     fn apply(
         &self,
         plan: &WritePlan,
@@ -185,6 +228,53 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Is the store reachable and usable (for `/readyz`)?
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Owner index, atomically: drop the entries whose bound has passed, then set
+    /// `member`'s bound to the later of its current one and now + `bound_ms` +
+    /// [`owners::INDEX_MARGIN_MS`]. The index itself expires with its latest bound.
+    fn index_add(
+        &self,
+        owner: &OwnerKey,
+        member: &str,
+        bound_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The owner's index entries whose bound has not passed (store keys), at most
+    /// [`owners::MAX_INDEX_ENTRIES`], in no particular order.
+    fn index_members(
+        &self,
+        owner: &OwnerKey,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Remove these entries from the owner's index (absent ones are no-ops); an empty
+    /// index is deleted.
+    fn index_remove(
+        &self,
+        owner: &OwnerKey,
+        members: &[String],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Destroy the sessions with these store keys (data and flash), each as
+    /// [`Target::Destroy`] does: a later write to one of them is [`WriteOutcome::Gone`].
+    /// Returns how many were live.
+    fn destroy_keys(&self, keys: &[String])
+    -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// What the admin API shows of each session (by store key); `None` for one that is
+    /// not live.
+    fn session_info(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<SessionInfo>>, StoreError>> + Send;
+
+    /// An owned live session's bound becomes the later of its current one and now +
+    /// `bound_ms` (after [`SessionStore::index_add`] wrote the index). `false` when the
+    /// session is gone or has no owner.
+    fn extend_bound(
+        &self,
+        key: &str,
+        bound_ms: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// Apply `ops` to copies of `data`/`flash` and return the new maps, or why not.

@@ -86,8 +86,8 @@ use redis::{
 };
 
 use super::{
-    ApplyError, Lifetimes, LoadedSession, SessionStore, StoreError, Target, WriteOutcome,
-    WritePlan, pairs::decode_pairs,
+    ApplyError, Lifetimes, LoadedSession, OwnerKey, SessionInfo, SessionStore, StoreError, Target,
+    Touch, WriteOutcome, WritePlan, pairs::decode_pairs,
 };
 use crate::{
     config::{RedisOptions, RedisTopology},
@@ -571,7 +571,11 @@ fn decode_taken(items: &[Value]) -> Result<Option<Taken>, StoreError> {
 }
 
 impl SessionStore for RedisStore {
-    async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+    async fn load_touch(
+        &self,
+        id: &SessionId,
+        _touch: Touch,
+    ) -> Result<Option<LoadedSession>, StoreError> {
         let keys = self.keys(id);
         let mut inv = self.load_script.prepare_invoke();
         inv.key(&keys.data)
@@ -623,6 +627,35 @@ impl SessionStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.describe().await.map(|_| ())
+    }
+
+    async fn index_add(
+        &self,
+        _owner: &OwnerKey,
+        _member: &str,
+        _bound_ms: u64,
+    ) -> Result<(), StoreError> {
+        Err(not_built())
+    }
+
+    async fn index_members(&self, _owner: &OwnerKey) -> Result<Vec<String>, StoreError> {
+        Err(not_built())
+    }
+
+    async fn index_remove(&self, _owner: &OwnerKey, _members: &[String]) -> Result<(), StoreError> {
+        Err(not_built())
+    }
+
+    async fn destroy_keys(&self, _keys: &[String]) -> Result<u64, StoreError> {
+        Err(not_built())
+    }
+
+    async fn session_info(&self, _keys: &[String]) -> Result<Vec<Option<SessionInfo>>, StoreError> {
+        Err(not_built())
+    }
+
+    async fn extend_bound(&self, _key: &str, _bound_ms: u64) -> Result<bool, StoreError> {
+        Err(not_built())
     }
 }
 
@@ -696,7 +729,14 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
         max_age,
         remaining,
         revision: None,
+        owner: None,
+        index_due: None,
     }))
+}
+
+// Placeholder while owners are built on this engine (docs/protocol.md §12).
+fn not_built() -> StoreError {
+    StoreError::Unavailable("owners are not built on this engine yet".into())
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{LoadedSession, SessionStore, StoreError, WriteOutcome, WritePlan};
+use super::{
+    LoadedSession, OwnerKey, SessionInfo, SessionStore, StoreError, Touch, WriteOutcome, WritePlan,
+};
 use crate::{
     cookie::SessionId,
     metrics::{Metrics, RejectReason, StoreOp},
@@ -59,9 +61,13 @@ impl<S> TimedStore<S> {
 }
 
 impl<S: SessionStore> SessionStore for TimedStore<S> {
-    async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+    async fn load_touch(
+        &self,
+        id: &SessionId,
+        touch: Touch,
+    ) -> Result<Option<LoadedSession>, StoreError> {
         let started = Instant::now();
-        let result = self.bounded(self.engine.load(id)).await;
+        let result = self.bounded(self.engine.load_touch(id, touch)).await;
         self.metrics
             .store_latency(StoreOp::Load, started.elapsed().as_secs_f64());
         if let Err(e) = &result {
@@ -91,6 +97,52 @@ impl<S: SessionStore> SessionStore for TimedStore<S> {
     async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(self.engine.ping()).await
     }
+
+    // The owner primitives are bounded like every call and their failures counted;
+    // their latency is not (they are not the per-request path).
+
+    async fn index_add(
+        &self,
+        owner: &OwnerKey,
+        member: &str,
+        bound_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.counted(self.engine.index_add(owner, member, bound_ms))
+            .await
+    }
+
+    async fn index_members(&self, owner: &OwnerKey) -> Result<Vec<String>, StoreError> {
+        self.counted(self.engine.index_members(owner)).await
+    }
+
+    async fn index_remove(&self, owner: &OwnerKey, members: &[String]) -> Result<(), StoreError> {
+        self.counted(self.engine.index_remove(owner, members)).await
+    }
+
+    async fn destroy_keys(&self, keys: &[String]) -> Result<u64, StoreError> {
+        self.counted(self.engine.destroy_keys(keys)).await
+    }
+
+    async fn session_info(&self, keys: &[String]) -> Result<Vec<Option<SessionInfo>>, StoreError> {
+        self.counted(self.engine.session_info(keys)).await
+    }
+
+    async fn extend_bound(&self, key: &str, bound_ms: u64) -> Result<bool, StoreError> {
+        self.counted(self.engine.extend_bound(key, bound_ms)).await
+    }
+}
+
+impl<S: SessionStore> TimedStore<S> {
+    async fn counted<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = self.bounded(call).await;
+        if let Err(e) = &result {
+            self.metrics.store_error(e);
+        }
+        result
+    }
 }
 
 #[cfg(test)]
@@ -102,7 +154,11 @@ mod tests {
     struct Stuck;
 
     impl SessionStore for Stuck {
-        async fn load(&self, _: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+        async fn load_touch(
+            &self,
+            _: &SessionId,
+            _: Touch,
+        ) -> Result<Option<LoadedSession>, StoreError> {
             std::future::pending().await
         }
 
@@ -111,6 +167,30 @@ mod tests {
         }
 
         async fn ping(&self) -> Result<(), StoreError> {
+            std::future::pending().await
+        }
+
+        async fn index_add(&self, _: &OwnerKey, _: &str, _: u64) -> Result<(), StoreError> {
+            std::future::pending().await
+        }
+
+        async fn index_members(&self, _: &OwnerKey) -> Result<Vec<String>, StoreError> {
+            std::future::pending().await
+        }
+
+        async fn index_remove(&self, _: &OwnerKey, _: &[String]) -> Result<(), StoreError> {
+            std::future::pending().await
+        }
+
+        async fn destroy_keys(&self, _: &[String]) -> Result<u64, StoreError> {
+            std::future::pending().await
+        }
+
+        async fn session_info(&self, _: &[String]) -> Result<Vec<Option<SessionInfo>>, StoreError> {
+            std::future::pending().await
+        }
+
+        async fn extend_bound(&self, _: &str, _: u64) -> Result<bool, StoreError> {
             std::future::pending().await
         }
     }
@@ -140,6 +220,8 @@ mod tests {
             ops: vec![],
             max_age: None,
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         assert!(matches!(store.apply(&plan).await, Err(StoreError::Timeout)));
         assert!(matches!(store.ping().await, Err(StoreError::Timeout)));
@@ -163,6 +245,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             absolute_ttl: Duration::from_secs(120),
             max_size: 4,
+            touch_after: Duration::ZERO,
         };
         let store = TimedStore::new(
             MemoryStore::new(10, lifetimes),
@@ -174,6 +257,8 @@ mod tests {
             ops,
             max_age: None,
             revision: None,
+            owner: Default::default(),
+            client: None,
         };
         assert_eq!(
             store.apply(&plan(vec![])).await.unwrap(),

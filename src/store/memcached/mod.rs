@@ -99,7 +99,8 @@ use self::{
     ring::Ring,
 };
 use super::{
-    FieldMap, Lifetimes, LoadedSession, Revision, SessionStore, StoreError, WriteOutcome, WritePlan,
+    FieldMap, Lifetimes, LoadedSession, OwnerKey, Revision, SessionInfo, SessionStore, StoreError,
+    Touch, WriteOutcome, WritePlan,
 };
 use crate::{config::MemcachedOptions, cookie::SessionId};
 
@@ -366,6 +367,8 @@ impl MemcachedStore {
             remaining: remaining / 1000,
             // Touching the item (the refresh above) leaves its CAS as it was.
             revision: Some(revision),
+            owner: None,
+            index_due: None,
         }))
     }
 
@@ -385,7 +388,11 @@ impl MemcachedStore {
 }
 
 impl SessionStore for MemcachedStore {
-    async fn load(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+    async fn load_touch(
+        &self,
+        id: &SessionId,
+        _touch: Touch,
+    ) -> Result<Option<LoadedSession>, StoreError> {
         self.load_session(id).await
     }
 
@@ -395,6 +402,35 @@ impl SessionStore for MemcachedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.ping_servers().await
+    }
+
+    async fn index_add(
+        &self,
+        _owner: &OwnerKey,
+        _member: &str,
+        _bound_ms: u64,
+    ) -> Result<(), StoreError> {
+        Err(not_built())
+    }
+
+    async fn index_members(&self, _owner: &OwnerKey) -> Result<Vec<String>, StoreError> {
+        Err(not_built())
+    }
+
+    async fn index_remove(&self, _owner: &OwnerKey, _members: &[String]) -> Result<(), StoreError> {
+        Err(not_built())
+    }
+
+    async fn destroy_keys(&self, _keys: &[String]) -> Result<u64, StoreError> {
+        Err(not_built())
+    }
+
+    async fn session_info(&self, _keys: &[String]) -> Result<Vec<Option<SessionInfo>>, StoreError> {
+        Err(not_built())
+    }
+
+    async fn extend_bound(&self, _key: &str, _bound_ms: u64) -> Result<bool, StoreError> {
+        Err(not_built())
     }
 }
 
@@ -447,6 +483,11 @@ fn flash_read(reply: Reply) -> Result<FlashRead, StoreError> {
         Reply::Miss => Ok(None),
         _ => Err(unexpected("flash read")),
     }
+}
+
+// Placeholder while owners are built on this engine (docs/protocol.md §12).
+fn not_built() -> StoreError {
+    StoreError::Unavailable("owners are not built on this engine yet".into())
 }
 
 #[cfg(test)]
