@@ -43,6 +43,7 @@ fn lifetimes() -> Lifetimes {
         ttl: Duration::from_secs(60),
         absolute_ttl: Duration::from_secs(3600),
         max_size: 8192,
+        touch_after: Duration::ZERO,
     }
 }
 
@@ -264,8 +265,12 @@ async fn create<S: SessionStore>(store: &S, ops: Vec<Op>) -> SessionId {
     id
 }
 
+#[path = "store_suite/owner_cases.rs"]
+mod owner_cases;
+
 /// The behavioural cases, generic over the engine.
 mod cases {
+    pub use super::owner_cases::*;
     use super::*;
 
     pub async fn create_load_round_trip<S: SessionStore>(make: Make<S>) {
@@ -688,6 +693,7 @@ mod cases {
             ttl: Duration::from_secs(2),
             absolute_ttl: Duration::from_secs(3),
             max_size: 8192,
+            touch_after: Duration::ZERO,
         });
         let s = &*fx.store;
         let id = create(s, vec![set("a", "1")]).await;
@@ -710,6 +716,7 @@ mod cases {
             ttl: Duration::from_secs(1),
             absolute_ttl: Duration::from_secs(60),
             max_size: 8192,
+            touch_after: Duration::ZERO,
         });
         let s = &*fx.store;
         let idle = create(s, vec![set("a", "1")]).await;
@@ -836,6 +843,14 @@ macro_rules! store_suite {
             concurrent_writers_all_persist,
             concurrent_incr_loses_nothing,
             concurrent_loads_deliver_flash_once,
+            owner_is_recorded_and_loaded,
+            regenerate_keeps_owner_and_detach_drops_it,
+            index_add_remove_and_members,
+            index_entries_expire_with_their_bound,
+            destroy_keys_is_destroy,
+            owned_expiry_is_capped_by_its_bound,
+            no_touch_loads_do_not_extend,
+            touch_after_skips_early_refreshes,
         );
     };
     (@cases $engine:ident, $make:ident; $($case:ident),* $(,)?) => {
@@ -970,6 +985,7 @@ mod redis_only {
             ttl: Duration::from_secs(60),
             absolute_ttl: Duration::from_secs(5),
             max_size: 8192,
+            touch_after: Duration::ZERO,
         };
         let s = store(server.port(), 2, 3, l);
         let id = new_id();
@@ -1050,6 +1066,7 @@ mod redis_only {
             ttl: Duration::from_secs(30),
             absolute_ttl: Duration::from_secs(3600),
             max_size: 8192,
+            touch_after: Duration::ZERO,
         };
         let s = store(server.port(), 0, 1, l);
         let a = create(&s, vec![set("n", "9223372036854775807"), flash("f", "1")]).await;
@@ -1468,6 +1485,7 @@ mod memcached_only {
             ttl: Duration::from_secs(60),
             absolute_ttl: Duration::from_secs(5),
             max_size: 8192,
+            touch_after: Duration::ZERO,
         };
         let s = store(&[&server], l);
         let id = new_id();
@@ -1527,6 +1545,7 @@ mod memcached_only {
             ttl: Duration::from_secs(45 * day),
             absolute_ttl: Duration::from_secs(90 * day),
             max_size: 8192,
+            touch_after: Duration::ZERO,
         };
         let s = store(&[&server], l);
         let id = create(&s, vec![set("remember", "true"), flash("f", "1")]).await;

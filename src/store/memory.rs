@@ -13,7 +13,7 @@ use std::{
 use super::{
     ClientInfo, FieldMap, Lifetimes, LoadedSession, Owner, OwnerChange, OwnerKey, SessionInfo,
     SessionStore, StoreError, Target, Touch, WriteOutcome, WritePlan, apply_ops,
-    owners::{INDEX_MARGIN_MS, MAX_INDEX_ENTRIES, index_due},
+    owners::{MAX_INDEX_ENTRIES, index_due, with_margin},
 };
 use crate::cookie::SessionId;
 
@@ -358,7 +358,7 @@ impl SessionStore for MemoryStore {
         bound_ms: u64,
     ) -> Result<(), StoreError> {
         let now = Instant::now();
-        let bound = now + Duration::from_millis(bound_ms.saturating_add(INDEX_MARGIN_MS));
+        let bound = now + Duration::from_millis(with_margin(bound_ms));
         let mut inner = self.lock();
         let index = inner.owners.entry(owner.clone()).or_default();
         let at = index.entries.entry(member.to_owned()).or_insert(bound);

@@ -230,8 +230,8 @@ pub trait SessionStore: Send + Sync + 'static {
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Owner index, atomically: drop the entries whose bound has passed, then set
-    /// `member`'s bound to the later of its current one and now + `bound_ms` +
-    /// [`owners::INDEX_MARGIN_MS`]. The index itself expires with its latest bound.
+    /// `member`'s bound to the later of its current one and now +
+    /// [`owners::with_margin`]`(bound_ms)`. The index itself expires with its latest bound.
     fn index_add(
         &self,
         owner: &OwnerKey,

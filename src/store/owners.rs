@@ -18,10 +18,17 @@ use std::fmt;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 
-/// Added by every engine to an index entry's bound over the session's: covers the time
-/// between the index write and the session write, and clock skew between sidecars
-/// (memcached has no shared clock).
+/// The most every engine adds to an index entry's bound over the session's
+/// ([`with_margin`]): covers the time between the index write and the session write, and
+/// clock skew between the clocks involved (a cluster's nodes; memcached has no shared
+/// clock, each sidecar uses its own).
 pub const INDEX_MARGIN_MS: u64 = 60_000;
+
+/// An index entry's bound (ms from now) for a session bound `bound_ms` from now: plus a
+/// quarter of it, at most [`INDEX_MARGIN_MS`].
+pub fn with_margin(bound_ms: u64) -> u64 {
+    bound_ms.saturating_add((bound_ms / 4).min(INDEX_MARGIN_MS))
+}
 
 /// Largest number of entries one owner's index answers with: revocation and listing
 /// read at most this many (docs/protocol.md §12).
@@ -204,6 +211,8 @@ mod tests {
         assert_eq!(index_due(9_400, 1000, 10_500, 1_000_000), Some(1500));
         // The bound is already the absolute deadline: never due.
         assert_eq!(index_due(9_400, 1000, 10_000, 10_000), None);
+        assert_eq!(with_margin(4000), 5000);
+        assert_eq!(with_margin(10_000_000), 10_060_000);
         assert_eq!(capped_expiry(5, Some(3)), 3);
         assert_eq!(capped_expiry(5, None), 5);
     }
