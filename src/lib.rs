@@ -76,6 +76,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod owners;
 pub mod protocol;
 pub mod proxy;
 pub mod reload;

@@ -8,7 +8,7 @@ use http::StatusCode;
 use crate::{
     cookie::SessionId,
     protocol::{ChangeSet, Op, SessionStatus},
-    store::{Target, WritePlan},
+    store::{Owner, OwnerChange, Target, WritePlan, owners::bound_for},
 };
 
 /// What the request brought: the cookie's state and, when active, the loaded session's
@@ -24,6 +24,8 @@ pub struct SessionView {
     pub max_age: Option<u64>,
     /// Seconds left to the absolute lifetime.
     pub remaining: u64,
+    /// The loaded session's owner (docs/protocol.md §12).
+    pub owner: Option<Owner>,
 }
 
 /// Cookie settings that shape the decision.
@@ -35,6 +37,9 @@ pub struct CookiePolicy {
     pub rolling: bool,
     /// `session.absolute_ttl` in seconds (the cap of a new session's cookie).
     pub absolute_ttl: u64,
+    /// `session.ttl` in seconds (an owned session's index bound is derived from its idle
+    /// lifetime).
+    pub ttl: u64,
 }
 
 /// The `Set-Cookie` a response carries.
@@ -113,12 +118,18 @@ pub fn decide<E>(
     let destroy_only;
     let (changes, dropped) = match response {
         ResponseClass::Handled => (changes, false),
+        // Revocations only remove sessions and are applied like a Destroy.
         ResponseClass::ServerError => {
             destroy_only = ChangeSet {
                 destroy: changes.destroy,
+                revoke_owners: changes.revoke_owners.clone(),
+                revoke_others: changes.revoke_others,
                 ..ChangeSet::default()
             };
-            (&destroy_only, changes.writes() || changes.regenerate)
+            (
+                &destroy_only,
+                changes.writes() || changes.regenerate || changes.owner.is_some(),
+            )
         }
     };
     Ok(decide_changes(view, changes, policy, new_id)?
@@ -133,13 +144,16 @@ fn decide_changes<E>(
     policy: &CookiePolicy,
     new_id: impl FnOnce() -> Result<SessionId, E>,
 ) -> Result<Result<Decision, StoreUnavailable>, E> {
-    let writes = changes.writes();
+    // Detaching changes an existing session but creates none.
+    let writes = changes.writes() || changes.owner.is_some();
     // Deleting keys of a session that does not exist is a no-op, not a reason to create
-    // an empty session; every other write creates one (docs/protocol.md §5.4).
-    let creates =
-        changes.max_age.is_some() || changes.ops.iter().any(|op| !matches!(op, Op::Delete(_)));
+    // an empty session; every other write creates one (docs/protocol.md §5.4), attaching
+    // an owner included.
+    let creates = changes.max_age.is_some()
+        || changes.ops.iter().any(|op| !matches!(op, Op::Delete(_)))
+        || matches!(changes.owner, Some(Some(_)));
     if view.status == SessionStatus::Unavailable
-        && (writes || changes.destroy || changes.regenerate)
+        && (writes || changes.destroy || changes.regenerate || changes.revokes())
     {
         return Ok(Err(StoreUnavailable { dropped: false }));
     }
@@ -147,13 +161,29 @@ fn decide_changes<E>(
         .id
         .clone()
         .filter(|_| view.status == SessionStatus::Active);
+    // Revoking the current session's own owner destroys it too; later writes then start
+    // a fresh session, as after a Destroy (docs/protocol.md §12).
+    let revoked_self = active.is_some()
+        && view
+            .owner
+            .as_ref()
+            .is_some_and(|o| changes.revoke_owners.iter().any(|r| r == o.literal()));
+    let destroy = changes.destroy || revoked_self;
+    let fresh = Lifespan {
+        idle: changes.max_age.unwrap_or(policy.ttl),
+        remaining: policy.absolute_ttl,
+    };
+    let current = Lifespan {
+        idle: changes.max_age.or(view.max_age).unwrap_or(policy.ttl),
+        remaining: view.remaining,
+    };
     let had_cookie = view.status != SessionStatus::None;
     let new_session = |id: SessionId| CookieAction::Issue {
         max_age: cookie_max_age(policy, changes.max_age, policy.absolute_ttl),
         id,
     };
 
-    let decision = if changes.destroy {
+    let decision = if destroy {
         let new = if creates { Some(new_id()?) } else { None };
         let target = match (active, new.clone()) {
             (Some(old), Some(new)) => Some(Target::DestroyThenCreate { old, new }),
@@ -167,7 +197,13 @@ fn decide_changes<E>(
             None => CookieAction::None,
         };
         Decision {
-            plan: target.map(|t| plan(t, changes)),
+            plan: target.map(|t| {
+                let owner = match &t {
+                    Target::Destroy(_) => OwnerChange::Keep,
+                    _ => owner_change(changes, fresh),
+                };
+                plan(t, changes, owner)
+            }),
             cookie,
             dropped: false,
         }
@@ -180,6 +216,7 @@ fn decide_changes<E>(
                     to: to.clone(),
                 },
                 changes,
+                moved_owner(changes, view, current),
             )),
             cookie: CookieAction::Issue {
                 id: to,
@@ -195,7 +232,11 @@ fn decide_changes<E>(
                     || view.needs_resign
                     || (policy.rolling && session_max_age.or(policy.lifetime).is_some());
                 Decision {
-                    plan: Some(plan(Target::Existing(id.clone()), changes)),
+                    plan: Some(plan(
+                        Target::Existing(id.clone()),
+                        changes,
+                        owner_change(changes, current),
+                    )),
                     cookie: if reissue {
                         CookieAction::Issue {
                             id,
@@ -210,7 +251,11 @@ fn decide_changes<E>(
             None => {
                 let id = new_id()?;
                 Decision {
-                    plan: Some(plan(Target::Create(id.clone()), changes)),
+                    plan: Some(plan(
+                        Target::Create(id.clone()),
+                        changes,
+                        owner_change(changes, fresh),
+                    )),
                     cookie: new_session(id),
                     dropped: false,
                 }
@@ -239,13 +284,51 @@ fn decide_changes<E>(
     Ok(Ok(decision))
 }
 
-fn plan(target: Target, changes: &ChangeSet) -> WritePlan {
+/// A session's idle lifetime and what is left of its absolute one, in seconds.
+#[derive(Debug, Clone, Copy)]
+struct Lifespan {
+    idle: u64,
+    remaining: u64,
+}
+
+/// The plan's owner change; an attach carries the bound of the session it attaches
+/// ([`bound_for`]).
+fn owner_change(changes: &ChangeSet, life: Lifespan) -> OwnerChange {
+    match &changes.owner {
+        None => OwnerChange::Keep,
+        Some(None) => OwnerChange::Detach,
+        Some(Some(literal)) => OwnerChange::Attach {
+            owner: Owner::from_literal(literal.clone()),
+            bound_ms: bound_for(
+                life.idle.saturating_mul(1000),
+                life.remaining.saturating_mul(1000),
+            ),
+        },
+    }
+}
+
+/// Regenerate keeps the owner: the new id is attached to it afresh (a new index entry
+/// and bound for the new store key), unless the response changes the owner itself.
+fn moved_owner(changes: &ChangeSet, view: &SessionView, life: Lifespan) -> OwnerChange {
+    match (owner_change(changes, life), &view.owner) {
+        (OwnerChange::Keep, Some(owner)) => OwnerChange::Attach {
+            owner: owner.clone(),
+            bound_ms: bound_for(
+                life.idle.saturating_mul(1000),
+                life.remaining.saturating_mul(1000),
+            ),
+        },
+        (change, _) => change,
+    }
+}
+
+fn plan(target: Target, changes: &ChangeSet, owner: OwnerChange) -> WritePlan {
     WritePlan {
         target,
         ops: changes.ops.clone(),
         max_age: changes.max_age,
         revision: None,
-        owner: Default::default(),
+        owner,
         client: None,
     }
 }
@@ -259,8 +342,13 @@ pub fn retry_as_new(previous: &WritePlan, id: SessionId, policy: &CookiePolicy) 
             ops: previous.ops.clone(),
             max_age: previous.max_age,
             revision: None,
-            owner: Default::default(),
-            client: None,
+            // An attach goes to the new session (its bound, computed for the old one,
+            // is only shorter); a kept owner belonged to the session that is gone.
+            owner: match &previous.owner {
+                OwnerChange::Attach { .. } => previous.owner.clone(),
+                _ => OwnerChange::Keep,
+            },
+            client: previous.client.clone(),
         }),
         cookie: CookieAction::Issue {
             id,
@@ -278,6 +366,7 @@ mod tests {
         lifetime: None,
         rolling: false,
         absolute_ttl: 1000,
+        ttl: 100,
     };
 
     fn view(status: SessionStatus) -> SessionView {
@@ -287,6 +376,7 @@ mod tests {
             needs_resign: false,
             max_age: None,
             remaining: 500,
+            owner: None,
         }
     }
 
@@ -525,6 +615,90 @@ mod tests {
         let d = on_5xx(&both);
         assert_eq!(d.plan.unwrap().target, Target::Destroy(old));
         assert_eq!((d.cookie, d.dropped), (CookieAction::Clear, true));
+    }
+
+    fn owned(name: &str) -> SessionView {
+        SessionView {
+            owner: Some(Owner::from_literal(format!("\"{name}\""))),
+            ..view(SessionStatus::Active)
+        }
+    }
+
+    #[test]
+    fn attaching_an_owner_creates_or_updates() {
+        let attach = changes(|c| c.owner = Some(Some("\"ann\"".into())));
+        let d = run(&view(SessionStatus::None), &attach);
+        let p = d.plan.unwrap();
+        assert_eq!(p.target, Target::Create(SessionId::from_trusted("new")));
+        // A new session: idle 100 s, absolute 1000 s: bound 150 s.
+        assert_eq!(
+            p.owner,
+            OwnerChange::Attach {
+                owner: Owner::from_literal("\"ann\"".into()),
+                bound_ms: 150_000
+            }
+        );
+        assert_eq!(d.cookie, new_cookie());
+        let p = run(&view(SessionStatus::Active), &attach).plan.unwrap();
+        assert_eq!(p.target, Target::Existing(SessionId::from_trusted("old")));
+        // Detach changes an active session, and creates nothing without one.
+        let detach = changes(|c| c.owner = Some(None));
+        let p = run(&owned("ann"), &detach).plan.unwrap();
+        assert_eq!(p.owner, OwnerChange::Detach);
+        assert_eq!(run(&view(SessionStatus::None), &detach).plan, None);
+    }
+
+    #[test]
+    fn regenerate_reattaches_the_new_id_to_the_owner() {
+        let regen = changes(|c| c.regenerate = true);
+        let p = run(&owned("ann"), &regen).plan.unwrap();
+        assert!(matches!(p.target, Target::Move { .. }));
+        // Idle 100 s, 500 s left: bound 150 s.
+        assert_eq!(
+            p.owner,
+            OwnerChange::Attach {
+                owner: Owner::from_literal("\"ann\"".into()),
+                bound_ms: 150_000
+            }
+        );
+        let p = run(&view(SessionStatus::Active), &regen).plan.unwrap();
+        assert_eq!(p.owner, OwnerChange::Keep);
+    }
+
+    #[test]
+    fn revoking_the_own_owner_destroys_the_session() {
+        let revoke = changes(|c| c.revoke_owners.push("\"ann\"".into()));
+        let d = run(&owned("ann"), &revoke);
+        assert_eq!(
+            d.plan.unwrap().target,
+            Target::Destroy(SessionId::from_trusted("old"))
+        );
+        assert_eq!(d.cookie, CookieAction::Clear);
+        // Another owner: this session is untouched.
+        let d = run(&owned("bob"), &revoke);
+        assert_eq!((d.plan, d.cookie), (None, CookieAction::None));
+        // Revoke then attach in one response: the old session dies, a new one is owned.
+        let mut both = revoke.clone();
+        both.owner = Some(Some("\"ann\"".into()));
+        let d = run(&owned("ann"), &both);
+        let p = d.plan.unwrap();
+        assert!(matches!(p.target, Target::DestroyThenCreate { .. }));
+        assert!(matches!(p.owner, OwnerChange::Attach { .. }));
+        assert_eq!(d.cookie, new_cookie());
+        // Revocations still apply on a 5xx, the attach does not.
+        let d = run_on(ResponseClass::ServerError, &owned("ann"), &both);
+        assert_eq!(
+            d.plan.unwrap().target,
+            Target::Destroy(SessionId::from_trusted("old"))
+        );
+        assert!(d.dropped);
+        // Revocations need the store.
+        let r = try_on(
+            ResponseClass::Handled,
+            &view(SessionStatus::Unavailable),
+            &revoke,
+        );
+        assert_eq!(r, Err(StoreUnavailable { dropped: false }));
     }
 
     #[test]

@@ -139,6 +139,71 @@ impl RejectReason {
     }
 }
 
+/// Why sessions were revoked (docs/protocol.md §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeCause {
+    /// `X-Session-Revoke-Owner`.
+    Owner = 0,
+    /// `X-Session-Revoke-Others`.
+    Others = 1,
+    /// `session.max_per_owner`: least recently used sessions over the limit.
+    Limit = 2,
+    /// The admin API (`DELETE /sessions...`).
+    Admin = 3,
+}
+
+impl RevokeCause {
+    const ALL: [RevokeCause; 4] = [
+        RevokeCause::Owner,
+        RevokeCause::Others,
+        RevokeCause::Limit,
+        RevokeCause::Admin,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RevokeCause::Owner => "owner",
+            RevokeCause::Others => "others",
+            RevokeCause::Limit => "limit",
+            RevokeCause::Admin => "admin",
+        }
+    }
+}
+
+/// How an admin API call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminResult {
+    Ok = 0,
+    /// Missing or wrong bearer token (401).
+    Unauthorized = 1,
+    /// Malformed query or handle (400), unknown path or method (404/405).
+    BadRequest = 2,
+    /// No such session (404).
+    NotFound = 3,
+    /// The store failed (503).
+    Unavailable = 4,
+}
+
+impl AdminResult {
+    const ALL: [AdminResult; 5] = [
+        AdminResult::Ok,
+        AdminResult::Unauthorized,
+        AdminResult::BadRequest,
+        AdminResult::NotFound,
+        AdminResult::Unavailable,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            AdminResult::Ok => "ok",
+            AdminResult::Unauthorized => "unauthorized",
+            AdminResult::BadRequest => "bad_request",
+            AdminResult::NotFound => "not_found",
+            AdminResult::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Why no upstream response headers arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
@@ -219,6 +284,8 @@ pub struct Metrics {
     connections_refused: [Counter; 2],
     tunnels: Gauge,
     master_changes: Counter,
+    sessions_revoked: [Counter; 4],
+    admin_calls: [Counter; 5],
 }
 
 impl Default for Metrics {
@@ -372,6 +439,27 @@ impl Metrics {
             master_changes.clone(),
         );
 
+        let (family, sessions_revoked) = labelled(
+            "cause",
+            RevokeCause::ALL.map(|c| c.label()),
+            Counter::default,
+        );
+        registry.register(
+            "sessions_revoked",
+            "Sessions destroyed through their owner, by cause (docs/protocol.md §12)",
+            family,
+        );
+        let (family, admin_calls) = labelled(
+            "result",
+            AdminResult::ALL.map(|r| r.label()),
+            Counter::default,
+        );
+        registry.register(
+            "admin_api_calls",
+            "Session admin API calls on the admin listener, by result",
+            family,
+        );
+
         Metrics {
             registry,
             requests,
@@ -387,7 +475,19 @@ impl Metrics {
             connections_refused,
             tunnels,
             master_changes,
+            sessions_revoked,
+            admin_calls,
         }
+    }
+
+    /// `n` sessions revoked for `cause`.
+    pub fn revoked(&self, cause: RevokeCause, n: u64) {
+        self.sessions_revoked[cause as usize].inc_by(n);
+    }
+
+    /// One admin API call.
+    pub fn admin_call(&self, result: AdminResult) {
+        self.admin_calls[result as usize].inc();
     }
 
     /// One answered request.
@@ -680,8 +780,8 @@ mod tests {
         let text = Metrics::new().encode();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(helps, 13, "{text}");
-        assert_eq!(types, 13, "{text}");
+        assert_eq!(helps, 15, "{text}");
+        assert_eq!(types, 15, "{text}");
         for (name, _, _) in samples(&text) {
             assert!(name.starts_with("session_sidecar_"), "{name}");
         }

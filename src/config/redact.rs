@@ -268,6 +268,10 @@ mod tests {
             ),
             format!("{BASE}store: {{engine: redis, storage: {{cluster: {{nodes: [\"a:1\"]}}}}}}\n"),
             format!("{BASE}store: {{engine: redis, storage: {{host: r, db_sessions: 2}}}}\n"),
+            format!(
+                "{BASE}session: {{touch_after: 1m, no_touch: [/poll, \"/api/status\"], max_per_owner: 3, \
+                 record_client: true}}\nadmin: {{token: \"${{SESSION_SECRET}}\"}}\nlog: {{owner: true}}\n"
+            ),
         ] {
             let c = parse(&yaml).unwrap_or_else(|e| panic!("{e}"));
             let back = parse(&c.redacted_yaml().replace("<redacted>", "${SESSION_SECRET}"))

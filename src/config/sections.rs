@@ -547,6 +547,66 @@ mod tests {
     use crate::config::testutil::*;
 
     #[test]
+    fn owner_and_touch_keys() {
+        let c = ok(
+            "session:\n  touch_after: 5m\n  no_touch: [/poll, /api/status]\n  \
+                    max_per_owner: 3\n  record_client: true\nlog: {owner: true}\n",
+        );
+        assert_eq!(c.session.touch_after, Duration::from_secs(300));
+        assert_eq!(c.session.no_touch, vec!["/poll", "/api/status"]);
+        assert_eq!(c.session.max_per_owner, Some(3));
+        assert!(c.session.record_client && c.log.owner);
+        let d = ok("");
+        assert_eq!(d.session.touch_after, Duration::ZERO);
+        assert!(d.session.no_touch.is_empty() && d.session.max_per_owner.is_none());
+        assert!(!d.session.record_client && !d.log.owner && d.admin.token.is_none());
+        assert!(
+            ok("session: {max_per_owner: null}\n")
+                .session
+                .max_per_owner
+                .is_none()
+        );
+        assert_err(
+            "session: {ttl: 1h, touch_after: 1h}\n",
+            3,
+            33,
+            "not shorter than `session.ttl`",
+        );
+        assert_err(
+            "session: {max_per_owner: 0}\n",
+            3,
+            26,
+            "session.max_per_owner",
+        );
+        assert_err(
+            "session: {max_per_owner: 10001}\n",
+            3,
+            26,
+            "between 1 and 10000",
+        );
+        assert_err("session: {no_touch: [poll]}\n", 3, 22, "not a path prefix");
+        assert_err("log: {owner: maybe}\n", 3, 14, "log.owner");
+    }
+
+    #[test]
+    fn admin_token_rules() {
+        let c = ok("admin: {token: \"0123456789abcdef0123456789abcdef\"}\n");
+        assert_eq!(
+            c.admin.token.as_ref().map(|t| t.0.as_str()),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert!(ok("admin: {token: null}\n").admin.token.is_none());
+        let e = assert_err("admin: {token: short}\n", 3, 16, "at least 32");
+        assert!(!e.to_string().contains("short"), "{e}");
+        assert_err(
+            "admin: {token: \"0123456789abcdef 0123456789abcdef\"}\n",
+            3,
+            16,
+            "without spaces",
+        );
+    }
+
+    #[test]
     fn upstream_is_required_and_validated() {
         let e = parse("secrets: [\"${SESSION_SECRET}\"]\n").expect_err("missing upstream");
         assert_eq!(e.position(), Some((1, 1)));

@@ -5,7 +5,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{
-    json::{field_literal, parse_incr_object, parse_json_object, parse_key_array},
+    json::{field_literal, parse_incr_object, parse_json_object, parse_key_array, parse_owner},
     names::ReservedPrefix,
 };
 
@@ -36,6 +36,9 @@ pub const MAX_MAX_AGE: u64 = u32::MAX as u64;
 pub(super) enum Kind {
     Destroy,
     Regenerate,
+    RevokeOwner,
+    RevokeOthers,
+    Owner,
     Replace,
     Delete,
     Set,
@@ -46,9 +49,12 @@ pub(super) enum Kind {
 
 impl Kind {
     /// Order of effect, independent of the order of the headers (docs/protocol.md §5.3).
-    pub(super) const ALL: [Kind; 8] = [
+    pub(super) const ALL: [Kind; 11] = [
         Kind::Destroy,
         Kind::Regenerate,
+        Kind::RevokeOwner,
+        Kind::RevokeOthers,
+        Kind::Owner,
         Kind::Replace,
         Kind::Delete,
         Kind::Set,
@@ -61,6 +67,9 @@ impl Kind {
         match self {
             Kind::Destroy => "-Destroy",
             Kind::Regenerate => "-Regenerate",
+            Kind::RevokeOwner => "-Revoke-Owner",
+            Kind::RevokeOthers => "-Revoke-Others",
+            Kind::Owner => "-Owner",
             Kind::Replace => "-Replace",
             Kind::Delete => "-Delete",
             Kind::Set => "-Set",
@@ -130,6 +139,14 @@ impl ReservedPrefix {
         match kind {
             Kind::Destroy => set.destroy = true,
             Kind::Regenerate => set.regenerate = true,
+            Kind::RevokeOwner => {
+                if let Some(owner) = parse_owner(value, false)? {
+                    set.revoke_owners.push(owner);
+                }
+            }
+            Kind::RevokeOthers => set.revoke_others = true,
+            // Repeats apply in order: the last one is the owner.
+            Kind::Owner => set.owner = Some(parse_owner(value, true)?),
             Kind::Replace => {
                 let entries = parse_json_object(value)?;
                 set.ops.push(Op::ClearData);
@@ -183,6 +200,13 @@ impl ReservedPrefix {
 pub struct ChangeSet {
     pub destroy: bool,
     pub regenerate: bool,
+    /// `X-Session-Revoke-Owner`: owners (field literals) whose every session is to be
+    /// destroyed, in order (docs/protocol.md §12).
+    pub revoke_owners: Vec<String>,
+    /// `X-Session-Revoke-Others`: destroy the current owner's other sessions.
+    pub revoke_others: bool,
+    /// `X-Session-Owner`: `Some(Some(owner))` attaches, `Some(None)` detaches.
+    pub owner: Option<Option<String>>,
     /// Data and flash ops in application order: Replace (ClearData + Sets) → Delete →
     /// Set → Incr → Flash-Set.
     pub ops: Vec<Op>,
@@ -196,12 +220,24 @@ pub struct ChangeSet {
 impl ChangeSet {
     /// Nothing to do at all (ignored names do nothing).
     pub fn is_empty(&self) -> bool {
-        !self.destroy && !self.regenerate && self.ops.is_empty() && self.max_age.is_none()
+        !self.destroy
+            && !self.regenerate
+            && self.ops.is_empty()
+            && self.max_age.is_none()
+            && self.revoke_owners.is_empty()
+            && !self.revoke_others
+            && self.owner.is_none()
     }
 
-    /// Something that creates a session when there is none.
+    /// Something that creates a session when there is none (attaching an owner does,
+    /// docs/protocol.md §12; detaching does not).
     pub fn writes(&self) -> bool {
-        !self.ops.is_empty() || self.max_age.is_some()
+        !self.ops.is_empty() || self.max_age.is_some() || matches!(self.owner, Some(Some(_)))
+    }
+
+    /// Revocations to run before the session write, in order.
+    pub fn revokes(&self) -> bool {
+        !self.revoke_owners.is_empty() || self.revoke_others
     }
 }
 
@@ -309,6 +345,79 @@ mod tests {
     fn flash_set_makes_flash_ops() {
         let set = take(&[("X-Session-Flash-Set", br#"{"msg":"Saved"}"#)]).unwrap();
         assert_eq!(set.ops, vec![Op::FlashSet(f("msg"), "\"Saved\"".into())]);
+    }
+
+    #[test]
+    fn owner_instructions() {
+        let set = take(&[("X-Session-Owner", br#""alice""#)]).unwrap();
+        assert_eq!(set.owner, Some(Some(f("alice"))));
+        assert!(set.writes() && !set.is_empty());
+        // One owner whatever the escaping; the last repeat wins.
+        let set = take(&[
+            ("X-Session-Owner", br#""bob""#),
+            ("x-session-owner", br#" "\u0061lice" "#),
+        ])
+        .unwrap();
+        assert_eq!(set.owner, Some(Some(f("alice"))));
+        let set = take(&[("X-Session-Owner", b"null")]).unwrap();
+        assert_eq!(set.owner, Some(None));
+        assert!(!set.writes() && !set.is_empty());
+        let set = take(&[
+            ("X-Session-Revoke-Owner", br#""a""#),
+            ("X-Session-Revoke-Owner", br#""b""#),
+            ("X-Session-Revoke-Others", b"1"),
+        ])
+        .unwrap();
+        assert_eq!(set.revoke_owners, vec![f("a"), f("b")]);
+        assert!(set.revoke_others && set.revokes() && !set.writes());
+        let set = take(&[("X-Session-Revoke-Others", b"")]).unwrap();
+        assert!(set.revoke_others && !set.is_empty());
+        // 256 bytes of UTF-8 is the limit (é is 2 bytes).
+        let ok = format!("\"{}\"", r"\u00e9".repeat(128));
+        assert!(take(&[("X-Session-Owner", ok.as_bytes())]).is_ok());
+        for bad in [
+            &b"alice"[..],
+            b"\"\"",
+            b"5",
+            b"[\"a\"]",
+            b"{\"a\":1}",
+            b"\"a\" \"b\"",
+            b"\"\\ud800\"",
+        ] {
+            let why = reason(&[("X-Session-Owner", bad)]);
+            assert!(why.starts_with("expected a JSON string"), "{why}");
+        }
+        let long = format!("\"{}\"", "a".repeat(257));
+        assert!(reason(&[("X-Session-Owner", long.as_bytes())]).contains("1 to 256 bytes"));
+        // Revoke-Owner takes no null; the reason never quotes the value.
+        let why = reason(&[("X-Session-Revoke-Owner", b"null")]);
+        assert_eq!(why, "expected a JSON string of 1 to 256 bytes");
+        let why = reason(&[("X-Session-Revoke-Owner", b"secret-value")]);
+        assert!(!why.contains("secret"), "{why}");
+    }
+
+    #[test]
+    fn owner_instructions_apply_after_regenerate_and_before_replace() {
+        let order: Vec<_> = Kind::ALL.iter().map(|k| k.suffix()).collect();
+        assert_eq!(
+            order,
+            [
+                "-Destroy",
+                "-Regenerate",
+                "-Revoke-Owner",
+                "-Revoke-Others",
+                "-Owner",
+                "-Replace",
+                "-Delete",
+                "-Set",
+                "-Incr",
+                "-Flash-Set",
+                "-Max-Age"
+            ]
+        );
+        // A malformed owner is reported before a malformed Set (order of effect).
+        let e = take(&[("X-Session-Set", b"nope"), ("X-Session-Owner", b"nope")]).unwrap_err();
+        assert_eq!(e.header, "X-Session-Owner");
     }
 
     #[test]

@@ -128,6 +128,32 @@ pub(super) fn parse_key_array(bytes: &[u8]) -> Result<Vec<String>, String> {
     })
 }
 
+/// Longest owner id, in UTF-8 bytes (docs/protocol.md §12).
+pub const MAX_OWNER_LEN: usize = 256;
+
+/// `X-Session-Owner` (`nullable`: `null` detaches) and `X-Session-Revoke-Owner`: a JSON
+/// string of 1 to [`MAX_OWNER_LEN`] bytes, returned as its field literal (the canonical
+/// escaped form, so `"a"` and `"\u0061"` are one owner); `None` for `null`.
+pub(super) fn parse_owner(bytes: &[u8], nullable: bool) -> Result<Option<String>, String> {
+    let expected = || {
+        if nullable {
+            format!("expected a JSON string of 1 to {MAX_OWNER_LEN} bytes, or null")
+        } else {
+            format!("expected a JSON string of 1 to {MAX_OWNER_LEN} bytes")
+        }
+    };
+    let text = std::str::from_utf8(bytes).map_err(|_| "value is not valid UTF-8".to_owned())?;
+    // A string or null has no duplicate keys or depth to police; serde's own messages
+    // are dropped because they may quote the value.
+    let owner: Option<String> = serde_json::from_str(text).map_err(|_| expected())?;
+    match owner {
+        None if nullable => Ok(None),
+        None => Err(expected()),
+        Some(o) if o.is_empty() || o.len() > MAX_OWNER_LEN => Err(expected()),
+        Some(o) => Ok(Some(field_literal(&o))),
+    }
+}
+
 /// Session keys: non-empty, at most [`MAX_KEY_LEN`] bytes of UTF-8 (docs/protocol.md §5.2).
 fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() {

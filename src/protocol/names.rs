@@ -32,6 +32,7 @@ pub struct ReservedPrefix {
     flash: HeaderName,
     status: HeaderName,
     id: HeaderName,
+    owner: HeaderName,
     /// `<lower-case prefix><suffix>` for each instruction, in [`Kind::ALL`] order.
     pub(super) instructions: Vec<(Kind, HeaderName)>,
 }
@@ -78,6 +79,7 @@ impl ReservedPrefix {
             flash: name("-flash")?,
             status: name("-status")?,
             id: name("-id")?,
+            owner: name("-owner")?,
             instructions,
         })
     }
@@ -127,6 +129,11 @@ impl ReservedPrefix {
     /// `x-session-id`: the injected id, with `headers.expose_id`.
     pub fn id(&self) -> &HeaderName {
         &self.id
+    }
+
+    /// `x-session-owner`: the loaded session's owner (docs/protocol.md §12).
+    pub fn owner(&self) -> &HeaderName {
+        &self.owner
     }
 }
 

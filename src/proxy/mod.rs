@@ -30,11 +30,12 @@ use crate::{
     },
     error::ProxyError,
     lifecycle::{self, CookieAction, CookiePolicy, Decision, ResponseClass, SessionView},
-    metrics::{Metrics, RejectReason, UpstreamErrorKind},
+    metrics::{Metrics, RejectReason, RevokeCause, UpstreamErrorKind},
+    owners,
     protocol::{ChangeSet, Malformed, ReservedPrefix, SessionStatus, encode_object},
     store::{
-        LoadedSession, SessionStore, StoreError, Target, WriteOutcome, any::AnyStore,
-        timed::TimedStore,
+        ClientInfo, LoadedSession, Owner, SessionStore, StoreError, Target, Touch, WriteOutcome,
+        WritePlan, any::AnyStore, timed::TimedStore,
     },
 };
 
@@ -59,6 +60,12 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     pub on_error: OnError,
     pub max_header_size: usize,
+    /// `session.no_touch` path prefixes.
+    pub no_touch: Vec<String>,
+    /// `session.max_per_owner`.
+    pub max_per_owner: Option<u32>,
+    /// `session.record_client`.
+    pub record_client: bool,
 }
 
 /// Why settings could not be built from a config.
@@ -89,6 +96,7 @@ impl Settings {
                 lifetime,
                 rolling: c.rolling,
                 absolute_ttl: config.session.absolute_ttl.as_secs(),
+                ttl: config.session.ttl.as_secs(),
             },
             forward_cookie: c.forward,
             expose_id: config.headers.expose_id,
@@ -96,7 +104,18 @@ impl Settings {
             trusted_proxies: config.trusted_proxies.clone(),
             on_error: config.store.on_error,
             max_header_size: config.limits.max_header_size,
+            no_touch: config.session.no_touch.clone(),
+            max_per_owner: config.session.max_per_owner,
+            record_client: config.session.record_client,
         })
+    }
+
+    fn touch(&self, path: &str) -> Touch {
+        if self.no_touch.iter().any(|p| path.starts_with(p.as_str())) {
+            Touch::Keep
+        } else {
+            Touch::Refresh
+        }
     }
 
     fn is_bypass(&self, path: &str) -> bool {
@@ -139,6 +158,8 @@ pub struct ConnInfo {
 struct RequestSession {
     view: SessionView,
     loaded: Option<LoadedSession>,
+    /// With `session.record_client`: the client, for a session this request creates.
+    client: Option<ClientInfo>,
 }
 
 /// A request after steps 1–2 (strip, load).
@@ -238,7 +259,7 @@ impl Proxy {
         // In two halves, so that the access line has the session status as soon as the
         // session is loaded: a request that fails later, or whose client leaves while
         // the app works (499), is logged with it.
-        let result = match self.receive(&settings, req, conn).await {
+        let result = match self.receive(&settings, req, conn, &line.request_id).await {
             Ok(inbound) => {
                 line.session = inbound.session_status();
                 self.process(&settings, inbound, conn, &line.request_id)
@@ -258,6 +279,7 @@ impl Proxy {
         settings: &Settings,
         mut req: Request<B>,
         conn: &ConnInfo,
+        request_id: &str,
     ) -> Result<Inbound<B>, ProxyError> {
         // 1. Strip: framing checked and the client's reserved headers removed, before
         //    anything reads a field.
@@ -271,7 +293,7 @@ impl Proxy {
             // are KiBs, and inline they made this future ~17 KiB, copied whole on every
             // request
             // (docs/performance.md#what-changed-each-measured-side-by-side-before-it-landed).
-            Some(Box::pin(self.load_session(settings, &req)).await?)
+            Some(Box::pin(self.load_session(settings, &req, conn, request_id)).await?)
         };
         Ok(Inbound { req, session })
     }
@@ -354,51 +376,70 @@ impl Proxy {
         &self,
         settings: &Settings,
         req: &Request<impl RequestBody>,
+        conn: &ConnInfo,
+        request_id: &str,
     ) -> Result<RequestSession, ProxyError> {
+        let client = settings
+            .record_client
+            .then(|| client_info(settings, req.headers(), conn));
         let view = |status, id, needs_resign| SessionView {
             status,
             id,
             needs_resign,
             max_age: None,
             remaining: 0,
+            owner: None,
         };
         let verified = match read_session_cookie(req.headers(), &settings.signer) {
             CookieState::Absent => {
                 return Ok(RequestSession {
                     view: view(SessionStatus::None, None, false),
                     loaded: None,
+                    client,
                 });
             }
             CookieState::Invalid => {
                 return Ok(RequestSession {
                     view: view(SessionStatus::Invalid, None, false),
                     loaded: None,
+                    client,
                 });
             }
             CookieState::Valid(v) => v,
         };
         // The store bounds the call by `store.timeout` (a timeout is a
         // `StoreError::Timeout`) and records its metrics.
-        match self.store.load(&verified.id).await {
-            Ok(Some(loaded)) => Ok(RequestSession {
-                view: SessionView {
-                    status: SessionStatus::Active,
-                    id: Some(verified.id),
-                    needs_resign: verified.needs_resign,
-                    max_age: loaded.max_age,
-                    remaining: loaded.remaining,
-                },
-                loaded: Some(loaded),
-            }),
+        let touch = settings.touch(req.uri().path());
+        match self.store.load_touch(&verified.id, touch).await {
+            Ok(Some(loaded)) => {
+                if let (Some(bound_ms), Some(owner)) = (loaded.index_due, &loaded.owner) {
+                    owners::refresh_bound(&*self.store, &verified.id, owner, bound_ms, request_id)
+                        .await;
+                }
+                Ok(RequestSession {
+                    view: SessionView {
+                        status: SessionStatus::Active,
+                        id: Some(verified.id),
+                        needs_resign: verified.needs_resign,
+                        max_age: loaded.max_age,
+                        remaining: loaded.remaining,
+                        owner: loaded.owner.clone(),
+                    },
+                    loaded: Some(loaded),
+                    client,
+                })
+            }
             Ok(None) => Ok(RequestSession {
                 view: view(SessionStatus::Expired, None, false),
                 loaded: None,
+                client,
             }),
             Err(e) if settings.on_error == OnError::Anonymous => {
                 tracing::warn!(error = %e, "session store unavailable: forwarding without a session");
                 Ok(RequestSession {
                     view: view(SessionStatus::Unavailable, None, false),
                     loaded: None,
+                    client,
                 })
             }
             Err(e) => Err(e.into()),
@@ -439,24 +480,35 @@ impl Proxy {
             self.metrics.write_rejected(RejectReason::StoreUnavailable);
             ProxyError::WriteWithoutStore
         })?;
+        // Revocations come before the session's own write (docs/protocol.md §5.3) and,
+        // like a Destroy, also on a 5xx: they only remove sessions.
+        self.revoke(settings, &session, changes, request_id).await?;
         let Some(mut plan) = plan else {
             return Ok(cookie);
         };
         if let Target::Existing(_) = &plan.target {
             // Handed back unchanged: an engine that noted what it read can write without
             // reading the session again.
-            plan.revision = session.loaded.and_then(|l| l.revision);
+            plan.revision = session.loaded.as_ref().and_then(|l| l.revision.clone());
         }
-        match self.store.apply(&plan).await? {
+        if matches!(
+            plan.target,
+            Target::Create(_) | Target::DestroyThenCreate { .. }
+        ) {
+            plan.client = session.client.clone();
+        }
+        let previous = session.view.owner.as_ref();
+        match self.write(settings, &plan, previous, request_id).await? {
             WriteOutcome::Applied => Ok(cookie),
             WriteOutcome::Gone => {
                 // Destroyed or expired since this request loaded it: never revive the
                 // old id; the writes start a new session.
                 let retry = lifecycle::retry_as_new(&plan, new_id()?, &settings.policy);
-                let Some(plan) = retry.plan else {
+                let Some(mut plan) = retry.plan else {
                     return Ok(retry.cookie);
                 };
-                match self.store.apply(&plan).await? {
+                plan.client = session.client.clone();
+                match self.write(settings, &plan, None, request_id).await? {
                     WriteOutcome::Applied => Ok(retry.cookie),
                     WriteOutcome::Gone => Err(ProxyError::Store(StoreError::Unavailable(
                         "a new session could not be created".into(),
@@ -465,6 +517,97 @@ impl Proxy {
             }
         }
     }
+
+    /// One session write with its owner steps: the index entry first, the write, then
+    /// the stale entries and the owner limit (src/owners.rs says why in this order).
+    async fn write(
+        &self,
+        settings: &Settings,
+        plan: &WritePlan,
+        previous: Option<&Owner>,
+        request_id: &str,
+    ) -> Result<WriteOutcome, ProxyError> {
+        let store = &*self.store;
+        owners::before_write(store, plan).await?;
+        let outcome = self.store.apply(plan).await?;
+        if outcome == WriteOutcome::Applied {
+            owners::after_write(store, plan, previous, request_id).await;
+            if let (crate::store::OwnerChange::Attach { owner, .. }, Some(limit)) =
+                (&plan.owner, settings.max_per_owner)
+            {
+                let current = match &plan.target {
+                    Target::Existing(id) | Target::Create(id) => id.store_key(),
+                    Target::Move { to, .. } => to.store_key(),
+                    Target::DestroyThenCreate { new, .. } => new.store_key(),
+                    Target::Destroy(id) => id.store_key(),
+                };
+                match owners::enforce_limit(store, owner, limit, &current).await {
+                    Ok(n) => self.metrics.revoked(RevokeCause::Limit, n),
+                    // The write stands; the next attach for this owner enforces again.
+                    Err(e) => {
+                        tracing::warn!(request_id, error = %e, "could not enforce session.max_per_owner")
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// `X-Session-Revoke-Owner` and `X-Session-Revoke-Others`. A store failure midway
+    /// answers 503; what was destroyed stays destroyed (the app may retry the request).
+    async fn revoke(
+        &self,
+        _settings: &Settings,
+        session: &RequestSession,
+        changes: &ChangeSet,
+        request_id: &str,
+    ) -> Result<(), ProxyError> {
+        if !changes.revokes() {
+            return Ok(());
+        }
+        let store = &*self.store;
+        for literal in &changes.revoke_owners {
+            let owner = Owner::from_literal(literal.clone());
+            let n = owners::revoke_owner(store, &owner, None).await?;
+            self.metrics.revoked(RevokeCause::Owner, n);
+            tracing::info!(request_id, revoked = n, "revoked the sessions of an owner");
+        }
+        let current = session
+            .view
+            .id
+            .as_ref()
+            .filter(|_| session.view.status == SessionStatus::Active);
+        if changes.revoke_others
+            && let (Some(owner), Some(id)) = (&session.view.owner, current)
+            && !changes.revoke_owners.iter().any(|r| r == owner.literal())
+        {
+            let n = owners::revoke_owner(store, owner, Some(&id.store_key())).await?;
+            self.metrics.revoked(RevokeCause::Others, n);
+            tracing::info!(
+                request_id,
+                revoked = n,
+                "revoked the other sessions of this session's owner"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What `session.record_client` keeps: the peer's address, or behind a trusted proxy
+/// the last `X-Forwarded-For` entry (the address that proxy saw), and `User-Agent`.
+fn client_info(settings: &Settings, headers: &http::HeaderMap, conn: &ConnInfo) -> ClientInfo {
+    let forwarded = settings
+        .is_trusted(conn.peer)
+        .then(|| headers.get_all("x-forwarded-for").iter().next_back())
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|last| last.trim().parse::<std::net::IpAddr>().ok());
+    let ip = forwarded.unwrap_or(conn.peer.ip()).to_string();
+    let agent = headers
+        .get(header::USER_AGENT)
+        .map_or(&b""[..], |v| v.as_bytes());
+    ClientInfo::new(ip, agent)
 }
 
 /// Step 1: refuse ambiguous framing, turn an h2 request into its h1 form (`Host` from
@@ -613,6 +756,9 @@ fn inject(
     headers.insert(p.session(), value(data)?);
     headers.insert(p.flash(), value(flash)?);
     headers.insert(p.status(), session.view.status.header_value());
+    if let Some(owner) = &session.view.owner {
+        headers.insert(p.owner(), value(owner.literal().to_owned())?);
+    }
     if settings.expose_id
         && let Some(id) = &session.view.id
     {
