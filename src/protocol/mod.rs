@@ -17,7 +17,8 @@ pub mod status;
 
 pub use instructions::{ChangeSet, MAX_MAX_AGE, Malformed, Op};
 pub use json::{
-    MAX_DEPTH, MAX_KEY_LEN, encode_object, encoded_object_len, field_literal, json_ascii,
+    MAX_DEPTH, MAX_KEY_LEN, MAX_OWNER_LEN, encode_object, encoded_object_len, field_literal,
+    json_ascii,
 };
 pub use names::{ProtocolError, ReservedPrefix};
 pub use status::SessionStatus;

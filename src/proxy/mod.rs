@@ -66,6 +66,8 @@ pub struct Settings {
     pub max_per_owner: Option<u32>,
     /// `session.record_client`.
     pub record_client: bool,
+    /// `admin.token`: the session admin API's bearer token (reloaded with the rest).
+    pub admin_token: Option<crate::config::Secret>,
 }
 
 /// Why settings could not be built from a config.
@@ -107,6 +109,7 @@ impl Settings {
             no_touch: config.session.no_touch.clone(),
             max_per_owner: config.session.max_per_owner,
             record_client: config.session.record_client,
+            admin_token: config.admin.token.clone(),
         })
     }
 

@@ -1,5 +1,6 @@
 //! The admin listener (docs/security.md §18): `/healthz` (alive), `/readyz` (store
-//! reachable), `/metrics` (Prometheus text format 0.0.4, see [`crate::metrics`]).
+//! reachable), `/metrics` (Prometheus text format 0.0.4, see [`crate::metrics`]), and
+//! with `admin.token` the session admin API ([`sessions`], docs/protocol.md §12).
 //!
 //! It has its own socket (`admin.listen`, default `127.0.0.1:9090`, `null` disables it)
 //! and its own router: nothing here is reachable through the proxy listener, where
@@ -18,13 +19,18 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     body::{Body, full},
-    metrics,
+    metrics::{self, AdminResult},
     proxy::Proxy,
     store::{SessionStore, StoreError, any::AnyStore, timed::TimedStore},
 };
 
+pub mod sessions;
+
 /// Answer one admin request.
 pub async fn handle<B>(req: Request<B>, proxy: &Proxy) -> Response<Body> {
+    if sessions::is_sessions_path(req.uri().path()) {
+        return session_api(&req, proxy).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -59,6 +65,45 @@ pub async fn handle<B>(req: Request<B>, proxy: &Proxy) -> Response<Body> {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+/// The session admin API: token first, then the call.
+async fn session_api<B>(req: &Request<B>, proxy: &Proxy) -> Response<Body> {
+    let settings = proxy.settings();
+    let metrics = proxy.metrics();
+    let Some(token) = &settings.admin_token else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: the session admin API is off (set admin.token)\n".into(),
+        );
+    };
+    if !sessions::authorized(req.headers(), &token.0) {
+        metrics.admin_call(AdminResult::Unauthorized);
+        let mut resp = text(StatusCode::UNAUTHORIZED, "unauthorized\n".into());
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    let path = req.uri().path();
+    let answer = match sessions::parse(req.method(), path, req.uri().query()) {
+        Ok(call) => sessions::run(proxy.store(), metrics, call).await,
+        Err(refused) => {
+            metrics.admin_call(AdminResult::BadRequest);
+            refused
+        }
+    };
+    let mut resp = text(answer.status, answer.body);
+    if answer.json {
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    if answer.status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut()
+            .insert(header::ALLOW, sessions::allowed(path));
+    }
+    resp
 }
 
 /// Is the store usable? For Redis, also which topology and its state (the master in
