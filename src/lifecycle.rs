@@ -24,7 +24,7 @@ pub struct SessionView {
     pub max_age: Option<u64>,
     /// Seconds left to the absolute lifetime.
     pub remaining: u64,
-    /// The loaded session's owner (docs/protocol.md §12).
+    /// The loaded session's owner (docs/protocol.md §11).
     pub owner: Option<Owner>,
 }
 
@@ -162,7 +162,7 @@ fn decide_changes<E>(
         .clone()
         .filter(|_| view.status == SessionStatus::Active);
     // Revoking the current session's own owner destroys it too; later writes then start
-    // a fresh session, as after a Destroy (docs/protocol.md §12).
+    // a fresh session, as after a Destroy (docs/protocol.md §11).
     let revoked_self = active.is_some()
         && view
             .owner

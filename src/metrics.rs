@@ -139,7 +139,7 @@ impl RejectReason {
     }
 }
 
-/// Why sessions were revoked (docs/protocol.md §12).
+/// Why sessions were revoked (docs/protocol.md §11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevokeCause {
     /// `X-Session-Revoke-Owner`.
@@ -446,7 +446,7 @@ impl Metrics {
         );
         registry.register(
             "sessions_revoked",
-            "Sessions destroyed through their owner, by cause (docs/protocol.md §12)",
+            "Sessions destroyed through their owner, by cause (docs/protocol.md §11)",
             family,
         );
         let (family, admin_calls) = labelled(

@@ -1,4 +1,4 @@
-//! The owner logic of the pipeline and the admin API (docs/protocol.md §12), over the
+//! The owner logic of the pipeline and the admin API (docs/protocol.md §11), over the
 //! store's owner-index primitives ([`crate::store::owners`] explains the index).
 //!
 //! What is ordered here, on every engine and topology:

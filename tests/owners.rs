@@ -1,4 +1,4 @@
-//! Owners end to end (docs/protocol.md §12–§13): "log out everywhere", the owner limit,
+//! Owners end to end (docs/protocol.md §11–§12): "log out everywhere", the owner limit,
 //! the session admin API and routes that do not keep a session alive, through the real
 //! proxy, a real upstream and every store engine (memory, Redis standalone, Cluster and
 //! Sentinel, memcached; real servers started by the tests).

@@ -3,8 +3,9 @@
 //   node examples/apps/app.js &
 //   session-sidecar --config sidecar.yaml      # upstream: http://127.0.0.1:8000
 //
-// GET / counts visits; POST /login?user=NAME logs in (new session id); POST /logout logs
-// out with a notice for the next page.
+// GET / counts visits; POST /login?user=NAME logs in (new session id, the session attached
+// to its owner NAME); POST /sign-out-others signs out the user's other devices (e.g. after
+// a password change); POST /logout logs out with a notice for the next page.
 const http = require("http");
 
 http
@@ -16,8 +17,13 @@ http
     if (req.method === "POST" && url.pathname === "/login") {
       const user = url.searchParams.get("user") || "ann";
       set("X-Session-Regenerate", 1);
+      set("X-Session-Owner", user);
       set("X-Session-Set", { user });
       set("X-Session-Flash-Set", { notice: `welcome ${user}` });
+      res.writeHead(303, { Location: "/" }).end();
+    } else if (req.method === "POST" && url.pathname === "/sign-out-others") {
+      set("X-Session-Revoke-Others", 1);
+      set("X-Session-Flash-Set", { notice: "other devices signed out" });
       res.writeHead(303, { Location: "/" }).end();
     } else if (req.method === "POST" && url.pathname === "/logout") {
       set("X-Session-Destroy", 1);

@@ -6,8 +6,9 @@ Run it behind session-sidecar (upstream: http://127.0.0.1:8000):
     python3 examples/apps/app.py &
     session-sidecar --config sidecar.yaml
 
-GET / counts visits; POST /login?user=NAME logs in (new session id); POST /logout logs out
-with a notice for the next page.
+GET / counts visits; POST /login?user=NAME logs in (new session id, the session attached
+to its owner NAME); POST /sign-out-others signs out the user's other devices (e.g. after a
+password change); POST /logout logs out with a notice for the next page.
 """
 import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,8 +46,12 @@ class App(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         if url.path == "/login":
             user = parse_qs(url.query).get("user", ["ann"])[0]
-            self.reply(303, "", [("X-Session-Regenerate", 1), ("X-Session-Set", {"user": user}),
+            self.reply(303, "", [("X-Session-Regenerate", 1), ("X-Session-Owner", user),
+                                 ("X-Session-Set", {"user": user}),
                                  ("X-Session-Flash-Set", {"notice": f"welcome {user}"})])
+        elif url.path == "/sign-out-others":
+            self.reply(303, "", [("X-Session-Revoke-Others", 1),
+                                 ("X-Session-Flash-Set", {"notice": "other devices signed out"})])
         elif url.path == "/logout":
             self.reply(303, "", [("X-Session-Destroy", 1),
                                  ("X-Session-Flash-Set", {"notice": "logged out"})])

@@ -1,6 +1,6 @@
 //! The admin listener (docs/security.md §18): `/healthz` (alive), `/readyz` (store
 //! reachable), `/metrics` (Prometheus text format 0.0.4, see [`crate::metrics`]), and
-//! with `admin.token` the session admin API ([`sessions`], docs/protocol.md §12).
+//! with `admin.token` the session admin API ([`sessions`], docs/protocol.md §11).
 //!
 //! It has its own socket (`admin.listen`, default `127.0.0.1:9090`, `null` disables it)
 //! and its own router: nothing here is reachable through the proxy listener, where

@@ -1,4 +1,4 @@
-//! The session admin API on the admin listener (docs/protocol.md §12):
+//! The session admin API on the admin listener (docs/protocol.md §11):
 //! `GET /sessions?owner=O`, `DELETE /sessions?owner=O`, `DELETE /sessions/{handle}`.
 //!
 //! Off unless `admin.token` is set (then `404` with a hint). Every call needs

@@ -332,7 +332,7 @@ pub struct SessionConfig {
     pub absolute_ttl: Duration,
     #[serde(serialize_with = "ser::size")]
     pub max_size: usize,
-    /// Lazy touch (docs/protocol.md §13): refresh the idle lifetime only when the last
+    /// Lazy touch (docs/protocol.md §12): refresh the idle lifetime only when the last
     /// refresh is older than this; zero refreshes on every request.
     #[serde(serialize_with = "ser::duration")]
     pub touch_after: Duration,
@@ -352,7 +352,7 @@ pub const DEFAULT_ABSOLUTE_TTL: Duration = Duration::from_secs(30 * 86_400);
 /// `session.max_size` when absent.
 pub const DEFAULT_SESSION_MAX_SIZE: usize = 8 * 1024;
 /// Largest `session.max_per_owner`: beyond it an owner's index is no longer bounded by
-/// what one store call handles (docs/protocol.md §12).
+/// what one store call handles (docs/protocol.md §11).
 pub const MAX_PER_OWNER: u32 = 10_000;
 /// The range of `session.max_size`.
 pub const SESSION_MAX_SIZE_RANGE: (u64, u64) = (64, 1024 * 1024);
@@ -502,7 +502,7 @@ impl Default for Limits {
 pub struct AdminConfig {
     /// `None` when `admin.listen: null`.
     pub listen: Option<SocketAddr>,
-    /// The session admin API's bearer token (docs/protocol.md §12); the API is off
+    /// The session admin API's bearer token (docs/protocol.md §11); the API is off
     /// without one.
     pub token: Option<Secret>,
 }

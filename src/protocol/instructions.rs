@@ -201,7 +201,7 @@ pub struct ChangeSet {
     pub destroy: bool,
     pub regenerate: bool,
     /// `X-Session-Revoke-Owner`: owners (field literals) whose every session is to be
-    /// destroyed, in order (docs/protocol.md §12).
+    /// destroyed, in order (docs/protocol.md §11).
     pub revoke_owners: Vec<String>,
     /// `X-Session-Revoke-Others`: destroy the current owner's other sessions.
     pub revoke_others: bool,
@@ -230,7 +230,7 @@ impl ChangeSet {
     }
 
     /// Something that creates a session when there is none (attaching an owner does,
-    /// docs/protocol.md §12; detaching does not).
+    /// docs/protocol.md §11; detaching does not).
     pub fn writes(&self) -> bool {
         !self.ops.is_empty() || self.max_age.is_some() || matches!(self.owner, Some(Some(_)))
     }

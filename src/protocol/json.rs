@@ -128,7 +128,7 @@ pub(super) fn parse_key_array(bytes: &[u8]) -> Result<Vec<String>, String> {
     })
 }
 
-/// Longest owner id, in UTF-8 bytes (docs/protocol.md §12).
+/// Longest owner id, in UTF-8 bytes (docs/protocol.md §11).
 pub const MAX_OWNER_LEN: usize = 256;
 
 /// `X-Session-Owner` (`nullable`: `null` detaches) and `X-Session-Revoke-Owner`: a JSON

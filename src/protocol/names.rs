@@ -131,7 +131,7 @@ impl ReservedPrefix {
         &self.id
     }
 
-    /// `x-session-owner`: the loaded session's owner (docs/protocol.md §12).
+    /// `x-session-owner`: the loaded session's owner (docs/protocol.md §11).
     pub fn owner(&self) -> &HeaderName {
         &self.owner
     }

@@ -24,6 +24,9 @@ pub struct AccessLine<'a> {
     pub request_id: String,
     /// Filled in by the pipeline as it learns it.
     pub session: SessionStatus,
+    /// The loaded session's owner as logged: a pseudonym (the first 12 characters of the
+    /// owner's index key) unless `log.owner: true` (docs/configuration.md).
+    pub owner: Option<String>,
     status: Option<StatusCode>,
 }
 
@@ -37,6 +40,7 @@ impl<'a> AccessLine<'a> {
             version: req.version(),
             request_id,
             session: SessionStatus::None,
+            owner: None,
             status: None,
         }
     }
@@ -62,6 +66,7 @@ impl Drop for AccessLine<'_> {
             status = status.as_u16(),
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             session = self.session.as_str(),
+            owner = self.owner.as_deref(),
             request_id = %self.request_id,
             protocol = protocol_name(self.version),
         );

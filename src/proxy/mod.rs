@@ -66,6 +66,8 @@ pub struct Settings {
     pub max_per_owner: Option<u32>,
     /// `session.record_client`.
     pub record_client: bool,
+    /// `log.owner`: owner ids in clear in the access log.
+    pub log_owner: bool,
     /// `admin.token`: the session admin API's bearer token (reloaded with the rest).
     pub admin_token: Option<crate::config::Secret>,
 }
@@ -110,6 +112,7 @@ impl Settings {
             max_per_owner: config.session.max_per_owner,
             record_client: config.session.record_client,
             admin_token: config.admin.token.clone(),
+            log_owner: config.log.owner,
         })
     }
 
@@ -178,6 +181,17 @@ impl<B> Inbound<B> {
         self.session
             .as_ref()
             .map_or(SessionStatus::None, |s| s.view.status)
+    }
+
+    /// The access log's `owner` field (docs/configuration.md#admin-and-logging): the
+    /// owner in clear with `log.owner: true`, else a pseudonym that correlates lines.
+    fn owner_for_log(&self, clear: bool) -> Option<String> {
+        let owner = self.session.as_ref()?.view.owner.as_ref()?;
+        Some(if clear {
+            owner.literal().to_owned()
+        } else {
+            owner.key().as_str().chars().take(12).collect()
+        })
     }
 }
 
@@ -265,6 +279,7 @@ impl Proxy {
         let result = match self.receive(&settings, req, conn, &line.request_id).await {
             Ok(inbound) => {
                 line.session = inbound.session_status();
+                line.owner = inbound.owner_for_log(settings.log_owner);
                 self.process(&settings, inbound, conn, &line.request_id)
                     .await
             }

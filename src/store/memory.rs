@@ -33,7 +33,7 @@ struct Inner {
     /// (expiry, store key), ordered by expiry: expired entries and eviction victims are
     /// found at the front without scanning the map.
     by_expiry: BTreeSet<(Instant, String)>,
-    /// Owner indexes (docs/protocol.md §12).
+    /// Owner indexes (docs/protocol.md §11).
     owners: HashMap<OwnerKey, OwnerIndex>,
     /// (latest bound, owner): an index whose latest bound passed is dropped whole.
     owners_by_expiry: BTreeSet<(Instant, OwnerKey)>,

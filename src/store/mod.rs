@@ -38,11 +38,11 @@ pub struct Lifetimes {
     /// Largest encoded `X-Session` (and `X-Session-Flash`) value in bytes.
     pub max_size: usize,
     /// A load refreshes the idle lifetime only when the last refresh is at least this
-    /// old (`session.touch_after`; zero: every load). docs/protocol.md §13.
+    /// old (`session.touch_after`; zero: every load). docs/protocol.md §12.
     pub touch_after: Duration,
 }
 
-/// Whether a load may extend the session's idle lifetime (docs/protocol.md §13).
+/// Whether a load may extend the session's idle lifetime (docs/protocol.md §12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Touch {
     /// Refresh it, when the last refresh is older than `session.touch_after`.
@@ -67,7 +67,7 @@ pub struct LoadedSession {
     /// can use it (memcached); `None` from the others. Handed back unchanged with the
     /// same request's write ([`WritePlan::revision`]).
     pub revision: Option<Revision>,
-    /// The session's owner (docs/protocol.md §12).
+    /// The session's owner (docs/protocol.md §11).
     pub owner: Option<Owner>,
     /// Owned sessions only: this load's refresh came close to the session's index bound
     /// ([`owners::index_due`]); the new bound, in ms from now, that the pipeline is to

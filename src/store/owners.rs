@@ -1,4 +1,4 @@
-//! Owners (docs/protocol.md §12): the per-owner index every engine keeps, and the
+//! Owners (docs/protocol.md §11): the per-owner index every engine keeps, and the
 //! orchestration of attach, revoke, limit and listing over it.
 //!
 //! The index is a set of session store keys per owner, each with a *bound*: a time
@@ -31,7 +31,7 @@ pub fn with_margin(bound_ms: u64) -> u64 {
 }
 
 /// Largest number of entries one owner's index answers with: revocation and listing
-/// read at most this many (docs/protocol.md §12).
+/// read at most this many (docs/protocol.md §11).
 pub const MAX_INDEX_ENTRIES: usize = 10_000;
 
 /// An owner as stored: the JSON string literal of the app's owner id (quotes included,
@@ -74,7 +74,7 @@ impl OwnerKey {
     }
 }
 
-/// A session handle (docs/protocol.md §12): base64url(SHA-256(session id)), which is
+/// A session handle (docs/protocol.md §11): base64url(SHA-256(session id)), which is
 /// also the session's store key. Identifies a session without being a credential.
 pub fn is_handle(text: &str) -> bool {
     text.len() == 43

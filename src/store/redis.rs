@@ -734,7 +734,7 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
     }))
 }
 
-// Placeholder while owners are built on this engine (docs/protocol.md §12).
+// Placeholder while owners are built on this engine (docs/protocol.md §11).
 fn not_built() -> StoreError {
     StoreError::Unavailable("owners are not built on this engine yet".into())
 }

@@ -1,4 +1,4 @@
-//! The owner and touch cases of the shared behavioural suite (docs/protocol.md §12–§13),
+//! The owner and touch cases of the shared behavioural suite (docs/protocol.md §11–§12),
 //! generic over the engine: the store primitives the pipeline's owner logic is built on.
 //! The end-to-end behaviour (revoke through a response, limits, the admin API) is in
 //! tests/owners.rs.

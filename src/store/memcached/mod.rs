@@ -485,7 +485,7 @@ fn flash_read(reply: Reply) -> Result<FlashRead, StoreError> {
     }
 }
 
-// Placeholder while owners are built on this engine (docs/protocol.md §12).
+// Placeholder while owners are built on this engine (docs/protocol.md §11).
 fn not_built() -> StoreError {
     StoreError::Unavailable("owners are not built on this engine yet".into())
 }
