@@ -746,10 +746,7 @@ impl SessionStore for RedisStore {
             .arg("M")
             .arg(MAX_INDEX_ENTRIES);
         let reply = self.run(&inv).await.map_err(|e| self.store_error(e))?;
-        as_array(reply)?
-            .iter()
-            .map(|v| text(Some(v)))
-            .collect()
+        as_array(reply)?.iter().map(|v| text(Some(v))).collect()
     }
 
     async fn index_remove(&self, owner: &OwnerKey, members: &[String]) -> Result<(), StoreError> {
@@ -1002,13 +999,11 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
         t => Some(number(t, "max_age")?),
     };
     let remaining = number(parts.next(), "remaining lifetime")?;
-    let data_len = usize::try_from(number(parts.next(), "load reply")?)
-        .map_err(|_| corrupt("load reply"))?;
+    let data_len =
+        usize::try_from(number(parts.next(), "load reply")?).map_err(|_| corrupt("load reply"))?;
     let owner_len = match parts.next() {
         Some("-") => None,
-        t => Some(
-            usize::try_from(number(t, "load reply")?).map_err(|_| corrupt("load reply"))?,
-        ),
+        t => Some(usize::try_from(number(t, "load reply")?).map_err(|_| corrupt("load reply"))?),
     };
     let check = match parts.next() {
         Some("-") => None,
@@ -1051,9 +1046,8 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
         remaining,
         revision: None,
         owner,
-        index_due: check.and_then(|[now, idle, bound, deadline]| {
-            index_due(now, idle, bound, deadline)
-        }),
+        index_due: check
+            .and_then(|[now, idle, bound, deadline]| index_due(now, idle, bound, deadline)),
     }))
 }
 
@@ -1072,11 +1066,10 @@ mod tests {
     #[test]
     fn load_replies_decode() {
         assert_eq!(decode_load_reply(b"N").unwrap(), None);
-        let found = decode_load_reply(
-            b"F 600 2591999 17 - -\n6:\"user\",5:\"ann\",5:\"msg\",4:\"hi\",",
-        )
-        .unwrap()
-        .expect("found");
+        let found =
+            decode_load_reply(b"F 600 2591999 17 - -\n6:\"user\",5:\"ann\",5:\"msg\",4:\"hi\",")
+                .unwrap()
+                .expect("found");
         assert_eq!(found.data, fields(&[("\"user\"", "\"ann\"")]));
         assert_eq!(found.flash, fields(&[("\"msg\"", "\"hi\"")]));
         assert_eq!((found.max_age, found.remaining), (Some(600), 2_591_999));
@@ -1092,7 +1085,10 @@ mod tests {
         let kept = decode_load_reply(b"F - 9 10 11 -\n\"ann smith\"3:\"a\",1:1,")
             .unwrap()
             .expect("found");
-        assert_eq!(kept.owner, Some(Owner::from_literal("\"ann smith\"".into())));
+        assert_eq!(
+            kept.owner,
+            Some(Owner::from_literal("\"ann smith\"".into()))
+        );
         assert_eq!(kept.data, fields(&[("\"a\"", "1")]));
         assert_eq!(kept.index_due, None);
         // Refreshed, far from its bound (owners::index_due: not due).
