@@ -20,20 +20,26 @@ local db_notifications = tonumber(ARGV[2])
 local absolute_ms = tonumber(ARGV[3])
 local mode = ARGV[4]
 
--- Select both dbs before anything is written (see apply.lua).
-use_db(db_notifications)
-use_db(db_sessions)
-
 if mode == 'X' then
-  local n = 0
+  -- Select both dbs before anything is deleted (see apply.lua), then one DEL per db
+  -- (a call names at most a few hundred sessions: unpack() stays far from Lua's limit).
+  use_db(db_notifications)
+  use_db(db_sessions)
+  local data, flash = {}, {}
   for i = 1, #KEYS, 2 do
-    use_db(db_sessions)
-    n = n + redis.call('DEL', KEYS[i])
-    use_db(db_notifications)
-    redis.call('DEL', KEYS[i + 1])
+    data[#data + 1] = KEYS[i]
+    flash[#flash + 1] = KEYS[i + 1]
   end
+  if #data == 0 then
+    return 0
+  end
+  local n = redis.call('DEL', unpack(data))
+  use_db(db_notifications)
+  redis.call('DEL', unpack(flash))
   return n
 end
+
+use_db(db_sessions)
 
 local now = now_ms()
 
