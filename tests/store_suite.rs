@@ -1032,8 +1032,10 @@ mod redis_only {
         let hash = db_s.hgetall(&data_key);
         assert_eq!(
             hash.keys().cloned().collect::<Vec<_>>(),
-            vec!["\"n\"", "\"user\"", "created", "max_age"]
+            vec!["\"n\"", "\"user\"", "created", "max_age", "seen"]
         );
+        // A creation is its first refresh.
+        assert_eq!(hash["seen"], hash["created"]);
         assert_eq!(hash["\"user\""], "\"ann\"");
         assert_eq!(hash["\"n\""], "2");
         assert_eq!(hash["max_age"], "600");
@@ -1327,6 +1329,187 @@ mod redis_only {
             .get(&f("n"))
             .map_or(0, |v| v.parse().expect("integer"));
         assert!((0..=3).contains(&n), "n = {n}");
+    }
+
+    fn owner(name: &str) -> session_sidecar::store::Owner {
+        session_sidecar::store::Owner::from_literal(format!("\"{name}\""))
+    }
+
+    /// Create a session attached to `o` as the pipeline does: index first, then the
+    /// session, with the same bound.
+    async fn create_owned<S: SessionStore>(
+        s: &S,
+        o: &session_sidecar::store::Owner,
+        bound_ms: u64,
+    ) -> SessionId {
+        let id = new_id();
+        s.index_add(&o.key(), &id.store_key(), bound_ms)
+            .await
+            .expect("index_add");
+        let p = WritePlan {
+            owner: session_sidecar::store::OwnerChange::Attach {
+                owner: o.clone(),
+                bound_ms,
+            },
+            client: Some(session_sidecar::store::ClientInfo::new(
+                "192.0.2.1".into(),
+                b"test-agent",
+            )),
+            ..plan(
+                Target::Create(id.clone()),
+                vec![set("a", "1"), flash("f", "1")],
+            )
+        };
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        id
+    }
+
+    #[tokio::test]
+    async fn an_owner_index_is_gone_once_its_bound_passed_and_its_session_expired() {
+        let server = RedisServer::start();
+        let l = Lifetimes {
+            ttl: Duration::from_secs(1),
+            ..lifetimes()
+        };
+        let s = store(server.port(), 2, 3, l);
+        let o = owner("ivy");
+        let bound = session_sidecar::store::owners::bound_for(1000, 3_600_000);
+        let id = create_owned(&s, &o, bound).await;
+        let index_key = format!("test:{{o.{}}}", o.key().as_str());
+        let mut db_s = server.client(2);
+        // The index is a sorted set in db_sessions, expiring with its latest bound:
+        // the session's bound plus the margin.
+        assert_eq!(db_s.cmd::<String>(&["TYPE", &index_key]), "zset");
+        let members: Vec<String> = db_s.cmd(&["ZRANGE", &index_key, "0", "-1"]);
+        assert_eq!(members, vec![id.store_key()]);
+        let ttl = db_s.pttl(&index_key);
+        let margin = session_sidecar::store::owners::with_margin(bound) as i64;
+        assert!(ttl > 0 && ttl <= margin, "{ttl}");
+        // The session expires with its idle lifetime, before its bound.
+        let session_ttl = db_s.pttl(&format!("test:{{{}}}", id.store_key()));
+        assert!(session_ttl > 0 && session_ttl <= 1000, "{session_ttl}");
+        tokio::time::sleep(Duration::from_millis(margin as u64 + 300)).await;
+        assert_eq!(load(&s, &id).await, None);
+        assert!(!db_s.exists(&index_key), "the index outlived its bound");
+        for db in [0, 1, 2, 3] {
+            assert!(
+                server.client(db).keys("*").is_empty(),
+                "db {db}: {:?}",
+                server.client(db).keys("*")
+            );
+        }
+        assert!(s.index_members(&o.key()).await.expect("members").is_empty());
+    }
+
+    #[tokio::test]
+    async fn no_key_names_an_owner_or_a_session_id() {
+        let server = RedisServer::start();
+        let s = store(server.port(), 0, 1, lifetimes());
+        let name = "alice.secret@example.com";
+        let o = owner(name);
+        let first = create_owned(&s, &o, 90_000).await;
+        // Regenerate, load, extend the bound: every key the engine writes.
+        let to = new_id();
+        let p = plan(
+            Target::Move {
+                from: first.clone(),
+                to: to.clone(),
+            },
+            vec![Op::Incr(f("n"), 1)],
+        );
+        assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
+        s.index_add(&o.key(), &to.store_key(), 90_000)
+            .await
+            .expect("index_add");
+        assert!(load(&s, &to).await.is_some());
+        assert!(
+            s.extend_bound(&to.store_key(), 90_000)
+                .await
+                .expect("extend")
+        );
+        let mut keys = Vec::new();
+        for db in [0, 1] {
+            keys.extend(server.client(db).keys("*"));
+        }
+        assert!(keys.len() >= 2, "{keys:?}");
+        let index_key = format!("test:{{o.{}}}", o.key().as_str());
+        assert!(keys.contains(&index_key), "{keys:?}");
+        for key in &keys {
+            assert!(key.starts_with("test:{"), "{key}");
+            for clear in [name, "alice", first.as_str(), to.as_str()] {
+                assert!(!key.contains(clear), "{key} shows {clear}");
+            }
+        }
+        // The index holds store keys, never ids.
+        let members: Vec<String> = server.client(0).cmd(&["ZRANGE", &index_key, "0", "-1"]);
+        assert_eq!(
+            sorted(members),
+            sorted(vec![first.store_key(), to.store_key()])
+        );
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn a_session_written_before_owners_still_loads() {
+        let server = RedisServer::start();
+        let s = store(server.port(), 0, 1, lifetimes());
+        let mut db_s = server.client(0);
+        let time: Vec<String> = db_s.cmd(&["TIME"]);
+        let now_ms: u64 = time[0].parse::<u64>().expect("seconds") * 1000
+            + time[1].parse::<u64>().expect("µs") / 1000;
+        let created = (now_ms - 5_000).to_string();
+        // The layout before owners and touch: `created` (and `max_age`), no `seen`,
+        // `owner`, `bound`, `ip` or `ua`.
+        let (old, kept) = (new_id(), new_id());
+        for id in [&old, &kept] {
+            let key = format!("test:{{{}}}", id.store_key());
+            db_s.cmd::<i64>(&["HSET", &key, "created", &created, "\"a\"", "1"]);
+            db_s.cmd::<i64>(&["PEXPIRE", &key, "5000"]);
+        }
+        // A no-touch load reads it and writes nothing.
+        let got = s
+            .load_touch(&kept, session_sidecar::store::Touch::Keep)
+            .await
+            .expect("load")
+            .expect("live");
+        assert_eq!(got.data, fields(&[("a", "1")]));
+        let kept_key = format!("test:{{{}}}", kept.store_key());
+        assert!(!db_s.hgetall(&kept_key).contains_key("seen"));
+        assert!(db_s.pttl(&kept_key) <= 5000);
+        // A refreshing load is due (no `seen`): it refreshes and records the refresh.
+        let got = load(&s, &old).await.expect("live");
+        assert_eq!(got.data, fields(&[("a", "1")]));
+        assert_eq!((got.owner, got.index_due, got.max_age), (None, None, None));
+        let key = format!("test:{{{}}}", old.store_key());
+        let hash = db_s.hgetall(&key);
+        let seen: u64 = hash["seen"].parse().expect("unix ms");
+        assert!(seen >= now_ms, "{seen} < {now_ms}");
+        let ttl = db_s.pttl(&key);
+        assert!(ttl > 55_000 && ttl <= 60_000, "{ttl}");
+        // The admin view and writes work on it too.
+        let info = s
+            .session_info(&[old.store_key(), kept.store_key()])
+            .await
+            .expect("session_info");
+        let (a, b) = (
+            info[0].as_ref().expect("live"),
+            info[1].as_ref().expect("live"),
+        );
+        assert_eq!(a.created, (now_ms - 5_000) / 1000);
+        assert_eq!(a.last_seen, seen / 1000);
+        // Never refreshed since the upgrade: last seen at its creation.
+        assert_eq!(b.last_seen, b.created);
+        assert_eq!((a.owner.clone(), a.client.clone()), (None, None));
+        let p = plan(Target::Existing(old.clone()), vec![Op::Incr(f("a"), 1)]);
+        assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
+        assert_eq!(
+            load(&s, &old).await.expect("live").data,
+            fields(&[("a", "2")])
+        );
     }
 }
 

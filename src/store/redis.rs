@@ -11,9 +11,24 @@
 //! | `<p>{<sk>}:flash` | `db_notifications` | hash | pending flash (notifications) |
 //! | `<p>{<sk>}:tmp` | `db_sessions` | string | scratch for exact `Incr`; exists only while a script runs |
 //! | `<p>{<sk>}:w:<token>` | `db_sessions` | string or hash | write token: this write was applied (see below) |
+//! | `<p>{o.<ok>}` | `db_sessions` | sorted set | an owner's index (see below) |
 //!
 //! The literal braces around the store key are a Redis Cluster hash tag: every key of one
 //! session hashes to the same slot, so one script may touch them all.
+//!
+//! # Owner indexes
+//!
+//! For an owner (docs/protocol.md §11) let `ok = owner.key()` (base64url of SHA-256 of
+//! its literal: no key names an owner). Its index `<p>{o.<ok>}` is a sorted set: member
+//! = a session's store key `sk`, score = the entry's bound (unix ms, the Redis clock).
+//! `{o.<ok>}` is its own hash tag (`.` is not in base64url, so it never equals a
+//! session's): on a cluster the index lives in its own slot, and every index script
+//! (`redis/index.lua`) touches only the index key. Adding an entry drops those whose
+//! bound passed, keeps the later of two bounds (`ZADD GT`, Redis 6.2 or newer) and sets
+//! the key to expire at its latest score (`PEXPIREAT`); removing the last member deletes
+//! it. Calls on sessions by store key (destroy, show, extend the bound:
+//! `redis/sessions.lua`) name one session per call on a cluster, many elsewhere. The
+//! order between the index and the session writes is [`super::owners`]'.
 //!
 //! # Write tokens: a resent write is applied once
 //!
@@ -43,17 +58,25 @@
 //! - `created`: creation time in unix milliseconds, by the Redis server's clock
 //!   (`TIME`): many sidecars share one store, so the store's clock is the one clock;
 //! - `max_age`: the per-session idle lifetime in seconds (`X-Session-Max-Age`); absent
-//!   by default, and then `session.ttl` applies.
+//!   by default, and then `session.ttl` applies;
+//! - `seen`: the last refresh of the idle lifetime in unix ms (Redis clock), for
+//!   `session.touch_after` and the admin API's `last_seen`; a session written before it
+//!   existed has none, and its next load refreshes;
+//! - `owner`: the owner's JSON string literal, and `bound`: the owned session's bound in
+//!   unix ms (Redis clock), which its TTL never passes (see [`super::owners`]); both
+//!   absent on an unowned session;
+//! - `ip`, `ua`: the client record (`session.record_client`), written at creation only.
 //!
 //! Every key always carries a TTL = min(idle lifetime, time left to `absolute_ttl` since
-//! `created`); nothing is ever left without an expiry. A session always has `created`,
+//! `created`, time left to `bound`); nothing is ever left without an expiry. A session always has `created`,
 //! so its data hash exists for as long as the session does, even with no user keys.
 //!
 //! # Round trips
 //!
 //! A load is one Lua script (`redis/load.lua`): read the data, check the absolute
-//! lifetime, refresh the TTL, and read-and-delete the flash atomically (delivered exactly
-//! once). A write is one Lua script (`redis/apply.lua`) that computes and validates the
+//! lifetime, refresh the TTL and `seen` (unless the route does not touch, or the last
+//! refresh is more recent than `session.touch_after`), and read-and-delete the flash
+//! atomically (delivered exactly once). A write is one Lua script (`redis/apply.lua`) that computes and validates the
 //! new state first and writes only when it is valid, because Redis does not roll back a
 //! script that fails halfway. Scripts are sent with EVALSHA ([`redis::Script`] falls back
 //! to loading the script on `NOSCRIPT`).
@@ -86,8 +109,10 @@ use redis::{
 };
 
 use super::{
-    ApplyError, Lifetimes, LoadedSession, OwnerKey, SessionInfo, SessionStore, StoreError, Target,
-    Touch, WriteOutcome, WritePlan, pairs::decode_pairs,
+    ApplyError, ClientInfo, Lifetimes, LoadedSession, Owner, OwnerChange, OwnerKey, SessionInfo,
+    SessionStore, StoreError, Target, Touch, WriteOutcome, WritePlan,
+    owners::{MAX_INDEX_ENTRIES, index_due, is_handle, with_margin},
+    pairs::decode_pairs,
 };
 use crate::{
     config::{RedisOptions, RedisTopology},
@@ -109,7 +134,20 @@ const APPLY_LUA: &str = concat!(
     include_str!("redis/common.lua"),
     include_str!("redis/apply.lua")
 );
+const INDEX_LUA: &str = concat!(
+    include_str!("redis/common.lua"),
+    include_str!("redis/index.lua")
+);
+const SESSIONS_LUA: &str = concat!(
+    include_str!("redis/common.lua"),
+    include_str!("redis/sessions.lua")
+);
 const CHECK_DBS_LUA: &str = include_str!("redis/check_dbs.lua");
+
+/// Sessions per call of `redis/sessions.lua` off a cluster (a cluster: one), and calls
+/// in flight at once: a long list is a few short scripts, never one that blocks Redis.
+const SESSIONS_PER_CALL: usize = 256;
+const CALLS_IN_FLIGHT: usize = 32;
 
 /// The shortest life of a write token (see the module docs): a resent call arrives
 /// within `store.timeout` of the first (the call is abandoned after it), so a token
@@ -125,6 +163,8 @@ pub struct RedisStore {
     lifetimes: Lifetimes,
     load_script: Script,
     apply_script: Script,
+    index_script: Script,
+    sessions_script: Script,
     check_script: Script,
     /// Write tokens: a random per-process prefix and a counter (unique across
     /// sidecars sharing the store with overwhelming probability).
@@ -164,15 +204,15 @@ mod mode {
     /// Read and delete a session, returning its state (the first half of a move on a
     /// cluster, where the two ids live in different slots).
     pub const TAKE: &str = "T";
-    /// Create a session from a given state (`created`, `max_age`, fields): the second
-    /// half of a move on a cluster, or putting a taken session back.
+    /// Create a session from a given state (meta fields, data, flash): the second half
+    /// of a move on a cluster, or putting a taken session back.
     pub const IMPORT: &str = "I";
 }
 
 /// A session read and deleted by [`mode::TAKE`].
 struct Taken {
-    created: String,
-    max_age: Option<String>,
+    /// Its meta fields as netstring pairs, opaque here: handed back to [`mode::IMPORT`].
+    meta: Vec<u8>,
     data: super::FieldMap,
     flash: super::FieldMap,
 }
@@ -298,6 +338,8 @@ impl RedisStore {
             lifetimes,
             load_script: Script::new(LOAD_LUA),
             apply_script: Script::new(APPLY_LUA),
+            index_script: Script::new(INDEX_LUA),
+            sessions_script: Script::new(SESSIONS_LUA),
             check_script: Script::new(CHECK_DBS_LUA),
             token_prefix: u64::from_le_bytes(prefix),
             token_counter: AtomicU64::new(0),
@@ -373,13 +415,23 @@ impl RedisStore {
     }
 
     fn keys(&self, id: &SessionId) -> SessionKeys {
-        let base = format!("{}{{{}}}", self.key_prefix, id.store_key());
+        self.keys_of(&id.store_key())
+    }
+
+    /// The keys of the session with store key `sk`.
+    fn keys_of(&self, sk: &str) -> SessionKeys {
+        let base = format!("{}{{{sk}}}", self.key_prefix);
         SessionKeys {
             flash: format!("{base}:flash"),
             scratch: format!("{base}:tmp"),
             token: format!("{base}:w:"),
             data: base,
         }
+    }
+
+    /// The key of an owner's index (see the module docs).
+    fn index_key(&self, owner: &OwnerKey) -> String {
+        format!("{}{{o.{}}}", self.key_prefix, owner.as_str())
     }
 
     /// A fresh write token (see the module docs).
@@ -411,7 +463,8 @@ impl RedisStore {
     }
 
     /// One apply-script call: `mode` on `target` (with `source` where the mode reads
-    /// another session), `created` for [`mode::IMPORT`], then `ops`.
+    /// another session), the owner change, the client record (creating modes), the
+    /// taken state for [`mode::IMPORT`], then `ops`.
     #[allow(clippy::too_many_arguments)]
     async fn apply_script(
         &self,
@@ -419,7 +472,8 @@ impl RedisStore {
         target: &SessionKeys,
         source: Option<&SessionKeys>,
         max_age: Option<&str>,
-        created: Option<&str>,
+        owner: &OwnerChange,
+        client: Option<&ClientInfo>,
         prefill: Option<&Taken>,
         ops: &[Op],
     ) -> Result<Vec<Value>, StoreError> {
@@ -439,9 +493,20 @@ impl RedisStore {
             .arg(millis(self.lifetimes.absolute_ttl))
             .arg(self.lifetimes.max_size)
             .arg(max_age.unwrap_or_default())
-            .arg(millis(self.token_ttl))
-            .arg(created.unwrap_or_default());
+            .arg(millis(self.token_ttl));
+        match owner {
+            OwnerChange::Keep => inv.arg("").arg("").arg(""),
+            OwnerChange::Attach { owner, bound_ms } => {
+                inv.arg("A").arg(owner.literal()).arg(bound_ms.to_string())
+            }
+            OwnerChange::Detach => inv.arg("D").arg("").arg(""),
+        };
+        match client {
+            Some(c) => inv.arg("1").arg(&c.ip).arg(&c.user_agent),
+            None => inv.arg("").arg("").arg(""),
+        };
         if let Some(taken) = prefill {
+            inv.arg(taken.meta.as_slice());
             for (field, value) in &taken.data {
                 inv.arg("S").arg(field).arg(value);
             }
@@ -495,25 +560,24 @@ impl RedisStore {
         plan: &WritePlan,
     ) -> Result<WriteOutcome, StoreError> {
         let old = self.keys(from);
+        let keep = OwnerChange::Keep;
         let reply = self
-            .apply_script(mode::TAKE, &old, None, None, None, None, &[])
+            .apply_script(mode::TAKE, &old, None, None, &keep, None, None, &[])
             .await?;
         let Some(taken) = decode_taken(&reply)? else {
             return self.outcome(&reply);
         };
         let new = self.keys(to);
-        let max_age = plan
-            .max_age
-            .map(|s| s.to_string())
-            .or_else(|| taken.max_age.clone());
-        let created = Some(taken.created.as_str());
+        // The taken meta (owner, bound, created, client...) carries max_age too.
+        let max_age = plan.max_age.map(|s| s.to_string());
         let reply = self
             .apply_script(
                 mode::IMPORT,
                 &new,
                 None,
                 max_age.as_deref(),
-                created,
+                &plan.owner,
+                None,
                 Some(&taken),
                 &plan.ops,
             )
@@ -526,8 +590,9 @@ impl RedisStore {
                         mode::IMPORT,
                         &old,
                         None,
-                        taken.max_age.as_deref(),
-                        created,
+                        None,
+                        &keep,
+                        None,
                         Some(&taken),
                         &[],
                     )
@@ -550,8 +615,8 @@ fn display_addr(addr: &redis::ConnectionAddr) -> String {
     }
 }
 
-/// The reply of [`mode::TAKE`]: `{'TAKEN', created, max_age or '', data pairs, flash
-/// pairs}`, or another status (`GONE`, `CORRUPT`) for [`RedisStore::outcome`].
+/// The reply of [`mode::TAKE`]: `{'TAKEN', meta pairs, data pairs, flash pairs}`, or
+/// another status (`GONE`, `CORRUPT`) for [`RedisStore::outcome`].
 fn decode_taken(items: &[Value]) -> Result<Option<Taken>, StoreError> {
     if text(items.first())? != "TAKEN" {
         return Ok(None);
@@ -560,13 +625,10 @@ fn decode_taken(items: &[Value]) -> Result<Option<Taken>, StoreError> {
         Some(Value::BulkString(b)) => Ok(b.as_slice()),
         _ => Err(corrupt("take reply")),
     };
-    let created = text(items.get(1))?;
-    let max_age = Some(text(items.get(2))?).filter(|m| !m.is_empty());
     Ok(Some(Taken {
-        created,
-        max_age,
-        data: decode_pairs(bytes(3)?).map_err(corrupt)?,
-        flash: decode_pairs(bytes(4)?).map_err(corrupt)?,
+        meta: bytes(1)?.to_vec(),
+        data: decode_pairs(bytes(2)?).map_err(corrupt)?,
+        flash: decode_pairs(bytes(3)?).map_err(corrupt)?,
     }))
 }
 
@@ -574,7 +636,7 @@ impl SessionStore for RedisStore {
     async fn load_touch(
         &self,
         id: &SessionId,
-        _touch: Touch,
+        touch: Touch,
     ) -> Result<Option<LoadedSession>, StoreError> {
         let keys = self.keys(id);
         let mut inv = self.load_script.prepare_invoke();
@@ -583,7 +645,9 @@ impl SessionStore for RedisStore {
             .arg(self.db_sessions)
             .arg(self.db_notifications)
             .arg(millis(self.lifetimes.ttl))
-            .arg(millis(self.lifetimes.absolute_ttl));
+            .arg(millis(self.lifetimes.absolute_ttl))
+            .arg(if touch == Touch::Refresh { "1" } else { "" })
+            .arg(millis(self.lifetimes.touch_after));
         let reply = self.run(&inv).await.map_err(|e| self.store_error(e))?;
         match reply {
             Value::BulkString(bytes) => decode_load_reply(&bytes),
@@ -610,7 +674,16 @@ impl SessionStore for RedisStore {
                 let empty = super::FieldMap::new();
                 super::apply_ops(&empty, &empty, &plan.ops, self.lifetimes.max_size)?;
                 let reply = self
-                    .apply_script(mode::DESTROY, &self.keys(old), None, None, None, None, &[])
+                    .apply_script(
+                        mode::DESTROY,
+                        &self.keys(old),
+                        None,
+                        None,
+                        &OwnerChange::Keep,
+                        None,
+                        None,
+                        &[],
+                    )
                     .await?;
                 self.outcome(&reply)?;
                 (mode::CREATE, new, None)
@@ -619,8 +692,23 @@ impl SessionStore for RedisStore {
         };
         let keys = self.keys(target);
         let source = source.map(|id| self.keys(id));
+        // The client record is for a session this write creates.
+        let client = if matches!(mode, mode::CREATE | mode::DESTROY_THEN_CREATE) {
+            plan.client.as_ref()
+        } else {
+            None
+        };
         let reply = self
-            .apply_script(mode, &keys, source.as_ref(), max_age, None, None, &plan.ops)
+            .apply_script(
+                mode,
+                &keys,
+                source.as_ref(),
+                max_age,
+                &plan.owner,
+                client,
+                None,
+                &plan.ops,
+            )
             .await?;
         self.outcome(&reply)
     }
@@ -629,34 +717,232 @@ impl SessionStore for RedisStore {
         self.describe().await.map(|_| ())
     }
 
+    // Resends (connector.rs: once, on connection trouble) are safe for every owner
+    // primitive: index_add keeps the later bound (a resend's later `now` moves it by
+    // the resend's delay, well within the index margin), extend_bound keeps the later
+    // bound likewise, index_remove and destroy_keys delete what is still there (a resent
+    // destroy counts only what the first send left), and the others only read.
+
     async fn index_add(
         &self,
-        _owner: &OwnerKey,
-        _member: &str,
-        _bound_ms: u64,
+        owner: &OwnerKey,
+        member: &str,
+        bound_ms: u64,
     ) -> Result<(), StoreError> {
-        Err(not_built())
+        let mut inv = self.index_script.prepare_invoke();
+        inv.key(self.index_key(owner))
+            .arg(self.db_sessions)
+            .arg("A")
+            .arg(member)
+            .arg(with_margin(bound_ms).to_string());
+        self.run(&inv).await.map_err(|e| self.store_error(e))?;
+        Ok(())
     }
 
-    async fn index_members(&self, _owner: &OwnerKey) -> Result<Vec<String>, StoreError> {
-        Err(not_built())
+    async fn index_members(&self, owner: &OwnerKey) -> Result<Vec<String>, StoreError> {
+        let mut inv = self.index_script.prepare_invoke();
+        inv.key(self.index_key(owner))
+            .arg(self.db_sessions)
+            .arg("M")
+            .arg(MAX_INDEX_ENTRIES);
+        let reply = self.run(&inv).await.map_err(|e| self.store_error(e))?;
+        as_array(reply)?.iter().map(|v| text(Some(v))).collect()
     }
 
-    async fn index_remove(&self, _owner: &OwnerKey, _members: &[String]) -> Result<(), StoreError> {
-        Err(not_built())
+    async fn index_remove(&self, owner: &OwnerKey, members: &[String]) -> Result<(), StoreError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.index_script.prepare_invoke();
+        inv.key(self.index_key(owner))
+            .arg(self.db_sessions)
+            .arg("R");
+        for m in members {
+            inv.arg(m);
+        }
+        self.run(&inv).await.map_err(|e| self.store_error(e))?;
+        Ok(())
     }
 
-    async fn destroy_keys(&self, _keys: &[String]) -> Result<u64, StoreError> {
-        Err(not_built())
+    async fn destroy_keys(&self, keys: &[String]) -> Result<u64, StoreError> {
+        let replies = self
+            .per_sessions(keys, "X", true, |reply| match reply {
+                Value::Int(n) => u64::try_from(n).map_err(|_| corrupt("destroy reply")),
+                _ => Err(corrupt("destroy reply")),
+            })
+            .await?;
+        Ok(replies.into_iter().sum())
     }
 
-    async fn session_info(&self, _keys: &[String]) -> Result<Vec<Option<SessionInfo>>, StoreError> {
-        Err(not_built())
+    async fn session_info(&self, keys: &[String]) -> Result<Vec<Option<SessionInfo>>, StoreError> {
+        let chunks: Vec<Vec<Option<Shown>>> = self
+            .per_sessions(keys, "S", false, |reply| match reply {
+                Value::Array(items) => items.iter().map(decode_info).collect(),
+                _ => Err(corrupt("session meta fields")),
+            })
+            .await?;
+        // Keys that are no store key answer None, in their place.
+        let mut found = chunks.into_iter().flatten();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(if is_handle(key) {
+                found
+                    .next()
+                    .ok_or_else(|| corrupt("show reply"))?
+                    .map(|shown| shown.into_info(key))
+            } else {
+                None
+            });
+        }
+        Ok(out)
     }
 
-    async fn extend_bound(&self, _key: &str, _bound_ms: u64) -> Result<bool, StoreError> {
-        Err(not_built())
+    async fn extend_bound(&self, key: &str, bound_ms: u64) -> Result<bool, StoreError> {
+        if !is_handle(key) {
+            return Ok(false);
+        }
+        let keys = self.keys_of(key);
+        let mut inv = self.sessions_script.prepare_invoke();
+        inv.key(&keys.data)
+            .arg(self.db_sessions)
+            .arg(self.db_notifications)
+            .arg(millis(self.lifetimes.absolute_ttl))
+            .arg("B")
+            .arg(bound_ms.to_string());
+        match self.run(&inv).await.map_err(|e| self.store_error(e))? {
+            Value::Int(n) => Ok(n == 1),
+            _ => Err(corrupt("session meta fields")),
+        }
     }
+}
+
+impl RedisStore {
+    /// Run `redis/sessions.lua` in `mode` over the sessions with these store keys (the
+    /// data hash of each, and its flash hash `with_flash`): one session per call on a
+    /// cluster, [`SESSIONS_PER_CALL`] elsewhere, [`CALLS_IN_FLIGHT`] calls at once.
+    /// Keys that are no store key are skipped. Replies decoded by `decode`, in order.
+    async fn per_sessions<T>(
+        &self,
+        keys: &[String],
+        mode: &str,
+        with_flash: bool,
+        decode: impl Fn(Value) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let keys: Vec<&String> = keys.iter().filter(|k| is_handle(k)).collect();
+        let per_call = if self.connector.is_cluster() {
+            1
+        } else {
+            SESSIONS_PER_CALL
+        };
+        let call = |chunk: &[&String]| {
+            let mut inv = self.sessions_script.prepare_invoke();
+            for key in chunk {
+                let keys = self.keys_of(key);
+                inv.key(keys.data);
+                if with_flash {
+                    inv.key(keys.flash);
+                }
+            }
+            inv.arg(self.db_sessions)
+                .arg(self.db_notifications)
+                .arg(millis(self.lifetimes.absolute_ttl))
+                .arg(mode);
+            async move { self.run(&inv).await }
+        };
+        let mut out = Vec::new();
+        let chunks: Vec<&[&String]> = keys.chunks(per_call).collect();
+        for wave in chunks.chunks(CALLS_IN_FLIGHT) {
+            for reply in join_all(wave.iter().map(|chunk| call(chunk)).collect()).await {
+                out.push(decode(reply.map_err(|e| self.store_error(e))?)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Run these futures concurrently; their outputs in order. For a few dozen at a time
+/// (every wake-up polls each one still pending).
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *output = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// One live session as `redis/sessions.lua` shows it (times in unix ms).
+#[derive(Debug, PartialEq, Eq)]
+struct Shown {
+    created: u64,
+    seen: u64,
+    expires: u64,
+    owner: Option<Owner>,
+    client: Option<ClientInfo>,
+}
+
+impl Shown {
+    fn into_info(self, key: &str) -> SessionInfo {
+        SessionInfo {
+            handle: key.to_owned(),
+            owner: self.owner,
+            created: self.created / 1000,
+            last_seen: self.seen / 1000,
+            expires: self.expires / 1000,
+            client: self.client,
+        }
+    }
+}
+
+/// One entry of a show reply: `{}` (not live) or `{created, seen, expires, owner or '',
+/// '1' or '', ip, user agent}`.
+fn decode_info(v: &Value) -> Result<Option<Shown>, StoreError> {
+    let Value::Array(items) = v else {
+        return Err(corrupt("session meta fields"));
+    };
+    if items.is_empty() {
+        return Ok(None);
+    }
+    if items.len() != 7 {
+        return Err(corrupt("show reply"));
+    }
+    let number = |i: usize| -> Result<u64, StoreError> {
+        text(items.get(i))?
+            .parse()
+            .map_err(|_| corrupt("session meta fields"))
+    };
+    let owner = Some(text(items.get(3))?)
+        .filter(|o| !o.is_empty())
+        .map(Owner::from_literal);
+    let client = if text(items.get(4))? == "1" {
+        Some(ClientInfo {
+            ip: text(items.get(5))?,
+            user_agent: text(items.get(6))?,
+        })
+    } else {
+        None
+    };
+    Ok(Some(Shown {
+        created: number(0)?,
+        seen: number(1)?,
+        expires: number(2)?,
+        owner,
+        client,
+    }))
 }
 
 /// Milliseconds as the decimal text the scripts read (exact, no float on our side).
@@ -687,8 +973,9 @@ fn text(v: Option<&Value>) -> Result<String, StoreError> {
 }
 
 /// The load script's reply (see `redis/load.lua`): `N`, `C`, or
-/// `F <max_age or -> <seconds left> <data bytes>\n` then data pairs and flash pairs
-/// ([`super::pairs`]).
+/// `F <max_age or -> <seconds left> <data bytes> <owner bytes or -> <bound check or ->\n`
+/// then the owner literal, data pairs and flash pairs ([`super::pairs`]). The bound
+/// check, `<now>,<idle>,<bound>,<deadline>` (ms), is what [`index_due`] decides on.
 fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> {
     match bytes {
         b"N" => return Ok(None),
@@ -704,21 +991,50 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
     if parts.next() != Some("F") {
         return Err(corrupt("load reply"));
     }
+    let number = |t: Option<&str>, what: &str| -> Result<u64, StoreError> {
+        t.and_then(|t| t.parse().ok()).ok_or_else(|| corrupt(what))
+    };
     let max_age = match parts.next() {
         Some("-") => None,
-        Some(t) => Some(t.parse().map_err(|_| corrupt("max_age"))?),
-        None => return Err(corrupt("max_age")),
+        t => Some(number(t, "max_age")?),
     };
-    let remaining = parts
-        .next()
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| corrupt("remaining lifetime"))?;
-    let data_len: usize = parts
-        .next()
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| corrupt("load reply"))?;
+    let remaining = number(parts.next(), "remaining lifetime")?;
+    let data_len =
+        usize::try_from(number(parts.next(), "load reply")?).map_err(|_| corrupt("load reply"))?;
+    let owner_len = match parts.next() {
+        Some("-") => None,
+        t => Some(usize::try_from(number(t, "load reply")?).map_err(|_| corrupt("load reply"))?),
+    };
+    let check = match parts.next() {
+        Some("-") => None,
+        Some(t) => {
+            let mut n = t.split(',');
+            let mut next = || number(n.next(), "bound check");
+            let check = [next()?, next()?, next()?, next()?];
+            if n.next().is_some() {
+                return Err(corrupt("bound check"));
+            }
+            Some(check)
+        }
+        None => return Err(corrupt("load reply")),
+    };
+    if parts.next().is_some() {
+        return Err(corrupt("load reply"));
+    }
     let body = &bytes[newline + 1..];
-    if parts.next().is_some() || data_len > body.len() {
+    let (owner, body) = match owner_len {
+        None => (None, body),
+        Some(n) if n <= body.len() => {
+            let (owner, rest) = body.split_at(n);
+            let owner = std::str::from_utf8(owner).map_err(|_| corrupt("owner"))?;
+            if owner.len() < 2 || !owner.starts_with('"') || !owner.ends_with('"') {
+                return Err(corrupt("owner"));
+            }
+            (Some(Owner::from_literal(owner.to_owned())), rest)
+        }
+        Some(_) => return Err(corrupt("load reply")),
+    };
+    if data_len > body.len() || (check.is_some() && owner.is_none()) {
         return Err(corrupt("load reply"));
     }
     let (data, flash) = body.split_at(data_len);
@@ -729,14 +1045,10 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
         max_age,
         remaining,
         revision: None,
-        owner: None,
-        index_due: None,
+        owner,
+        index_due: check
+            .and_then(|[now, idle, bound, deadline]| index_due(now, idle, bound, deadline)),
     }))
-}
-
-// Placeholder while owners are built on this engine (docs/protocol.md §11).
-fn not_built() -> StoreError {
-    StoreError::Unavailable("owners are not built on this engine yet".into())
 }
 
 #[cfg(test)]
@@ -755,15 +1067,47 @@ mod tests {
     fn load_replies_decode() {
         assert_eq!(decode_load_reply(b"N").unwrap(), None);
         let found =
-            decode_load_reply(b"F 600 2591999 17\n6:\"user\",5:\"ann\",5:\"msg\",4:\"hi\",")
+            decode_load_reply(b"F 600 2591999 17 - -\n6:\"user\",5:\"ann\",5:\"msg\",4:\"hi\",")
                 .unwrap()
                 .expect("found");
         assert_eq!(found.data, fields(&[("\"user\"", "\"ann\"")]));
         assert_eq!(found.flash, fields(&[("\"msg\"", "\"hi\"")]));
         assert_eq!((found.max_age, found.remaining), (Some(600), 2_591_999));
-        let empty = decode_load_reply(b"F - 5 0\n").unwrap().expect("found");
+        assert_eq!((found.owner, found.index_due), (None, None));
+        let empty = decode_load_reply(b"F - 5 0 - -\n").unwrap().expect("found");
         assert!(empty.data.is_empty() && empty.flash.is_empty());
         assert_eq!((empty.max_age, empty.remaining), (None, 5));
+    }
+
+    #[test]
+    fn owned_load_replies_decode() {
+        // Owned, not refreshed (touch_after, or a no-touch route): no bound check.
+        let kept = decode_load_reply(b"F - 9 10 11 -\n\"ann smith\"3:\"a\",1:1,")
+            .unwrap()
+            .expect("found");
+        assert_eq!(
+            kept.owner,
+            Some(Owner::from_literal("\"ann smith\"".into()))
+        );
+        assert_eq!(kept.data, fields(&[("\"a\"", "1")]));
+        assert_eq!(kept.index_due, None);
+        // Refreshed, far from its bound (owners::index_due: not due).
+        let far = decode_load_reply(b"F - 9 0 5 9100,1000,10500,1000000\n\"bob\"")
+            .unwrap()
+            .expect("found");
+        assert_eq!(far.owner, Some(Owner::from_literal("\"bob\"".into())));
+        assert_eq!(far.index_due, None);
+        // Refreshed close to it: due, with the new bound from now.
+        let due = decode_load_reply(b"F - 9 0 5 9400,1000,10500,1000000\n\"bob\"3:\"f\",1:1,")
+            .unwrap()
+            .expect("found");
+        assert_eq!(due.index_due, Some(1500));
+        assert_eq!(due.flash, fields(&[("\"f\"", "1")]));
+        // The bound is the absolute deadline: never due.
+        let last = decode_load_reply(b"F - 9 0 5 9400,1000,10000,10000\n\"bob\"")
+            .unwrap()
+            .expect("found");
+        assert_eq!(last.index_due, None);
     }
 
     #[test]
@@ -772,20 +1116,78 @@ mod tests {
             &b"C"[..],
             b"",
             b"X",
-            b"F - 5 0",
-            b"F x 5 0\n",
-            b"F - -5 0\n",
-            b"F - 5\n",
-            b"F - 5 0 extra\n",
-            b"F - 5 99\n3:\"a\",1:1,",
-            b"F - 5 3\n3:\"a\",1:1,",
-            b"F - 5 0\n3:\"a\",0:,",
+            b"F - 5 0 - -",
+            b"F x 5 0 - -\n",
+            b"F - -5 0 - -\n",
+            b"F - 5 - -\n",
+            b"F - 5 0 -\n",
+            b"F - 5 0 - - extra\n",
+            b"F - 5 99 - -\n3:\"a\",1:1,",
+            b"F - 5 3 - -\n3:\"a\",1:1,",
+            b"F - 5 0 - -\n3:\"a\",0:,",
+            // Owners: past the body, not a literal, a check without an owner, bad checks.
+            b"F - 5 0 9 -\n\"bob\"",
+            b"F - 5 0 3 -\nbob",
+            b"F - 5 0 - 1,2,3,4\n",
+            b"F - 5 0 5 1,2,3\n\"bob\"",
+            b"F - 5 0 5 1,2,3,4,5\n\"bob\"",
+            b"F - 5 0 5 1,2,x,4\n\"bob\"",
         ] {
             assert!(
                 matches!(decode_load_reply(bad), Err(StoreError::Corrupt(_))),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn show_replies_decode() {
+        assert_eq!(decode_info(&Value::Array(vec![])).unwrap(), None);
+        let shown = decode_info(&Value::Array(
+            [
+                "1700000000123",
+                "1700000005999",
+                "1700000065999",
+                "\"ann\"",
+                "1",
+                "192.0.2.7",
+                "",
+            ]
+            .map(bulk)
+            .to_vec(),
+        ))
+        .unwrap()
+        .expect("live");
+        let info = shown.into_info("k");
+        assert_eq!(
+            (info.created, info.last_seen, info.expires),
+            (1_700_000_000, 1_700_000_005, 1_700_000_065)
+        );
+        assert_eq!(info.owner, Some(Owner::from_literal("\"ann\"".into())));
+        assert_eq!(
+            info.client,
+            Some(ClientInfo {
+                ip: "192.0.2.7".into(),
+                user_agent: String::new()
+            })
+        );
+        let plain = decode_info(&Value::Array(
+            ["1", "2", "3", "", "", "", ""].map(bulk).to_vec(),
+        ))
+        .unwrap()
+        .expect("live");
+        assert_eq!((plain.owner, plain.client), (None, None));
+        for bad in [
+            bulk("C"),
+            Value::Array(vec![bulk("1")]),
+            Value::Array(["x", "2", "3", "", "", "", ""].map(bulk).to_vec()),
+        ] {
+            assert!(matches!(decode_info(&bad), Err(StoreError::Corrupt(_))));
         }
     }
 }

@@ -10,17 +10,25 @@
 -- KEYS[6] this call's write-token key (in db_sessions, the target's hash slot)
 -- ARGV[1] mode: 'E' Existing, 'C' Create, 'M' Move, 'X' Destroy, 'R' DestroyThenCreate,
 --         'T' Take (read and delete the target, return its state),
---         'I' Import (create the target from a given state: ARGV[9] and the ops)
+--         'I' Import (create the target from a given state: ARGV[15] and the ops)
 -- ARGV[2] db_sessions  ARGV[3] db_notifications  ARGV[4] session.ttl in ms
 -- ARGV[5] session.absolute_ttl in ms  ARGV[6] session.max_size in bytes
 -- ARGV[7] new max_age in seconds, or '' to keep the current one
 -- ARGV[8] life of the write-token key in ms
--- ARGV[9] 'I' only: the `created` meta field to keep (unix ms)
--- ARGV[10..] ops, flat: 'C' | 'D' field | 'S' field value | 'I' field by | 'F' field value
+-- ARGV[9] owner change: '' keep, 'A' attach (ARGV[10] owner literal, ARGV[11] bound in
+--         ms from now), 'D' detach
+-- ARGV[12] '1': record the client (ARGV[13] ip, ARGV[14] user agent); 'C' and 'R' only
+-- ARGV[15] 'I' only: the meta fields to import, as netstring pairs (what 'T' returned)
+-- ARGV[15 or 16..] ops, flat: 'C' | 'D' field | 'S' field value | 'I' field by
+--         | 'F' field value
 --
 -- Returns {'OK'} | {'GONE'} | {'CORRUPT'} | {'NOT_INTEGER', field} | {'OVERFLOW', field}
 --         | {'TOO_LARGE', size} | {'FLASH_TOO_LARGE', size}
---         | {'TAKEN', created, max_age or '', data pairs, flash pairs} ('T' only)
+--         | {'TAKEN', meta pairs, data pairs, flash pairs} ('T' only)
+--
+-- Meta fields (`created`, `max_age`, `owner`, `bound`, `seen`, `ip`, `ua`: see
+-- src/store/redis.rs) are carried as a whole by 'E', 'M', 'T' and 'I'; every write sets
+-- `seen` to now and caps the TTL by `bound`.
 --
 -- Write tokens: a call that wrote leaves KEYS[6] behind for a while (its reply, for
 -- 'T'); the same call resent (a reply lost on a dropped connection, a driver retry)
@@ -34,6 +42,8 @@ local absolute_ms = tonumber(ARGV[5])
 local max_size = tonumber(ARGV[6])
 
 local token_ttl = ARGV[8]
+local owner_change = ARGV[9]
+local FIRST_OP = 15
 
 local now = now_ms()
 
@@ -59,9 +69,9 @@ end
 -- Resent? Then this call already wrote: answer as the first time.
 use_db(db_sessions)
 if mode == 'T' then
-  local stash = redis.call('HMGET', KEYS[6], 'created', 'max_age', 'data', 'flash')
+  local stash = redis.call('HMGET', KEYS[6], 'meta', 'data', 'flash')
   if stash[1] then
-    return {'TAKEN', stash[1], stash[2], stash[3], stash[4]}
+    return {'TAKEN', stash[1], stash[2], stash[3]}
   end
 elseif redis.call('EXISTS', KEYS[6]) == 1 then
   return {'OK'}
@@ -86,20 +96,49 @@ if mode == 'X' then
   return {'OK'}
 end
 
-local data, flash = {}, {}
-local created_text, max_age
+-- Netstring pairs ('<len>:<field>,<len>:<value>,'...) as a map; nil when malformed.
+local function parse_pairs(text)
+  local map, pos, n = {}, 1, #text
+  while pos <= n do
+    local parts = {}
+    for k = 1, 2 do
+      local colon = string.find(text, ':', pos, true)
+      local len = colon and string.find(string.sub(text, pos, colon - 1), '^[0-9]+$') and
+        tonumber(string.sub(text, pos, colon - 1))
+      if not len or string.sub(text, colon + len + 1, colon + len + 1) ~= ',' then
+        return nil
+      end
+      parts[k] = string.sub(text, colon + 1, colon + len)
+      pos = colon + len + 2
+    end
+    map[parts[1]] = parts[2]
+  end
+  return map
+end
+
+-- Meta fields a session cannot be read without: `created`, and `max_age`/`bound` when
+-- present, are numbers.
+local function valid(meta)
+  local created = tonumber(meta['created'])
+  if not created or (meta['max_age'] and not tonumber(meta['max_age']))
+    or (meta['bound'] and not tonumber(meta['bound'])) then
+    return nil
+  end
+  return created
+end
+
+local data, flash, meta = {}, {}, {}
+local first_op = FIRST_OP
 if mode == 'E' or mode == 'M' or mode == 'T' then
   use_db(db_sessions)
-  local meta, exists
+  local exists
   data, meta, exists = read_hash(KEYS[4])
   -- Never revive: a session that is gone stays gone, and nothing is written.
   if not exists then
     return {'GONE'}
   end
-  created_text = meta['created']
-  max_age = meta['max_age']
-  local created = tonumber(created_text)
-  if not created or (max_age and not tonumber(max_age)) then
+  local created = valid(meta)
+  if not created then
     return {'CORRUPT'}
   end
   if created + absolute_ms <= now then
@@ -108,10 +147,15 @@ if mode == 'E' or mode == 'M' or mode == 'T' then
   use_db(db_notifications)
   flash = read_hash(KEYS[5])
 elseif mode == 'C' or mode == 'R' then
-  created_text = int_text(now)
+  meta['created'] = int_text(now)
+  if ARGV[12] == '1' then
+    meta['ip'] = ARGV[13]
+    meta['ua'] = ARGV[14]
+  end
 elseif mode == 'I' then
-  created_text = ARGV[9]
-  local created = tonumber(created_text)
+  meta = parse_pairs(ARGV[FIRST_OP] or '')
+  first_op = FIRST_OP + 1
+  local created = meta and valid(meta)
   if not created then
     return {'CORRUPT'}
   end
@@ -122,27 +166,42 @@ else
   return redis.error_reply('session-sidecar: unknown apply mode')
 end
 if ARGV[7] ~= '' then
-  max_age = ARGV[7]
+  meta['max_age'] = ARGV[7]
+end
+
+local function pairs_text(map)
+  local out = {}
+  for field, value in pairs(map) do
+    out[#out + 1] = netstring_pair(field, value)
+  end
+  return table.concat(out)
 end
 
 if mode == 'T' then
-  local function pairs_text(map)
-    local out = {}
-    for field, value in pairs(map) do
-      out[#out + 1] = netstring_pair(field, value)
-    end
-    return table.concat(out)
-  end
-  local data_text, flash_text = pairs_text(data), pairs_text(flash)
+  local meta_text, data_text, flash_text = pairs_text(meta), pairs_text(data), pairs_text(flash)
   use_db(db_sessions)
   redis.call('DEL', KEYS[4])
   use_db(db_notifications)
   redis.call('DEL', KEYS[5])
-  local left = tonumber(created_text) + absolute_ms - now
-  remember(left, 'created', created_text, 'max_age', max_age or '', 'data', data_text,
-    'flash', flash_text)
-  return {'TAKEN', created_text, max_age or '', data_text, flash_text}
+  local left = tonumber(meta['created']) + absolute_ms - now
+  remember(left, 'meta', meta_text, 'data', data_text, 'flash', flash_text)
+  return {'TAKEN', meta_text, data_text, flash_text}
 end
+
+if owner_change == 'A' then
+  local bound_ms = tonumber(ARGV[11])
+  if not bound_ms then
+    return redis.error_reply('session-sidecar: bad owner bound')
+  end
+  meta['owner'] = ARGV[10]
+  meta['bound'] = int_text(now + bound_ms)
+elseif owner_change == 'D' then
+  meta['owner'] = nil
+  meta['bound'] = nil
+elseif owner_change ~= '' then
+  return redis.error_reply('session-sidecar: unknown owner change')
+end
+meta['seen'] = int_text(now)
 
 -- A stored value counts as an integer exactly as `store::parse_integer` says: optional
 -- '-', ASCII digits, no leading zero, within i64. Compared digit by digit (string '<'
@@ -192,7 +251,7 @@ local function add(current, by)
 end
 
 local function apply_ops()
-  local i = 10
+  local i = first_op
   while i <= #ARGV do
     local op = ARGV[i]
     if op == 'C' then
@@ -258,13 +317,17 @@ if size > max_size then
 end
 
 -- Validated: now write. Every key gets TTL = min(idle lifetime, time left to the
--- absolute limit).
-local remaining = tonumber(created_text) + absolute_ms - now
+-- absolute limit, time left to the bound of an owned session).
+local remaining = tonumber(meta['created']) + absolute_ms - now
 local idle = ttl_ms
-if max_age then
-  idle = tonumber(max_age) * 1000
+if meta['max_age'] then
+  idle = tonumber(meta['max_age']) * 1000
 end
-local ttl = int_text(math.min(idle, remaining))
+local ttl_ms_left = math.min(idle, remaining)
+if meta['bound'] then
+  ttl_ms_left = math.min(ttl_ms_left, tonumber(meta['bound']) - now)
+end
+local ttl = int_text(ttl_ms_left)
 
 -- HSET in chunks: unpack() of a very large table would overflow Lua's C stack.
 local function write_hash(key, pairs_list)
@@ -289,10 +352,20 @@ if mode == 'M' or mode == 'R' then
   redis.call('DEL', KEYS[5])
 end
 
-local data_list = {'created', created_text}
-if max_age then
-  data_list[#data_list + 1] = 'max_age'
-  data_list[#data_list + 1] = max_age
+if ttl_ms_left <= 0 then
+  -- Past its bound already (a kept bound that passed): the session dies now.
+  use_db(db_sessions)
+  redis.call('DEL', KEYS[1])
+  use_db(db_notifications)
+  redis.call('DEL', KEYS[2])
+  remember(1)
+  return {'OK'}
+end
+
+local data_list = {}
+for field, value in pairs(meta) do
+  data_list[#data_list + 1] = field
+  data_list[#data_list + 1] = value
 end
 for field, value in pairs(data) do
   data_list[#data_list + 1] = field

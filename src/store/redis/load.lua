@@ -3,17 +3,24 @@
 -- KEYS[1] data hash (db_sessions)    KEYS[2] flash hash (db_notifications)
 -- ARGV[1] db_sessions  ARGV[2] db_notifications  ARGV[3] session.ttl in ms
 -- ARGV[4] session.absolute_ttl in ms
+-- ARGV[5] '1': refresh the idle lifetime when due (Touch::Refresh); '': never (Touch::Keep)
+-- ARGV[6] session.touch_after in ms (0: every refreshing load refreshes)
 --
 -- Returns one string (a nested array reply costs the client far more to parse):
 --   'N' (none) | 'C' (corrupt) |
---   'F <max_age or -> <seconds left to the absolute limit> <bytes of data>\n' ..
---     data pairs .. flash pairs
--- where pairs are netstrings, '<len>:<field>,<len>:<value>,' (src/store/pairs.rs).
+--   'F <max_age or -> <seconds left to the absolute limit> <bytes of data>
+--      <bytes of owner or -> <bound check or ->\n' .. owner .. data pairs .. flash pairs
+-- where pairs are netstrings, '<len>:<field>,<len>:<value>,' (src/store/pairs.rs), the
+-- owner is its JSON string literal, and the bound check, present when an owned session
+-- was refreshed, is '<now>,<idle>,<bound>,<deadline>' (ms; the arguments of
+-- `owners::index_due`, which the engine evaluates).
 
 local db_sessions = tonumber(ARGV[1])
 local db_notifications = tonumber(ARGV[2])
 local ttl_ms = tonumber(ARGV[3])
 local absolute_ms = tonumber(ARGV[4])
+local touch = ARGV[5] == '1'
+local touch_after = tonumber(ARGV[6])
 
 local now = now_ms()
 
@@ -25,7 +32,7 @@ end
 
 -- User fields are JSON string literals and so start with '"' (byte 34); meta fields never do.
 local data = {}
-local created, max_age
+local created, max_age, owner, bound, seen
 for i = 1, #raw, 2 do
   local field = raw[i]
   if string.byte(field, 1) == 34 then
@@ -34,13 +41,20 @@ for i = 1, #raw, 2 do
     created = tonumber(raw[i + 1])
   elseif field == 'max_age' then
     max_age = raw[i + 1]
+  elseif field == 'owner' then
+    owner = raw[i + 1]
+  elseif field == 'bound' then
+    bound = raw[i + 1]
+  elseif field == 'seen' then
+    seen = raw[i + 1]
   end
 end
 if not created then
   return 'C'
 end
 
-local remaining = created + absolute_ms - now
+local deadline = created + absolute_ms
+local remaining = deadline - now
 if remaining <= 0 then
   -- Past the absolute lifetime: the key's TTL should already have removed it; make sure.
   redis.call('DEL', KEYS[1])
@@ -57,7 +71,51 @@ if max_age then
   end
   idle = seconds * 1000
 end
-redis.call('PEXPIRE', KEYS[1], int_text(math.min(idle, remaining)))
+if bound then
+  bound = tonumber(bound)
+  if not bound then
+    return 'C'
+  end
+end
+if owner and not bound then
+  return 'C'
+end
+
+-- Refresh only when asked and due: a session written before `seen` existed is due.
+local refresh = false
+if touch then
+  if seen then
+    seen = tonumber(seen)
+    if not seen then
+      return 'C'
+    end
+    refresh = now - seen >= touch_after
+  else
+    refresh = true
+  end
+end
+
+local check = '-'
+if refresh then
+  -- owners::capped_expiry(min(now + idle, deadline), bound), as a TTL from now.
+  local ttl = math.min(idle, remaining)
+  if bound then
+    ttl = math.min(ttl, bound - now)
+  end
+  if ttl <= 0 then
+    -- Past its bound: its TTL should already have removed it.
+    redis.call('DEL', KEYS[1])
+    use_db(db_notifications)
+    redis.call('DEL', KEYS[2])
+    return 'N'
+  end
+  redis.call('PEXPIRE', KEYS[1], int_text(ttl))
+  redis.call('HSET', KEYS[1], 'seen', int_text(now))
+  if owner then
+    check = int_text(now) .. ',' .. int_text(idle) .. ',' .. int_text(bound) .. ',' ..
+      int_text(deadline)
+  end
+end
 
 -- Read and delete in one atomic script: a notification is delivered exactly once even
 -- when several requests of the session load concurrently.
@@ -73,4 +131,5 @@ end
 
 data = table.concat(data)
 return 'F ' .. (max_age or '-') .. ' ' .. int_text(math.floor(remaining / 1000)) .. ' ' ..
-  #data .. '\n' .. data .. table.concat(pending)
+  #data .. ' ' .. (owner and #owner or '-') .. ' ' .. check .. '\n' .. (owner or '') ..
+  data .. table.concat(pending)
