@@ -194,6 +194,17 @@ def upstream_block(port: int) -> str:
       return 200 "{BODY}";
     }}
     location = /login {{ add_header X-Session-Set '{SESSION}'; return 200 "{BODY}"; }}
+    # Owner costs (`owner_costs`): the owner comes from the benchmark's request.
+    location = /owner-login {{
+      add_header X-Session-Regenerate 1;
+      add_header X-Session-Owner $http_x_bench_owner;
+      add_header X-Session-Set '{SESSION}';
+      return 200 "{BODY}";
+    }}
+    location = /owner-revoke {{
+      add_header X-Session-Revoke-Owner $http_x_bench_owner;
+      return 200 "{BODY}";
+    }}
     location = /echo {{ add_header X-Seen-Session $http_x_session; return 200 "{BODY}"; }}
   }}"""
 
@@ -259,9 +270,11 @@ class Sidecar:
             raise BenchError(f"{self.name}: no {missing} in /metrics") from None
 
 
-def request(port: int, path: str, cookie: str | None = None) -> http.client.HTTPResponse:
+def request(port: int, path: str, cookie: str | None = None, owner: str | None = None) -> http.client.HTTPResponse:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     headers = {"Cookie": cookie} if cookie else {}
+    if owner:
+        headers["X-Bench-Owner"] = json.dumps(owner)
     conn.request("GET", path, headers=headers)
     resp = conn.getresponse()
     resp.read()
@@ -455,6 +468,54 @@ def measure(args, row: Row, stores: Stores, lua: Path) -> dict:
     return result
 
 
+# --- what an owner costs ----------------------------------------------------------------
+
+
+def owner_costs(sc: Sidecar, store: str, stores: Stores, n: int) -> list[tuple[str, float, float]]:
+    """Store commands and round trips per request for the owner operations, each next to
+    its unowned counterpart, measured by the store's own counters over `n` requests one
+    at a time (docs/performance.md#what-an-owner-costs)."""
+    tag = f"{sc.name}-{time.monotonic_ns()}"
+
+    def per_request(what: str, calls) -> tuple[str, float, float]:
+        before = stores.counts(store)
+        for call in calls:
+            call()
+        after = stores.counts(store)
+        return what, (after[0] - before[0]) / len(calls), (after[1] - before[1]) / len(calls)
+
+    def expect(resp, what: str, cookie: bool) -> str:
+        set_cookie = resp.getheader("Set-Cookie") or ""
+        if resp.status != 200 or (cookie and not set_cookie.startswith("session=")):
+            raise BenchError(f"{sc.name} {what}: status {resp.status}, Set-Cookie {set_cookie!r:.20}")
+        return set_cookie.split(";", 1)[0]
+
+    plain, owned = [], []
+    rows = [
+        per_request("login without owner (create)", [
+            lambda: plain.append(expect(request(sc.port, "/login"), "login", True))] * n),
+        per_request("login with owner (create + attach)", [
+            (lambda i=i: owned.append(expect(request(sc.port, "/owner-login", owner=f"{tag}-{i}"),
+                                             "owner login", True))) for i in range(n)]),
+        per_request("read, no owner", [(lambda c=c: expect(request(sc.port, "/", c), "read", False))
+                                       for c in plain]),
+        per_request("read, owned", [(lambda c=c: expect(request(sc.port, "/", c), "owned read", False))
+                                    for c in owned]),
+        per_request("revoke an owner with 1 session", [
+            (lambda i=i: expect(request(sc.port, "/owner-revoke", owner=f"{tag}-{i}"), "revoke", False))
+            for i in range(n)]),
+    ]
+    # The revoked sessions are gone: their next read says so.
+    if request(sc.port, "/", owned[0]).status != 412:
+        raise BenchError(f"{sc.name}: a revoked session still loads")
+    # One owner with 10 sessions, revoked in one request.
+    for _ in range(10):
+        expect(request(sc.port, "/owner-login", owner=f"{tag}-many"), "owner login", True)
+    rows.append(per_request("revoke an owner with 10 sessions", [
+        lambda: expect(request(sc.port, "/owner-revoke", owner=f"{tag}-many"), "revoke", False)]))
+    return rows
+
+
 # --- idle connections ----------------------------------------------------------------
 
 
@@ -640,6 +701,13 @@ def run(args, binary: Path, work: Path, peers: Peers) -> int:
     for sc in sidecars.values():
         check_session_work(sc)
 
+    owner_lines = ["| store | request | store commands/req | store round trips/req |", "|---|---|---:|---:|"]
+    for engine, sc in sidecars.items():
+        if engine == "memory" or (args.only and not any(w in f"sidecar {engine}" for w in args.only.split(","))):
+            continue
+        for what, cmds, trips in owner_costs(sc, engine, stores, 20 if args.smoke else 200):
+            owner_lines.append(f"| {engine} | {what} | {cmds:.2f} | {trips:.2f} |")
+
     extra = ["| process | RSS after the rounds | RSS holding %d idle keep-alive connections |" % args.idle,
              "|---|---:|---:|"]
     targets = [("nginx proxy_pass", nginx_proxy, proxy.pid)] + [
@@ -655,7 +723,7 @@ def run(args, binary: Path, work: Path, peers: Peers) -> int:
             s.close()
         extra.append(f"| {name} | {idle / 1024:.1f} MiB | {held / 1024:.1f} MiB |")
         time.sleep(0.5)
-    text = report(args, rows, baseline, extra)
+    text = report(args, rows, baseline, extra + [""] + owner_lines)
     print()
     print(text)
     if args.markdown:
