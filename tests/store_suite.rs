@@ -1506,7 +1506,7 @@ mod memcached_only {
         let value = String::from_utf8(server.get(&data_key).expect("session item")).unwrap();
         let (header, pairs) = value.split_once('\n').expect("header line");
         let mut parts = header.split(' ');
-        assert_eq!(parts.next(), Some("S1"));
+        assert_eq!(parts.next(), Some("S2"));
         let created: u64 = parts.next().unwrap().parse().expect("unix ms");
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1514,6 +1514,9 @@ mod memcached_only {
             .as_millis() as u64;
         assert!(created.abs_diff(now_ms) < 5_000);
         assert_eq!(parts.next(), Some("600"));
+        // Refreshed at creation; no bound, no owner, no client record.
+        assert_eq!(parts.next(), Some(created.to_string().as_str()));
+        assert_eq!(parts.collect::<Vec<_>>(), ["-", "-"]);
         assert_eq!(pairs, "6:\"user\",5:\"ann\",");
         assert!(!value.contains(id.as_str()), "raw id stored");
         assert_eq!(
