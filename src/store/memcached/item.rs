@@ -426,7 +426,7 @@ mod tests {
             format!("I1\n{a}= 1\n"),
             "I1\nshort 1\n".to_owned(),
             format!("I1\n{a} 1\n\n"),
-            format!("S1 1 -\n"),
+            "S1 1 -\n".to_owned(),
         ] {
             assert!(
                 matches!(decode_index(bad.as_bytes()), Err(StoreError::Corrupt(_))),
