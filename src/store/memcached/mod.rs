@@ -511,7 +511,7 @@ impl MemcachedStore {
             flash: delivered,
             max_age: stored.max_age,
             remaining: remaining / 1000,
-            // Touching the item (the refresh above) leaves its CAS as it was.
+            // A touch leaves the CAS as it was; a refresh write does not (then `None`).
             revision,
             owner: stored.owner,
             index_due,
