@@ -1689,7 +1689,7 @@ mod memcached_only {
         let value = String::from_utf8(server.get(&data_key).expect("session item")).unwrap();
         let (header, pairs) = value.split_once('\n').expect("header line");
         let mut parts = header.split(' ');
-        assert_eq!(parts.next(), Some("S1"));
+        assert_eq!(parts.next(), Some("S2"));
         let created: u64 = parts.next().unwrap().parse().expect("unix ms");
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1697,6 +1697,9 @@ mod memcached_only {
             .as_millis() as u64;
         assert!(created.abs_diff(now_ms) < 5_000);
         assert_eq!(parts.next(), Some("600"));
+        // Refreshed at creation; no bound, no owner, no client record.
+        assert_eq!(parts.next(), Some(created.to_string().as_str()));
+        assert_eq!(parts.collect::<Vec<_>>(), ["-", "-"]);
         assert_eq!(pairs, "6:\"user\",5:\"ann\",");
         assert!(!value.contains(id.as_str()), "raw id stored");
         assert_eq!(
@@ -2015,5 +2018,338 @@ mod memcached_only {
         assert_eq!(load(&*s, &from).await, None);
         let items: u64 = servers.iter().map(|m| m.items()).sum();
         assert_eq!(items, 1, "only the new session's data item is left");
+    }
+
+    fn owner(name: &str) -> session_sidecar::store::Owner {
+        session_sidecar::store::Owner::from_literal(format!("\"{name}\""))
+    }
+
+    fn unix_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64
+    }
+
+    /// `ms` of a raw value with a TTL, as another (e.g. older) sidecar would write it.
+    fn raw_set(server: &MemcachedServer, key: &str, value: &[u8], ttl: u64) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port())).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("read timeout");
+        let mut request = format!("ms {key} {} T{ttl}\r\n", value.len()).into_bytes();
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n");
+        s.write_all(&request).expect("write to memcached");
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 64];
+        while !reply.ends_with(b"\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&reply), "HD\r\n", "raw ms");
+    }
+
+    /// A session attached to `o` as the pipeline does it: index first, then the session.
+    async fn create_owned(
+        s: &TimedStore<MemcachedStore>,
+        o: &session_sidecar::store::Owner,
+        bound_ms: u64,
+    ) -> SessionId {
+        let id = new_id();
+        s.index_add(&o.key(), &id.store_key(), bound_ms)
+            .await
+            .expect("index_add");
+        let p = WritePlan {
+            owner: session_sidecar::store::OwnerChange::Attach {
+                owner: o.clone(),
+                bound_ms,
+            },
+            ..plan(Target::Create(id.clone()), vec![set("a", "1")])
+        };
+        assert_eq!(apply(s, p).await, WriteOutcome::Applied);
+        id
+    }
+
+    /// The index item `<prefix>o.<owner key>` holds store keys and bounds (never the
+    /// owner id), carries its latest bound as TTL, and is gone from memcached once that
+    /// passed, like the session it covered.
+    #[tokio::test]
+    async fn an_owner_index_item_expires_after_its_bound_with_its_session() {
+        use session_sidecar::store::owners::{bound_for, with_margin};
+        let server = MemcachedServer::start();
+        let l = Lifetimes {
+            ttl: Duration::from_secs(1),
+            ..lifetimes()
+        };
+        let s = store(&[&server], l);
+        let o = owner("ivy@example.com");
+        let bound = bound_for(1000, 3_600_000);
+        let id = create_owned(&s, &o, bound).await;
+        let index_key = format!("test:o.{}", o.key().as_str());
+        let session_key = format!("test:{}", id.store_key());
+        let value = String::from_utf8(server.get(&index_key).expect("index item")).unwrap();
+        let (header, entries) = value.split_once('\n').expect("header");
+        assert_eq!(header, "I1");
+        let (member, at) = entries
+            .strip_suffix('\n')
+            .and_then(|e| e.split_once(' '))
+            .expect("one entry");
+        assert_eq!(member, id.store_key());
+        let at: u64 = at.parse().expect("bound in unix ms");
+        assert!(at.abs_diff(unix_ms() + with_margin(bound)) < 2_000, "{at}");
+        assert!(!value.contains("ivy"), "owner id in the index");
+        // Index: 1.875 s (rounded up, + 1 tick); session: its 1 s idle lifetime + 1 tick.
+        let ttl = server.ttl(&index_key).expect("index TTL");
+        assert!((1..=3).contains(&ttl), "{ttl}");
+        let ttl = server.ttl(&session_key).expect("session TTL");
+        assert!((1..=2).contains(&ttl), "{ttl}");
+        let stored = String::from_utf8(server.get(&session_key).expect("session")).unwrap();
+        assert!(stored.starts_with("S2 "), "{stored}");
+        assert!(stored.contains("17:\"ivy@example.com\","), "owner literal");
+
+        tokio::time::sleep(Duration::from_millis(with_margin(bound) + 2_300)).await;
+        assert_eq!(server.get(&session_key), None, "session expired");
+        assert_eq!(server.get(&index_key), None, "index item expired");
+        assert_eq!(server.items(), 0);
+        assert!(s.index_members(&o.key()).await.expect("members").is_empty());
+    }
+
+    /// Concurrent adds to one owner's index each land: the CAS loop re-reads and merges
+    /// instead of overwriting (no lost member), on a fresh index (add race) and on an
+    /// existing one (CAS race).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_index_adds_all_land() {
+        let server = MemcachedServer::start();
+        let mut cfg = memcached_config(&[&server]);
+        memcached_options(&mut cfg).max_connections = 16;
+        // Latency on a loaded machine is not what this test is about.
+        cfg.timeout = Duration::from_secs(10);
+        let s = Arc::new(timed(memcached_new(&cfg, lifetimes()), cfg.timeout));
+        let o = owner("jay");
+        let mut all = Vec::new();
+        for _round in 0..3 {
+            let start = Arc::new(tokio::sync::Barrier::new(10));
+            let members: Vec<String> = (0..10).map(|_| new_id().store_key()).collect();
+            let tasks: Vec<_> = members
+                .iter()
+                .map(|m| {
+                    let (s, o, m, start) = (s.clone(), o.clone(), m.clone(), start.clone());
+                    tokio::spawn(async move {
+                        start.wait().await;
+                        s.index_add(&o.key(), &m, 60_000).await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task").expect("index_add");
+            }
+            all.extend(members);
+            all.sort();
+            let mut got = s.index_members(&o.key()).await.expect("members");
+            got.sort();
+            assert_eq!(got, all);
+        }
+        // Concurrent removals of different members: all gone, the index with them.
+        let tasks: Vec<_> = all
+            .iter()
+            .map(|m| {
+                let (s, o, m) = (s.clone(), o.clone(), m.clone());
+                tokio::spawn(async move { s.index_remove(&o.key(), &[m]).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task").expect("index_remove");
+        }
+        assert!(s.index_members(&o.key()).await.expect("members").is_empty());
+        assert_eq!(server.get(&format!("test:o.{}", o.key().as_str())), None);
+    }
+
+    /// A session item written before owners (`S1`: no refresh time, owner or client)
+    /// still loads and delivers its flash, with and without `touch_after`; a refresh with
+    /// `touch_after` (due: the refresh time is unknown) or a write stores it as `S2`.
+    #[tokio::test]
+    async fn a_session_written_in_the_old_format_still_loads() {
+        let server = MemcachedServer::start();
+        for touch_after in [Duration::ZERO, Duration::from_secs(10)] {
+            let s = store(
+                &[&server],
+                Lifetimes {
+                    touch_after,
+                    ..lifetimes()
+                },
+            );
+            let id = new_id();
+            let key = format!("test:{}", id.store_key());
+            let created = unix_ms() - 5_000;
+            let old = format!("S1 {created} 600\n6:\"user\",5:\"ann\",");
+            raw_set(&server, &key, old.as_bytes(), 60);
+            raw_set(
+                &server,
+                &format!("{key}:flash"),
+                b"F1\n5:\"msg\",4:\"hi\",",
+                60,
+            );
+
+            let got = load(&s, &id).await.expect("the old item loads");
+            assert_eq!(got.data, fields(&[("user", "\"ann\"")]));
+            assert_eq!(got.flash, fields(&[("msg", "\"hi\"")]));
+            assert_eq!(
+                (got.max_age, got.owner, got.index_due),
+                (Some(600), None, None)
+            );
+            assert!((3590..=3595).contains(&got.remaining), "{}", got.remaining);
+            let info = s
+                .session_info(&[id.store_key()])
+                .await
+                .expect("session_info")
+                .pop()
+                .flatten()
+                .expect("live");
+            assert_eq!(info.created, created / 1000);
+            assert_eq!((&info.owner, &info.client), (&None, &None));
+            assert!(info.last_seen >= info.created, "{info:?}");
+
+            // Again, then a ping: both on the one pooled connection, which reads the replies
+            // owed by refreshes sent without waiting first, so they are in.
+            assert!(load(&s, &id).await.is_some());
+            s.ping().await.expect("ping");
+            let ttl = server.ttl(&key).expect("refreshed");
+            assert!((590..=601).contains(&ttl), "max_age applies: {ttl}");
+            let stored = String::from_utf8(server.get(&key).expect("item")).unwrap();
+            if touch_after.is_zero() {
+                assert_eq!(stored, old, "a touch writes nothing");
+            } else {
+                assert!(
+                    stored.starts_with(&format!("S2 {created} 600 ")),
+                    "{stored}"
+                );
+            }
+            let p = plan(Target::Existing(id.clone()), vec![set("n", "1")]);
+            assert_eq!(apply(&s, p).await, WriteOutcome::Applied);
+            let stored = String::from_utf8(server.get(&key).expect("item")).unwrap();
+            assert!(
+                stored.starts_with(&format!("S2 {created} 600 ")),
+                "{stored}"
+            );
+            assert_eq!(
+                load(&s, &id).await.expect("live").data,
+                fields(&[("n", "1"), ("user", "\"ann\"")])
+            );
+        }
+    }
+
+    /// `MAX_INDEX_ENTRIES` live entries fit one item (memcached's default 1 MiB limit);
+    /// one more member is refused, existing members still extend, a removal makes room.
+    #[tokio::test]
+    async fn a_full_owner_index_refuses_new_members() {
+        use session_sidecar::store::owners::MAX_INDEX_ENTRIES;
+        let server = MemcachedServer::start();
+        let mut cfg = memcached_config(&[&server]);
+        cfg.timeout = Duration::from_secs(10);
+        let s = timed(memcached_new(&cfg, lifetimes()), cfg.timeout);
+        let o = owner("kim");
+        let key = format!("test:o.{}", o.key().as_str());
+        let far = unix_ms() + 3_600_000;
+        let members: Vec<String> = (0..MAX_INDEX_ENTRIES)
+            .map(|_| new_id().store_key())
+            .collect();
+        let mut value = b"I1\n".to_vec();
+        for m in &members {
+            value.extend_from_slice(format!("{m} {far}\n").as_bytes());
+        }
+        raw_set(&server, &key, &value, 3600);
+        let got = s.index_members(&o.key()).await.expect("members");
+        assert_eq!(got.len(), MAX_INDEX_ENTRIES);
+
+        let e = s
+            .index_add(&o.key(), &new_id().store_key(), 60_000)
+            .await
+            .expect_err("full");
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m.contains("owner index full")),
+            "{e:?}"
+        );
+        // The engine writes a full index itself (an existing member's bound grows).
+        s.index_add(&o.key(), &members[0], 2 * 3_600_000)
+            .await
+            .expect("an existing member extends");
+        let ttl = server.ttl(&key).expect("index");
+        assert!(ttl > 2 * 3600, "{ttl}");
+        s.index_remove(&o.key(), &members[1..2])
+            .await
+            .expect("remove");
+        let newcomer = new_id().store_key();
+        s.index_add(&o.key(), &newcomer, 60_000)
+            .await
+            .expect("room again");
+        let got = s.index_members(&o.key()).await.expect("members");
+        assert_eq!(got.len(), MAX_INDEX_ENTRIES);
+        assert!(got.contains(&newcomer) && !got.contains(&members[1]));
+    }
+
+    /// What a load costs on the server (`cmd_get`, `cmd_touch`, `cmd_set`): with
+    /// touch_after 0 an owned session's load is the same pipelined pair as a plain one
+    /// (the read touches); `Touch::Keep` touches nothing; with touch_after a load that is
+    /// not due writes nothing and touches nothing, a due one writes the item once.
+    #[tokio::test]
+    async fn what_a_load_costs_with_owners_and_touch_after() {
+        use session_sidecar::store::{Touch, owners::bound_for};
+        let server = MemcachedServer::start();
+        let s = store(&[&server], lifetimes());
+        let plain = create(&s, vec![set("a", "1")]).await;
+        let owned = create_owned(&s, &owner("lee"), bound_for(60_000, 3_600_000)).await;
+        for id in [&plain, &owned] {
+            let before = command_counts(&server);
+            let got = load(&s, id).await.expect("live");
+            assert_eq!(got.index_due, None);
+            assert!(got.revision.is_some());
+            // The touching read counts as a touch, the flash read as a get.
+            assert_eq!(deltas(before, command_counts(&server)), [1, 1, 0]);
+        }
+        let before = command_counts(&server);
+        assert!(
+            s.load_touch(&owned, Touch::Keep)
+                .await
+                .expect("load")
+                .is_some()
+        );
+        assert_eq!(deltas(before, command_counts(&server)), [2, 0, 0]);
+
+        let lazy = store(
+            &[&server],
+            Lifetimes {
+                touch_after: Duration::from_secs(1),
+                ..lifetimes()
+            },
+        );
+        let id = create(&lazy, vec![set("a", "1")]).await;
+        let before = command_counts(&server);
+        let got = load(&lazy, &id).await.expect("live");
+        assert!(
+            got.revision.is_some(),
+            "nothing written: the write may use it"
+        );
+        assert_eq!(
+            deltas(before, command_counts(&server)),
+            [2, 0, 0],
+            "not due"
+        );
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let before = command_counts(&server);
+        let got = load(&lazy, &id).await.expect("live");
+        assert!(got.revision.is_none(), "the refresh changed the CAS");
+        // Sent without waiting: let the server take them in.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(deltas(before, command_counts(&server)), [2, 1, 1], "due");
+        let before = command_counts(&server);
+        assert!(load(&lazy, &id).await.is_some());
+        assert_eq!(
+            deltas(before, command_counts(&server)),
+            [2, 0, 0],
+            "refreshed"
+        );
     }
 }

@@ -2,8 +2,9 @@
 //! `tokio::net::TcpStream`, with a bounded connection pool per server.
 //!
 //! Commands (memcached `doc/protocol.txt`, "Meta Commands"; verified on 1.6.18):
-//! - `mg <key> v c [T<exp>]` — value and CAS, optionally touching in the same command
-//!   (a touch does not change the CAS); `mg <key> T<exp>` — touch only;
+//! - `mg <key> v c t [T<exp>]` — value, CAS and the seconds left to its expiry *before*
+//!   the optional touch in the same command (flags apply in order; a touch does not
+//!   change the CAS); `mg <key> T<exp>` — touch only;
 //! - `ms <key> <len> T<exp> [C<cas>] [ME]` — store with a TTL, conditional on the CAS
 //!   (`EX` when it changed, `NF` when the item is gone) or only when absent (`ME`, add
 //!   mode: `NS` when it exists);
@@ -66,7 +67,7 @@ pub(crate) enum Mode {
 /// One meta command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Cmd<'a> {
-    /// `mg key v c [T<exp>]`.
+    /// `mg key v c t [T<exp>]`.
     Get { key: &'a str, touch: Option<u64> },
     /// `mg key T<exp>`.
     Touch { key: &'a str, exp: u64 },
@@ -87,8 +88,13 @@ pub(crate) enum Cmd<'a> {
 /// One reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Reply {
-    /// `VA`: a value (with its CAS when asked for).
-    Value { cas: u64, data: Vec<u8> },
+    /// `VA`: a value, its CAS and the seconds left to its expiry as the read found it
+    /// (`-1`: none; `None` when the server did not say).
+    Value {
+        cas: u64,
+        data: Vec<u8>,
+        ttl: Option<i64>,
+    },
     /// `HD`: success without a value (stored, deleted, touched).
     Done,
     /// `EN`: miss (`mg`).
@@ -124,11 +130,12 @@ pub(crate) fn encode(cmd: &Cmd<'_>, out: &mut Vec<u8>) {
     use std::io::Write as _;
     // Writing into a Vec cannot fail.
     let _ = match cmd {
-        Cmd::Get { key, touch: None } => write!(out, "mg {key} v c\r\n"),
+        // `t` before `T`: the TTL left before this command's touch.
+        Cmd::Get { key, touch: None } => write!(out, "mg {key} v c t\r\n"),
         Cmd::Get {
             key,
             touch: Some(exp),
-        } => write!(out, "mg {key} v c T{exp}\r\n"),
+        } => write!(out, "mg {key} v c t T{exp}\r\n"),
         Cmd::Touch { key, exp } => write!(out, "mg {key} T{exp}\r\n"),
         Cmd::Set {
             key,
@@ -165,6 +172,7 @@ pub(crate) enum Header {
     Value {
         len: usize,
         cas: Option<u64>,
+        ttl: Option<i64>,
     },
     Other(Reply),
     /// `ERROR`, `CLIENT_ERROR …`, `SERVER_ERROR …` (e.g. out of memory).
@@ -197,12 +205,20 @@ pub(crate) fn parse_header(line: &[u8]) -> Result<Header, &'static str> {
                 return Err("value too large");
             }
             let mut cas = None;
+            let mut ttl = None;
             for flag in tokens {
                 if let Some(v) = flag.strip_prefix('c') {
                     cas = Some(v.parse().map_err(|_| "bad CAS flag")?);
+                } else if let Some(v) = flag.strip_prefix('t') {
+                    ttl = Some(
+                        v.parse::<i64>()
+                            .ok()
+                            .filter(|&t| t >= -1)
+                            .ok_or("bad TTL flag")?,
+                    );
                 }
             }
-            Ok(Header::Value { len, cas })
+            Ok(Header::Value { len, cas, ttl })
         }
         // Return flags after HD (e.g. `t`) are not used by the store.
         "HD" => Ok(Header::Other(Reply::Done)),
@@ -255,7 +271,7 @@ impl Conn {
             return Err(proto("reply line too long or cut"));
         }
         match parse_header(&line).map_err(proto)? {
-            Header::Value { len, cas } => {
+            Header::Value { len, cas, ttl } => {
                 let mut data = vec![0u8; len + 2];
                 self.stream.read_exact(&mut data).await.map_err(io)?;
                 if !data.ends_with(b"\r\n") {
@@ -265,6 +281,7 @@ impl Conn {
                 Ok(Reply::Value {
                     cas: cas.ok_or_else(|| proto("value without CAS"))?,
                     data,
+                    ttl,
                 })
             }
             Header::Other(reply) => Ok(reply),
@@ -479,14 +496,14 @@ mod tests {
                 key: "k",
                 touch: None
             }),
-            "mg k v c\r\n"
+            "mg k v c t\r\n"
         );
         assert_eq!(
             wire(Cmd::Get {
                 key: "k",
                 touch: Some(61)
             }),
-            "mg k v c T61\r\n"
+            "mg k v c t T61\r\n"
         );
         assert_eq!(wire(Cmd::Touch { key: "k", exp: 5 }), "mg k T5\r\n");
         assert_eq!(
@@ -532,13 +549,28 @@ mod tests {
             parse_header(b"VA 3 c12 t9\r\n"),
             Ok(Header::Value {
                 len: 3,
-                cas: Some(12)
+                cas: Some(12),
+                ttl: Some(9)
+            })
+        );
+        assert_eq!(
+            parse_header(b"VA 0 t-1\r\n"),
+            Ok(Header::Value {
+                len: 0,
+                cas: None,
+                ttl: Some(-1)
             })
         );
         assert_eq!(
             parse_header(b"VA 0\r\n"),
-            Ok(Header::Value { len: 0, cas: None })
+            Ok(Header::Value {
+                len: 0,
+                cas: None,
+                ttl: None
+            })
         );
+        assert!(parse_header(b"VA 3 c1 tX\r\n").is_err());
+        assert!(parse_header(b"VA 3 c1 t-2\r\n").is_err());
         for (line, reply) in [
             (&b"HD\r\n"[..], Reply::Done),
             (b"HD c1 t100\r\n", Reply::Done),

@@ -16,13 +16,17 @@
 //!
 //! | item | content |
 //! |---|---|
-//! | `<p><sk>` | the session: creation time, max-age and data |
+//! | `<p><sk>` | the session: creation, refresh time, max-age, owner, bound, client, data |
 //! | `<p><sk>:flash` | pending flash (notifications); absent when there is none |
+//! | `<p>o.<ok>` | owner index (`ok` = [`OwnerKey`], 43 characters): store key → bound |
 //!
 //! Both items of a session are on the same server: the server is chosen from `sk`, not
-//! from the item key (`ring`: rendezvous hashing over SHA-256, stable across builds).
-//! Keys are checked against memcached's rules (≤ 250 bytes, no spaces or control
-//! characters) at construction, for the longest key the prefix can produce.
+//! from the item key (`ring`: rendezvous hashing over SHA-256, stable across builds). An
+//! owner index is placed by `o.<ok>`, wherever that lands; its `.` keeps it apart from
+//! every session key (base64url has none). Keys are checked against memcached's rules
+//! (≤ 250 bytes, no spaces or control characters) at construction, for the longest key
+//! the prefix can produce; store keys handed to the owner primitives are checked to be
+//! 43 base64url characters before they go into a command.
 //!
 //! # Value encoding (`item`)
 //!
@@ -30,33 +34,75 @@
 //! reserve empty values as lease placeholders):
 //!
 //! ```text
-//! session: "S1 <created unix ms> <max_age seconds or ->\n" then pairs
+//! session: "S2 <created ms> <max_age s|-> <refreshed ms|-> <bound ms|-> <parts>\n"
+//!          [owner netstring] [ip netstring, user agent netstring] then pairs
 //! flash:   "F1\n" then pairs
+//! index:   "I1\n" then "<store key> <bound ms>\n" per entry
 //! pairs:   <field netstring><value netstring>...   netstring = "<len>:<bytes>,"
 //! ```
 //!
-//! A field is the JSON string literal of the user key (quotes included), a value its JSON
-//! text, exactly as in [`crate::store`]'s field maps: e.g. `S1 1700000000000 -\n6:"user",5:"ann",`.
-//! Length prefixes make decoding exact without a JSON parser, and bytes read from the
-//! store are validated as untrusted input (docs/security.md §2).
+//! Times are the sidecar's unix clock in ms (memcached has none to share). `<parts>` says
+//! what follows the header: `o` (owner: its JSON string literal), `c` (client record),
+//! `oc`, or `-`. A field is the JSON string literal of the user key (quotes included), a
+//! value its JSON text, exactly as in [`crate::store`]'s field maps: e.g.
+//! `S2 1700000000000 - 1700000000000 - -\n6:"user",5:"ann",`. Items written before owners
+//! (`S1 <created ms> <max_age s|->\n` then pairs) are still read: no owner, no client,
+//! refresh time unknown (a refresh is due); the next write stores them as `S2`. Length
+//! prefixes make decoding exact without a JSON parser, and bytes read from the store are
+//! validated as untrusted input (docs/security.md §2).
 //!
 //! # Lifetimes
 //!
-//! Every item carries exptime = ⌈min(idle, time left to `absolute_ttl`)⌉ + 1 s, where idle
-//! is `max_age` or `session.ttl`. memcached's clock ticks once a second, so a TTL of n
+//! Every item carries exptime = ⌈min(idle, time left to `absolute_ttl`, time left to the
+//! bound)⌉ + 1 s, where idle is `max_age` or `session.ttl` and the bound is an owned
+//! session's ([`owners::capped_expiry`]). memcached's clock ticks once a second, so a TTL of n
 //! ends between n − 1 and n seconds later; the extra second makes an item never expire
 //! before its logical TTL (so an idle session may live up to ~1 s longer). The absolute
-//! limit is enforced exactly on every access from the stored creation time (the sidecar's
-//! clock: sidecars sharing the servers need synchronised clocks). memcached reads
+//! limit and an owned session's bound are enforced exactly on every access from the
+//! stored times (the sidecar's clock: sidecars sharing the servers need synchronised
+//! clocks), so a TTL a touch set too long never lets a session outlive its index entry. memcached reads
 //! exptime > 30 days (2 592 000 s) as a Unix time: larger TTLs are sent as `now + ttl`.
 //!
-//! A load is one round trip: `mg <p><sk> v c T<exp>` (read + refresh with `session.ttl`)
-//! and `mg <p><sk>:flash v c`, pipelined. When the session has its own `max_age` or is
-//! closer to its absolute limit than `session.ttl` (the right TTL is only known after
-//! reading the item), a correcting touch is sent without waiting for its reply (the
-//! connection's next exchange reads and discards it): still one round trip. A second
-//! round trip follows only to consume pending flash (the CAS-conditional delete must be
-//! answered before the flash may be delivered).
+//! A load is one round trip: `mg <p><sk> v c t T<exp>` (read + refresh with
+//! `session.ttl`) and `mg <p><sk>:flash v c t`, pipelined. When the session has its own
+//! `max_age` or is closer to its absolute limit or its bound than `session.ttl` (the right
+//! TTL is only known after reading the item), a correcting touch is sent without waiting
+//! for its reply (the connection's next exchange reads and discards it): still one round
+//! trip. A second round trip follows only to consume pending flash (the CAS-conditional
+//! delete must be answered before the flash may be delivered).
+//!
+//! # Touch and the refresh time (`session.touch_after`, `Touch::Keep`)
+//!
+//! Recording the refresh time needs a write of the item (a touch changes only the TTL),
+//! and a write on every load would double the default read path's cost and change the
+//! item's CAS under the request's own write. So the time is written only where it
+//! decides something:
+//!
+//! - `touch_after` 0 (the default): every load refreshes with the touch above, as before,
+//!   and writes nothing. The refresh time the admin API shows (`last_seen`) is derived
+//!   from the TTL left: a refresh set ⌈idle⌉ + 1 s, so it happened at now + TTL left −
+//!   that (never before the refresh time the item records from its last write; ±1 s, and
+//!   earlier than the truth when the refresh was capped by a deadline).
+//! - `touch_after` > 0: loads read without touching (`mg <p><sk> v c t`) and compare the
+//!   item's refresh time with it. Not due (most loads): nothing is written, one round
+//!   trip. Due (at most once per `touch_after` and session, or an item without the time):
+//!   `ms <p><sk> … T<exp> C<cas>` with the new refresh time, followed by `mg <p><sk>
+//!   T<exp>` (the refresh stands even if a concurrent write won the CAS), both sent
+//!   without waiting: still one round trip (merged into the flash delete when there is
+//!   one). Its CAS changed, so such a load hands no revision to the request's write,
+//!   which reads again. `last_seen` is the recorded time (lags by up to `touch_after`).
+//! - `Touch::Keep`: `mg` without `T`, no write; flash is still consumed.
+//!
+//! An owned session's load reports [`LoadedSession::index_due`] when it refreshed, from
+//! the item's bound ([`owners::index_due`]): no extra round trip.
+//!
+//! # Owners (`owners`)
+//!
+//! A write records the owner change (`Attach`: owner and bound = now + `bound_ms`;
+//! `Detach` clears both) and the client (creating targets only) in the session item it
+//! writes anyway: an attach costs no extra command. Move carries owner, bound, creation
+//! time and client. The index item is a CAS loop of its own (see `owners`); its TTL is
+//! its latest entry's bound, so an index whose sessions are all gone expires by itself.
 //!
 //! # Atomicity (no server-side scripts; `write`)
 //!
@@ -85,6 +131,7 @@
 
 mod client;
 mod item;
+mod owners_index;
 mod ring;
 mod write;
 
@@ -94,13 +141,14 @@ use std::{
 };
 
 use self::{
-    client::{ClientError, Cmd, Lease, Reply, Server, valid_key},
-    item::{decode_flash, decode_session},
+    client::{ClientError, Cmd, Lease, Mode, Reply, Server, valid_key},
+    item::{Stored, decode_flash, decode_session, encode_session},
     ring::Ring,
 };
 use super::{
     FieldMap, Lifetimes, LoadedSession, OwnerKey, Revision, SessionInfo, SessionStore, StoreError,
     Touch, WriteOutcome, WritePlan,
+    owners::{self, capped_expiry},
 };
 use crate::{config::MemcachedOptions, cookie::SessionId};
 
@@ -116,6 +164,9 @@ const FLASH_SUFFIX: &str = ":flash";
 const _: () = assert!(
     crate::config::MAX_KEY_PREFIX_LEN + STORE_KEY_LEN + FLASH_SUFFIX.len() <= client::MAX_KEY_LEN
 );
+/// Owner index items are `<prefix>o.<owner key>`: shorter than a flash key.
+const INDEX_INFIX: &str = "o.";
+const _: () = assert!(INDEX_INFIX.len() <= FLASH_SUFFIX.len());
 
 /// CAS retry counters (conflicts that forced a re-read), for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -244,9 +295,14 @@ impl MemcachedStore {
     }
 
     fn keys(&self, id: &SessionId) -> Keys {
-        let sk = id.store_key();
+        self.keys_of(&id.store_key())
+    }
+
+    /// The items of the session with store key `sk` (checked by the caller when it comes
+    /// from outside: [`owners::is_handle`]).
+    fn keys_of(&self, sk: &str) -> Keys {
         Keys {
-            server: self.ring.pick(&sk),
+            server: self.ring.pick(sk),
             flash: format!("{}{sk}{FLASH_SUFFIX}", self.key_prefix),
             data: format!("{}{sk}", self.key_prefix),
         }
@@ -273,23 +329,81 @@ impl MemcachedStore {
         deadline.checked_sub(now_ms).filter(|&left| left > 0)
     }
 
-    /// The exptime every item of a session gets now.
-    fn exptime_for(&self, max_age: Option<u64>, remaining_ms: u64, now_ms: u64) -> u64 {
-        exptime(self.idle_ms(max_age).min(remaining_ms), now_ms / 1000)
+    /// The absolute deadline (unix ms) of a session.
+    fn deadline_ms(&self, s: &Stored) -> u64 {
+        s.created_ms
+            .saturating_add(millis(self.lifetimes.absolute_ttl))
     }
 
-    async fn load_session(&self, id: &SessionId) -> Result<Option<LoadedSession>, StoreError> {
+    /// Alive at `now`: before its absolute deadline and before its bound, if it has one.
+    fn is_live(&self, s: &Stored, now_ms: u64) -> bool {
+        self.remaining_ms(s.created_ms, now_ms).is_some() && s.bound_ms.is_none_or(|b| b > now_ms)
+    }
+
+    /// How long a refresh at `now` lets the session live (ms): its idle lifetime, never
+    /// past its absolute deadline nor its bound.
+    fn refresh_ms(&self, s: &Stored, now_ms: u64) -> u64 {
+        let wanted = now_ms
+            .saturating_add(self.idle_ms(s.max_age))
+            .min(self.deadline_ms(s));
+        capped_expiry(wanted, s.bound_ms).saturating_sub(now_ms)
+    }
+
+    /// The exptime every item of a session refreshed (or written) now gets.
+    fn exptime_of(&self, s: &Stored, now_ms: u64) -> u64 {
+        exptime(self.refresh_ms(s, now_ms), now_ms / 1000)
+    }
+
+    /// An owned session refreshed now: the new bound to ask for, when it is due.
+    fn index_due(&self, s: &Stored, now_ms: u64) -> Option<u64> {
+        let bound = s.bound_ms.filter(|_| s.owner.is_some())?;
+        owners::index_due(now_ms, self.idle_ms(s.max_age), bound, self.deadline_ms(s))
+    }
+
+    /// The session's last refresh (unix ms), for `last_seen`; `ttl_left` is the item's
+    /// remaining TTL as read (see "Touch and the refresh time" above).
+    fn last_refresh_ms(&self, s: &Stored, ttl_left: Option<i64>, now_ms: u64) -> u64 {
+        let recorded = s.refreshed_ms.unwrap_or(s.created_ms);
+        if !self.lifetimes.touch_after.is_zero() {
+            return recorded;
+        }
+        let derived = match ttl_left.and_then(|t| u64::try_from(t).ok()) {
+            Some(left) => {
+                let set = self
+                    .idle_ms(s.max_age)
+                    .div_ceil(1000)
+                    .saturating_add(1)
+                    .saturating_mul(1000);
+                now_ms
+                    .saturating_add(left.saturating_mul(1000))
+                    .saturating_sub(set)
+                    .min(now_ms)
+            }
+            None => 0,
+        };
+        recorded.max(derived)
+    }
+
+    async fn load_session(
+        &self,
+        id: &SessionId,
+        touch: Touch,
+    ) -> Result<Option<LoadedSession>, StoreError> {
         let keys = self.keys(id);
         let mut lease = self.lease(keys.server).await?;
         let now = now_ms();
-        // The usual refresh; corrected below when this session needs another TTL.
-        let guess = exptime(millis(self.lifetimes.ttl), now / 1000);
+        let touch_after = millis(self.lifetimes.touch_after);
+        // The usual refresh, sent with the read when every load refreshes (touch_after
+        // 0); corrected below when this session needs another TTL. With touch_after the
+        // read touches nothing: whether a refresh is due is known only from the item.
+        let guess = (touch == Touch::Refresh && touch_after == 0)
+            .then(|| exptime(millis(self.lifetimes.ttl), now / 1000));
         let replies = lease
             .run(
                 &[
                     Cmd::Get {
                         key: &keys.data,
-                        touch: Some(guess),
+                        touch: guess,
                     },
                     Cmd::Get {
                         key: &keys.flash,
@@ -301,35 +415,67 @@ impl MemcachedStore {
             .await
             .map_err(unavailable)?;
         let [session, flash] = two(replies)?;
-        let (revision, stored) = match session {
-            Reply::Value { cas, data } => {
+        let (cas, item, stored) = match session {
+            Reply::Value { cas, data, .. } => {
                 let stored = decode_session(&data)?;
-                // The item as read, kept for this request's write (see `update`).
-                (Revision::new(cas, data), stored)
+                (cas, data, stored)
             }
             Reply::Miss => return Ok(None),
             _ => return Err(unexpected("session read")),
         };
-        let Some(remaining) = self.remaining_ms(stored.created_ms, now) else {
-            // Past the absolute limit: memcached may keep it up to a tick longer; make
-            // sure it is gone.
+        if !self.is_live(&stored, now) {
+            // Past the absolute limit or its bound: memcached may keep it up to a tick
+            // longer (or longer still, after a touch raced an attach); make sure it is
+            // gone.
             lease
                 .run(&keys.delete_both(), false)
                 .await
                 .map_err(unavailable)?;
             return Ok(None);
-        };
+        }
+        let remaining = self.remaining_ms(stored.created_ms, now).unwrap_or(0);
 
-        let right = self.exptime_for(stored.max_age, remaining, now);
+        let due = touch == Touch::Refresh
+            && (touch_after == 0
+                || stored
+                    .refreshed_ms
+                    .is_none_or(|at| now.saturating_sub(at) >= touch_after));
+        let right = self.exptime_of(&stored, now);
+        // touch_after > 0 and due: the item with its new refresh time.
+        let refreshed = (due && touch_after > 0).then(|| {
+            encode_session(&Stored {
+                refreshed_ms: Some(now),
+                ..stored.clone()
+            })
+        });
         let mut cmds = Vec::new();
-        if right != guess {
+        if let Some(value) = &refreshed {
+            cmds.push(Cmd::Set {
+                key: &keys.data,
+                value,
+                exp: right,
+                cas: Some(cas),
+                mode: Mode::Set,
+            });
+            cmds.push(Cmd::Touch {
+                key: &keys.data,
+                exp: right,
+            });
+        } else if due && Some(right) != guess {
             cmds.push(Cmd::Touch {
                 key: &keys.data,
                 exp: right,
             });
         }
+        let index_due = if due {
+            self.index_due(&stored, now)
+        } else {
+            None
+        };
+        // A refresh write changes the CAS: the request's write then reads again.
+        let revision = refreshed.is_none().then(|| Revision::new(cas, item));
         let pending = match flash {
-            Reply::Value { cas, data } => {
+            Reply::Value { cas, data, .. } => {
                 cmds.push(Cmd::Delete {
                     key: &keys.flash,
                     cas: Some(cas),
@@ -341,11 +487,11 @@ impl MemcachedStore {
         };
         let mut delivered = FieldMap::new();
         if pending.is_none() && !cmds.is_empty() {
-            // Only the TTL correction (a session with its own Max-Age, or close to its
-            // absolute limit): sent without waiting, so the load stays one round trip.
-            // Should it fail, the next load corrects the TTL again.
+            // Only the refresh (a TTL correction, or a due refresh with touch_after):
+            // sent without waiting, so the load stays one round trip. Should it fail,
+            // the next load refreshes again.
             if let Err(e) = lease.send(&cmds).await {
-                tracing::debug!(error = %e, "memcached TTL correction not sent");
+                tracing::debug!(error = %e, "memcached refresh not sent");
             }
         } else if !cmds.is_empty() {
             let replies = lease.run(&cmds, false).await.map_err(unavailable)?;
@@ -365,10 +511,10 @@ impl MemcachedStore {
             flash: delivered,
             max_age: stored.max_age,
             remaining: remaining / 1000,
-            // Touching the item (the refresh above) leaves its CAS as it was.
-            revision: Some(revision),
-            owner: None,
-            index_due: None,
+            // A touch leaves the CAS as it was; a refresh write does not (then `None`).
+            revision,
+            owner: stored.owner,
+            index_due,
         }))
     }
 
@@ -391,9 +537,9 @@ impl SessionStore for MemcachedStore {
     async fn load_touch(
         &self,
         id: &SessionId,
-        _touch: Touch,
+        touch: Touch,
     ) -> Result<Option<LoadedSession>, StoreError> {
-        self.load_session(id).await
+        self.load_session(id, touch).await
     }
 
     async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
@@ -406,31 +552,31 @@ impl SessionStore for MemcachedStore {
 
     async fn index_add(
         &self,
-        _owner: &OwnerKey,
-        _member: &str,
-        _bound_ms: u64,
+        owner: &OwnerKey,
+        member: &str,
+        bound_ms: u64,
     ) -> Result<(), StoreError> {
-        Err(not_built())
+        self.add_to_index(owner, member, bound_ms).await
     }
 
-    async fn index_members(&self, _owner: &OwnerKey) -> Result<Vec<String>, StoreError> {
-        Err(not_built())
+    async fn index_members(&self, owner: &OwnerKey) -> Result<Vec<String>, StoreError> {
+        self.live_index_members(owner).await
     }
 
-    async fn index_remove(&self, _owner: &OwnerKey, _members: &[String]) -> Result<(), StoreError> {
-        Err(not_built())
+    async fn index_remove(&self, owner: &OwnerKey, members: &[String]) -> Result<(), StoreError> {
+        self.remove_from_index(owner, members).await
     }
 
-    async fn destroy_keys(&self, _keys: &[String]) -> Result<u64, StoreError> {
-        Err(not_built())
+    async fn destroy_keys(&self, keys: &[String]) -> Result<u64, StoreError> {
+        self.destroy_store_keys(keys).await
     }
 
-    async fn session_info(&self, _keys: &[String]) -> Result<Vec<Option<SessionInfo>>, StoreError> {
-        Err(not_built())
+    async fn session_info(&self, keys: &[String]) -> Result<Vec<Option<SessionInfo>>, StoreError> {
+        self.infos(keys).await
     }
 
-    async fn extend_bound(&self, _key: &str, _bound_ms: u64) -> Result<bool, StoreError> {
-        Err(not_built())
+    async fn extend_bound(&self, key: &str, bound_ms: u64) -> Result<bool, StoreError> {
+        self.extend_session_bound(key, bound_ms).await
     }
 }
 
@@ -479,15 +625,10 @@ fn two(replies: Vec<Reply>) -> Result<[Reply; 2], StoreError> {
 
 fn flash_read(reply: Reply) -> Result<FlashRead, StoreError> {
     match reply {
-        Reply::Value { cas, data } => Ok(Some((cas, decode_flash(&data)?))),
+        Reply::Value { cas, data, .. } => Ok(Some((cas, decode_flash(&data)?))),
         Reply::Miss => Ok(None),
         _ => Err(unexpected("flash read")),
     }
-}
-
-// Placeholder while owners are built on this engine (docs/protocol.md §11).
-fn not_built() -> StoreError {
-    StoreError::Unavailable("owners are not built on this engine yet".into())
 }
 
 #[cfg(test)]

@@ -8,18 +8,19 @@ use super::{
     client::{Cmd, Lease, Mode, Reply},
     flash_read,
     item::{Stored, decode_session, encode_flash, encode_session},
-    millis, now_ms, one, unavailable, unexpected,
+    now_ms, one, unavailable, unexpected,
 };
 use crate::{
     cookie::SessionId,
     protocol::Op,
-    store::{FieldMap, StoreError, Target, WriteOutcome, WritePlan, apply_ops},
+    store::{FieldMap, OwnerChange, StoreError, Target, WriteOutcome, WritePlan, apply_ops},
 };
 
 impl MemcachedStore {
-    /// The session (and pending flash) after `plan`'s ops, and its memcached expiry.
-    /// Both maps are validated here, before anything is written. `None` when the
-    /// session passed its absolute limit since it was read.
+    /// The session (and pending flash) after `plan`'s ops and owner change, refreshed
+    /// now, and its memcached expiry. Both maps are validated here, before anything is
+    /// written. `None` when the session passed its absolute limit or its bound since it
+    /// was read.
     fn next_state(
         &self,
         stored: &Stored,
@@ -27,9 +28,9 @@ impl MemcachedStore {
         plan: &WritePlan,
     ) -> Result<Option<(Stored, FieldMap, u64)>, StoreError> {
         let now = now_ms();
-        let Some(remaining) = self.remaining_ms(stored.created_ms, now) else {
+        if !self.is_live(stored, now) {
             return Ok(None);
-        };
+        }
         let empty = FieldMap::new();
         let (data, flash) = apply_ops(
             &stored.data,
@@ -37,33 +38,41 @@ impl MemcachedStore {
             &plan.ops,
             self.lifetimes.max_size,
         )?;
-        let max_age = plan.max_age.or(stored.max_age);
-        let exp = self.exptime_for(max_age, remaining, now);
-        let next = Stored {
+        let mut next = Stored {
             created_ms: stored.created_ms,
-            max_age,
+            max_age: plan.max_age.or(stored.max_age),
+            // A write refreshes like a load.
+            refreshed_ms: Some(now),
+            owner: stored.owner.clone(),
+            bound_ms: stored.bound_ms,
+            client: stored.client.clone(),
             data,
         };
+        change_owner(&mut next, &plan.owner, now);
+        let exp = self.exptime_of(&next, now);
         Ok(Some((next, flash, exp)))
     }
 
-    /// Data and flash of a brand-new session after `plan`'s ops, validated.
-    fn fresh_state(&self, plan: &WritePlan) -> Result<(FieldMap, FieldMap), StoreError> {
+    /// A brand-new session after `plan`'s ops and owner change (created and refreshed
+    /// now, with the plan's client record), validated, and its pending flash.
+    fn fresh_state(&self, plan: &WritePlan) -> Result<(Stored, FieldMap), StoreError> {
         let empty = FieldMap::new();
-        Ok(apply_ops(
-            &empty,
-            &empty,
-            &plan.ops,
-            self.lifetimes.max_size,
-        )?)
+        let (data, flash) = apply_ops(&empty, &empty, &plan.ops, self.lifetimes.max_size)?;
+        let now = now_ms();
+        let mut stored = Stored {
+            data,
+            ..Stored::new(now, plan.max_age, plan.client.clone())
+        };
+        change_owner(&mut stored, &plan.owner, now);
+        Ok((stored, flash))
     }
 
     pub(super) async fn apply_plan(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
         match &plan.target {
             Target::Existing(id) => self.update(id, plan).await,
             Target::Create(id) => {
-                let (data, flash) = self.fresh_state(plan)?;
-                self.create(id, plan.max_age, &data, &flash).await?;
+                let (stored, flash) = self.fresh_state(plan)?;
+                self.create(id, &stored, &flash).await?;
                 Ok(WriteOutcome::Applied)
             }
             Target::Destroy(id) => {
@@ -72,9 +81,9 @@ impl MemcachedStore {
             }
             Target::DestroyThenCreate { old, new } => {
                 // Validate first: a rejected change set leaves the old session untouched.
-                let (data, flash) = self.fresh_state(plan)?;
+                let (stored, flash) = self.fresh_state(plan)?;
                 self.destroy(old).await?;
-                self.create(new, plan.max_age, &data, &flash).await?;
+                self.create(new, &stored, &flash).await?;
                 Ok(WriteOutcome::Applied)
             }
             Target::Move { from, to } => self.move_session(from, to, plan).await,
@@ -85,19 +94,12 @@ impl MemcachedStore {
     async fn create(
         &self,
         id: &SessionId,
-        max_age: Option<u64>,
-        data: &FieldMap,
+        stored: &Stored,
         flash: &FieldMap,
     ) -> Result<(), StoreError> {
-        let now = now_ms();
-        let stored = Stored {
-            created_ms: now,
-            max_age,
-            data: data.clone(),
-        };
-        let exp = self.exptime_for(max_age, millis(self.lifetimes.absolute_ttl).max(1), now);
+        let exp = self.exptime_of(stored, now_ms());
         let keys = self.keys(id);
-        self.add_items(&keys, &stored, flash, exp).await
+        self.add_items(&keys, stored, flash, exp).await
     }
 
     async fn add_items(
@@ -144,7 +146,11 @@ impl MemcachedStore {
     }
 
     async fn destroy(&self, id: &SessionId) -> Result<(), StoreError> {
-        let keys = self.keys(id);
+        self.destroy_keys_of(&self.keys(id)).await
+    }
+
+    /// Unconditional delete of a session's items (destroy wins over every writer).
+    pub(super) async fn destroy_keys_of(&self, keys: &Keys) -> Result<(), StoreError> {
         let mut lease = self.lease(keys.server).await?;
         let replies = lease
             .run(&keys.delete_both(), false)
@@ -161,7 +167,7 @@ impl MemcachedStore {
     }
 
     /// Read the session (and its flash when `with_flash`): `None` when gone or past its
-    /// absolute limit.
+    /// absolute limit or bound.
     async fn read(
         &self,
         lease: &mut Lease<'_>,
@@ -184,11 +190,11 @@ impl MemcachedStore {
             .map_err(unavailable)?
             .into_iter();
         let (cas, stored) = match replies.next() {
-            Some(Reply::Value { cas, data }) => (cas, decode_session(&data)?),
+            Some(Reply::Value { cas, data, .. }) => (cas, decode_session(&data)?),
             Some(Reply::Miss) => return Ok(None),
             _ => return Err(unexpected("session read")),
         };
-        if self.remaining_ms(stored.created_ms, now_ms()).is_none() {
+        if !self.is_live(&stored, now_ms()) {
             return Ok(None);
         }
         let flash = match replies.next() {
@@ -474,9 +480,25 @@ impl MemcachedStore {
     }
 }
 
+/// How a write changes the owner: `Attach` records it with its bound (now + `bound_ms`),
+/// `Detach` clears both.
+fn change_owner(s: &mut Stored, change: &OwnerChange, now_ms: u64) {
+    match change {
+        OwnerChange::Keep => {}
+        OwnerChange::Attach { owner, bound_ms } => {
+            s.owner = Some(owner.clone());
+            s.bound_ms = Some(now_ms.saturating_add(*bound_ms));
+        }
+        OwnerChange::Detach => {
+            s.owner = None;
+            s.bound_ms = None;
+        }
+    }
+}
+
 /// A short random pause before retrying a CAS conflict, growing with the attempt: the
 /// writers that collided spread out instead of colliding again in lockstep.
-async fn backoff(attempt: u64) {
+pub(super) async fn backoff(attempt: u64) {
     // A per-call random value without a dependency: RandomState keys are random.
     let random = std::collections::hash_map::RandomState::new().hash_one(attempt);
     let max_us = 250u64 << attempt.min(4); // 0.5 ms .. 4 ms
