@@ -9,66 +9,9 @@ mod harness;
 
 use std::time::Duration;
 
+use backing::stores::*;
 use harness::{Client, Sidecar};
 use serde_json::{Value, json};
-
-/// A store under test: the `store:` config section plus whatever keeps it alive.
-pub struct Store {
-    pub section: Value,
-    pub redis: Option<backing::RedisServer>,
-    pub memcached: Option<backing::MemcachedServer>,
-}
-
-pub fn memory() -> Store {
-    Store {
-        section: json!({"engine": "memory"}),
-        redis: None,
-        memcached: None,
-    }
-}
-
-pub fn redis() -> Store {
-    let server = backing::RedisServer::start();
-    Store {
-        section: json!({"engine": "redis", "storage": {"host": "127.0.0.1", "port": server.port()}}),
-        redis: Some(server),
-        memcached: None,
-    }
-}
-
-/// One Redis Cluster and one Sentinel set for the whole binary (starting them takes
-/// seconds; every test uses fresh random session ids).
-pub fn cluster() -> Store {
-    static CLUSTER: std::sync::OnceLock<backing::RedisCluster> = std::sync::OnceLock::new();
-    let cluster = CLUSTER.get_or_init(backing::RedisCluster::start);
-    Store {
-        section: json!({"engine": "redis", "storage": {"cluster": {"nodes": cluster.nodes()}}}),
-        redis: None,
-        memcached: None,
-    }
-}
-
-pub fn sentinel() -> Store {
-    static SET: std::sync::OnceLock<backing::SentinelSet> = std::sync::OnceLock::new();
-    let set = SET.get_or_init(backing::SentinelSet::start);
-    Store {
-        section: json!({"engine": "redis", "storage": {"sentinel": {
-            "master_name": set.master_name(),
-            "nodes": set.sentinel_nodes(),
-        }}}),
-        redis: None,
-        memcached: None,
-    }
-}
-
-pub fn memcached() -> Store {
-    let server = backing::MemcachedServer::start();
-    Store {
-        section: json!({"engine": "memcached", "storage": {"servers": [server.addr()]}}),
-        redis: None,
-        memcached: Some(server),
-    }
-}
 
 async fn start(store: &Store, extra: Value) -> Sidecar {
     Sidecar::start(store.section.clone(), extra).await

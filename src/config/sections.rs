@@ -176,6 +176,13 @@ impl Ctx<'_> {
         let Some(Nullable::Value(v)) = raw.map(|a| &a.value.token) else {
             return Ok(None);
         };
+        if raw.is_some_and(|a| matches!(a.value.listen, Nullable::Null)) {
+            return Err(self.err(
+                &v.referenced,
+                "`admin.token` is set but `admin.listen` is null: the session admin API would be unreachable",
+                Some("give the admin listener an address, or remove `admin.token`".to_owned()),
+            ));
+        }
         let token = self.string(v, "admin.token")?;
         if token.len() < 32 || token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
             return Err(self.err(
@@ -596,6 +603,12 @@ mod tests {
             Some("0123456789abcdef0123456789abcdef")
         );
         assert!(ok("admin: {token: null}\n").admin.token.is_none());
+        assert_err(
+            "admin: {listen: null, token: \"0123456789abcdef0123456789abcdef\"}\n",
+            3,
+            30,
+            "would be unreachable",
+        );
         let e = assert_err("admin: {token: short}\n", 3, 16, "at least 32");
         assert!(!e.to_string().contains("short"), "{e}");
         assert_err(

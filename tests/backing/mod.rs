@@ -11,6 +11,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod sentinel;
+pub mod stores;
 pub mod tls;
 
 #[allow(unused_imports)]
