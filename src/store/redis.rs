@@ -97,6 +97,7 @@
 //! by itself after Redis restarts. Every call is bounded by `store.timeout` by the
 //! wrapper the engine runs behind ([`super::timed::TimedStore`]), not here.
 
+use futures_util::future::join_all;
 use std::{
     fmt,
     sync::atomic::{AtomicU64, Ordering},
@@ -852,37 +853,12 @@ impl RedisStore {
         let mut out = Vec::new();
         let chunks: Vec<&[&String]> = keys.chunks(per_call).collect();
         for wave in chunks.chunks(CALLS_IN_FLIGHT) {
-            for reply in join_all(wave.iter().map(|chunk| call(chunk)).collect()).await {
+            for reply in join_all(wave.iter().map(|chunk| call(chunk))).await {
                 out.push(decode(reply.map_err(|e| self.store_error(e))?)?);
             }
         }
         Ok(out)
     }
-}
-
-/// Run these futures concurrently; their outputs in order. For a few dozen at a time
-/// (every wake-up polls each one still pending).
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *output = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 /// One live session as `redis/sessions.lua` shows it (times in unix ms).
