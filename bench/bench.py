@@ -701,13 +701,6 @@ def run(args, binary: Path, work: Path, peers: Peers) -> int:
     for sc in sidecars.values():
         check_session_work(sc)
 
-    owner_lines = ["| store | request | store commands/req | store round trips/req |", "|---|---|---:|---:|"]
-    for engine, sc in sidecars.items():
-        if engine == "memory" or (args.only and not any(w in f"sidecar {engine}" for w in args.only.split(","))):
-            continue
-        for what, cmds, trips in owner_costs(sc, engine, stores, 20 if args.smoke else 200):
-            owner_lines.append(f"| {engine} | {what} | {cmds:.2f} | {trips:.2f} |")
-
     extra = ["| process | RSS after the rounds | RSS holding %d idle keep-alive connections |" % args.idle,
              "|---|---:|---:|"]
     targets = [("nginx proxy_pass", nginx_proxy, proxy.pid)] + [
@@ -723,6 +716,14 @@ def run(args, binary: Path, work: Path, peers: Peers) -> int:
             s.close()
         extra.append(f"| {name} | {idle / 1024:.1f} MiB | {held / 1024:.1f} MiB |")
         time.sleep(0.5)
+    # After the RSS figures: the owner runs open connections of their own.
+    owner_lines = ["| store | request | store commands/req | store round trips/req |", "|---|---|---:|---:|"]
+    for engine, sc in sidecars.items():
+        if engine == "memory" or (args.only and not any(w in f"sidecar {engine}" for w in args.only.split(","))):
+            continue
+        for what, cmds, trips in owner_costs(sc, engine, stores, 20 if args.smoke else 200):
+            owner_lines.append(f"| {engine} | {what} | {cmds:.2f} | {trips:.2f} |")
+
     text = report(args, rows, baseline, extra + [""] + owner_lines)
     print()
     print(text)
