@@ -696,3 +696,40 @@ async fn rust_log_overrides_log_level_and_text_format_works() {
     let log = bin.stop().await;
     assert!(!log.contains("session_sidecar::access"), "{log}");
 }
+
+/// The access line names a session's owner only by a pseudonym, unless `log.owner: true`
+/// (docs/configuration.md#admin-and-logging).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_carry_the_owner_as_a_pseudonym_unless_asked() {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    use sha2::{Digest, Sha256};
+    let owner = "alice.secret@example.com";
+    let pseudonym: String = URL_SAFE_NO_PAD
+        .encode(Sha256::digest(format!("\"{owner}\"").as_bytes()))
+        .chars()
+        .take(12)
+        .collect();
+    let upstream = harness::Upstream::start().await;
+    for clear in [false, true] {
+        let log = format!("{{ format: json, owner: {clear} }}");
+        let bin = Binary::spawn(&binary_config(&upstream, &log)).await;
+        let mut c = Client::new(bin.addr);
+        let literal = format!("\"{owner}\"");
+        let r = write(&mut c, &[("x-session-owner", literal)], &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(c.get("/page").await.sstatus(), "active");
+        let log = bin.stop().await;
+        let page: Vec<Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["path"] == "/page")
+            .collect();
+        assert_eq!(page.len(), 1, "{log}");
+        if clear {
+            assert_eq!(page[0]["owner"], json!(format!("\"{owner}\"")), "{log}");
+        } else {
+            assert_eq!(page[0]["owner"], json!(pseudonym), "{log}");
+            assert!(!log.contains("alice.secret"), "the owner leaked:\n{log}");
+        }
+    }
+}
