@@ -7,8 +7,9 @@
 //!
 //! Reloadable (they live in the per-request [`crate::proxy::Settings`] snapshot, or are
 //! certificates re-read by the TLS acceptor): `secrets`, `cookies.*`,
-//! `headers.expose_id`, `bypass`, `trusted_proxies`, `store.on_error`, `tls.cert` and
-//! `tls.key`. Everything else is built once at start (listeners, store, upstream client,
+//! `headers.expose_id`, `bypass`, `trusted_proxies`, `store.on_error`, `tls.cert`,
+//! `tls.key`, `session.no_touch`, `session.max_per_owner`, `session.record_client`,
+//! `admin.token` and `log.owner`. Everything else is built once at start (listeners, store, upstream client,
 //! timers, logging) and needs a restart. `headers.prefix` needs one too on purpose: the
 //! app reads its session under that name, so renaming the family without restarting the
 //! app with it would leave the app trusting a name the sidecar no longer strips.
@@ -72,7 +73,7 @@ pub fn plan(old: &Config, new: Config) -> Plan {
     // `Secret` equality compares the values (its `Debug` hides them).
     mark(&mut changed, "secrets", old.secrets != secrets);
     let store = compare_store(&old.store, store, &mut restart, &mut changed);
-    compare_session(&old.session, &session, &mut restart);
+    let session = compare_session(&old.session, session, &mut restart, &mut changed);
     compare_cookies(&old.cookies, &cookies, &mut changed);
     let headers = compare_headers(&old.headers, headers, &mut restart, &mut changed);
     mark(&mut changed, "bypass", old.bypass != bypass);
@@ -83,8 +84,8 @@ pub fn plan(old: &Config, new: Config) -> Plan {
     );
     compare_timeouts(&old.timeouts, &timeouts, &mut restart);
     compare_limits(&old.limits, &limits, &mut restart);
-    compare_admin(&old.admin, &admin, &mut restart);
-    compare_log(&old.log, &log, &mut restart);
+    let admin = compare_admin(&old.admin, admin, &mut restart, &mut changed);
+    let log = compare_log(&old.log, log, &mut restart, &mut changed);
 
     Plan {
         effective: Config {
@@ -95,15 +96,15 @@ pub fn plan(old: &Config, new: Config) -> Plan {
             upstream_tls: old.upstream_tls.clone(),
             secrets,
             store,
-            session: old.session.clone(),
+            session,
             cookies,
             headers,
             bypass,
             trusted_proxies,
             timeouts: old.timeouts.clone(),
             limits: old.limits.clone(),
-            admin: old.admin.clone(),
-            log: old.log.clone(),
+            admin,
+            log,
         },
         needs_restart: restart,
         changed,
@@ -187,7 +188,15 @@ fn compare_store(
     effective
 }
 
-fn compare_session(old: &SessionConfig, new: &SessionConfig, restart: &mut Vec<&'static str>) {
+/// The lifetimes and size are the store's (restart); the owner and touch-route settings
+/// are per-request settings (reloadable). `touch_after` is the store's too.
+#[allow(clippy::needless_update)]
+fn compare_session(
+    old: &SessionConfig,
+    new: SessionConfig,
+    restart: &mut Vec<&'static str>,
+    changed: &mut Vec<&'static str>,
+) -> SessionConfig {
     mark(restart, "session.ttl", old.ttl != new.ttl);
     mark(
         restart,
@@ -195,9 +204,42 @@ fn compare_session(old: &SessionConfig, new: &SessionConfig, restart: &mut Vec<&
         old.absolute_ttl != new.absolute_ttl,
     );
     mark(restart, "session.max_size", old.max_size != new.max_size);
+    mark(
+        restart,
+        "session.touch_after",
+        old.touch_after != new.touch_after,
+    );
+    mark(changed, "session.no_touch", old.no_touch != new.no_touch);
+    mark(
+        changed,
+        "session.max_per_owner",
+        old.max_per_owner != new.max_per_owner,
+    );
+    mark(
+        changed,
+        "session.record_client",
+        old.record_client != new.record_client,
+    );
+    let effective = SessionConfig {
+        no_touch: new.no_touch.clone(),
+        max_per_owner: new.max_per_owner,
+        record_client: new.record_client,
+        ..old.clone()
+    };
+    // Any other session setting (added later) stays restart-only until classified here.
     if !restart.iter().any(|k| k.starts_with("session.")) {
-        mark(restart, "session", old != new);
+        mark(
+            restart,
+            "session",
+            SessionConfig {
+                no_touch: old.no_touch.clone(),
+                max_per_owner: old.max_per_owner,
+                record_client: old.record_client,
+                ..new
+            } != *old,
+        );
     }
+    effective
 }
 
 fn compare_cookies(old: &CookieConfig, new: &CookieConfig, changed: &mut Vec<&'static str>) {
@@ -273,18 +315,35 @@ fn compare_limits(old: &Limits, new: &Limits, restart: &mut Vec<&'static str>) {
     }
 }
 
-fn compare_admin(old: &AdminConfig, new: &AdminConfig, restart: &mut Vec<&'static str>) {
+/// The listener is bound at start; the token is a per-request setting (rotate it with a
+/// `SIGHUP`).
+fn compare_admin(
+    old: &AdminConfig,
+    new: AdminConfig,
+    restart: &mut Vec<&'static str>,
+    changed: &mut Vec<&'static str>,
+) -> AdminConfig {
     mark(restart, "admin.listen", old.listen != new.listen);
-    if !restart.iter().any(|k| k.starts_with("admin.")) {
-        mark(restart, "admin", old != new);
+    mark(changed, "admin.token", old.token != new.token);
+    AdminConfig {
+        listen: old.listen,
+        token: new.token,
     }
 }
 
-fn compare_log(old: &LogConfig, new: &LogConfig, restart: &mut Vec<&'static str>) {
+/// Format and level configure the subscriber at start; `log.owner` is read per request.
+fn compare_log(
+    old: &LogConfig,
+    new: LogConfig,
+    restart: &mut Vec<&'static str>,
+    changed: &mut Vec<&'static str>,
+) -> LogConfig {
     mark(restart, "log.format", old.format != new.format);
     mark(restart, "log.level", old.level != new.level);
-    if !restart.iter().any(|k| k.starts_with("log.")) {
-        mark(restart, "log", old != new);
+    mark(changed, "log.owner", old.owner != new.owner);
+    LogConfig {
+        owner: new.owner,
+        ..old.clone()
     }
 }
 
@@ -345,6 +404,36 @@ mod tests {
         assert_eq!(e.bypass, ["/static/"]);
         assert_eq!(e.trusted_proxies.len(), 1);
         assert_eq!(e.store.on_error, crate::config::OnError::Anonymous);
+    }
+
+    #[test]
+    fn owner_settings_and_the_admin_token_reload() {
+        let old = cfg("");
+        let new = cfg(
+            "session: { no_touch: [/poll], max_per_owner: 2, record_client: true }\n\
+             admin: { token: \"0123456789abcdef0123456789abcdef\" }\n\
+             log: { owner: true }\n",
+        );
+        let p = plan(&old, new);
+        assert!(p.needs_restart.is_empty(), "{:?}", p.needs_restart);
+        assert_eq!(
+            p.changed,
+            [
+                "session.no_touch",
+                "session.max_per_owner",
+                "session.record_client",
+                "admin.token",
+                "log.owner",
+            ]
+        );
+        let e = &p.effective;
+        assert_eq!(e.session.no_touch, ["/poll"]);
+        assert_eq!(e.session.max_per_owner, Some(2));
+        assert!(e.session.record_client && e.log.owner && e.admin.token.is_some());
+        // touch_after is the store's: a restart.
+        let p = plan(&old, cfg("session: { touch_after: 1m }\n"));
+        assert_eq!(p.needs_restart, ["session.touch_after"]);
+        assert_eq!(p.effective.session.touch_after, old.session.touch_after);
     }
 
     #[test]
