@@ -15,6 +15,9 @@
 # while the old config keeps serving; `systemctl stop` drains and exits 0; a bad
 # config fails every start at ExecStartPre (the main process never runs) and the unit
 # ends failed once the start limit is reached (about 10 s: the slow part of this script).
+# Not covered: LoadCredential= (a TLS key through ${CREDENTIALS_DIRECTORY}). Under a
+# systemd started this way even a minimal root unit gets an empty credentials
+# directory, so that variant cannot be tried here.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 BIN=$(readlink -f "${1:-target/debug/session-sidecar}")
@@ -144,4 +147,5 @@ cp "$D/etc/good.yaml" "$D/etc/sidecar.yaml"
 IN systemctl reset-failed session-sidecar 2>/dev/null || true
 IN systemctl start session-sidecar || fail "start again"
 IN systemctl is-active -q session-sidecar || fail "not active after a start"
+
 echo "try-unit: OK"
