@@ -85,9 +85,11 @@ if [ -z "$bin" ]; then
   done
 fi
 if [ -z "$bin" ]; then
-  echo "==> no session-sidecar binary (set SIDECAR_BIN or cargo build): skipped the" \
-    "ConfigMap's check and try-unit.sh"
-else
+  echo "==> no session-sidecar binary: cargo build --bin session-sidecar"
+  cargo build --locked --bin session-sidecar
+  bin=target/debug/session-sidecar
+fi
+{
   echo "==> $bin check on the ConfigMap's sidecar.yaml"
   "$venv/bin/python" -c 'import sys, yaml
 docs = yaml.safe_load(open("deploy/kubernetes/configmap.yaml"))
@@ -106,5 +108,5 @@ sys.stdout.write(docs["data"]["sidecar.yaml"])' >"$tmp/sidecar.yaml"
     fi
     grep -E '^(==|try-unit)' "$tmp/try-unit.log"
   fi
-fi
+}
 echo "check-ops: OK ($(($(date +%s) - start)) s)"
