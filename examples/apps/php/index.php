@@ -17,10 +17,12 @@ function session_header(string $name): array
 }
 
 // Send one instruction (§5.1) whose value is JSON. json_encode escapes non-ASCII as
-// \uXXXX by default, so the value is a valid header (§5.2); invalid UTF-8 becomes U+FFFD.
+// \uXXXX by default (invalid UTF-8 becomes U+FFFD here), but leaves DEL as it is: escape
+// that too, so the value is a valid header (§5.2). DEL can only occur inside a string.
 function instruct(string $name, $value): void
 {
-    header($name . ': ' . json_encode($value, JSON_THROW_ON_ERROR | JSON_INVALID_UTF8_SUBSTITUTE));
+    $json = json_encode($value, JSON_THROW_ON_ERROR | JSON_INVALID_UTF8_SUBSTITUTE);
+    header($name . ': ' . str_replace("\x7f", '\u007f', $json));
 }
 
 function see_other(): void
