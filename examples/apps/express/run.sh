@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Runs the Express example on 127.0.0.1:${APP_PORT:-8000} (examples/README.md).
-# Needs Node.js and npm; installs the pinned packages into ./node_modules once.
+# Needs Node.js 18 or later and npm (Debian: nodejs, npm; installed here when run as root
+# and missing); installs the pinned packages of package-lock.json into ./node_modules once.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  echo "run.sh: node and npm are required (Debian: apt-get install -y nodejs npm)" >&2
-  exit 1
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm
+  else
+    echo "run.sh: node or npm is missing; install as root: apt-get install -y nodejs npm" >&2
+    exit 1
+  fi
 fi
 if [ ! -d node_modules/express ]; then
   if [ -f package-lock.json ]; then
