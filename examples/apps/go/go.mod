@@ -1,0 +1,3 @@
+module example.com/session-sidecar-example
+
+go 1.19
