@@ -66,6 +66,31 @@ def serve_pycket(port, redis_port):
     tornado.ioloop.IOLoop.current().start()
 
 
+def serve_adopting(port, redis_port):
+    """A Tornado app on sidecar_session that adopts pycket sessions (adopt.py)."""
+    import redis
+    import tornado.ioloop
+    import tornado.web
+
+    sys.path.insert(0, os.path.join(HERE, "..", "apps", "tornado"))
+    from adopt import adopt
+    from sidecar_session import NotificationMixin, SessionMixin
+
+    stores = redis.Redis(port=redis_port, db=0), redis.Redis(port=redis_port, db=1)
+
+    class Page(SessionMixin, NotificationMixin, tornado.web.RequestHandler):
+        def get(self):
+            dropped = adopt(self, *stores)
+            self.write({"status": self.session.status, "session": dict(self.session._data),
+                        "flash": {k: self.notifications.get(k) for k in
+                                  list(self.notifications.keys())},
+                        "dropped": dropped})
+
+    app = tornado.web.Application([("/", Page)], cookie_secret=COOKIE_SECRET)
+    app.listen(port, address="127.0.0.1")
+    tornado.ioloop.IOLoop.current().start()
+
+
 def serve_echo(port):
     """Answers with the session headers it was given; /incr and /set write."""
     from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -170,17 +195,19 @@ def main(sidecar_bin):
         r1 = redis.Redis(port=rport, db=1)
         r0.set("unrelated", "keep me")
 
-        # 1. Real pycket writes one session per sample, each with its own cookie jar.
-        old_ids = {}
-        for kind in SAMPLES:
-            opener = urllib.request.build_opener(
-                urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        def pycket_client(kind):
+            """A browser (cookie jar) that pycket gave a session of this kind."""
+            jar = http.cookiejar.CookieJar()
+            opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
             # First a visit: pycket's session and notification managers would each
             # make an id of their own on a request without its cookie.
             opener.open(f"http://127.0.0.1:{pport}/id").read()
             opener.open(urllib.request.Request(f"http://127.0.0.1:{pport}/write/{kind}",
                                                data=b"", method="POST")).read()
-            old_ids[kind] = opener.open(f"http://127.0.0.1:{pport}/id").read().decode()
+            return opener, jar, opener.open(f"http://127.0.0.1:{pport}/id").read().decode()
+
+        # 1. Real pycket writes one session per sample, each with its own cookie jar.
+        old_ids = {kind: pycket_client(kind)[2] for kind in SAMPLES}
         # A session as pycket wrote it on Python 2.7 (protocol 0, str as bytes).
         old_ids["py2"] = "0f3c2a1e-5b6d-4c7e-8f90-123456789abc"
         r0.set(old_ids["py2"], b"(dp0\nS'user'\np1\nS'ann'\np2\nsS'n'\np3\nI41\n"
@@ -257,6 +284,34 @@ def main(sidecar_bin):
         lines, report = migrate(rport)
         check("found: 1; would migrate (dry run: add --write): 0; skipped: 1" in report,
               "a second run finds only the unmigratable session")
+
+        # 5. Adoption: a browser still holding its pycket cookie stays logged in.
+        opener, jar, old = pycket_client("full")
+        pycket_cookie = next(c.value for c in jar if c.name == "PYCKET_ID")
+        cfg2 = os.path.join(tmp, "sidecar2.yaml")
+        aport, s2port = free_port(), free_port()
+        with open(cfg2, "w") as f:
+            json.dump({**json.load(open(cfg)), "listen": f"127.0.0.1:{s2port}",
+                       "upstream": f"http://127.0.0.1:{aport}"}, f)
+        start([sys.executable, __file__, "--serve-adopting", str(aport), str(rport)], aport)
+        start([sidecar_bin, "--config", cfg2], s2port, stderr=subprocess.DEVNULL)
+        page = lambda: json.loads(opener.open(f"http://127.0.0.1:{s2port}/").read())
+        seen = page()
+        check(seen["dropped"] == [] and seen["status"] == "none"
+              and seen["session"] == as_json(SAMPLES["full"][0])
+              and seen["flash"] == {"message": "migrated hello"},
+              "first visit with a pycket cookie: adopted, the page sees it all")
+        names = sorted(c.name for c in jar)
+        check(names == ["session"], f"pycket cookie cleared, sidecar cookie set: {names}")
+        check(not r0.exists(old) and not r1.exists(old), "the pycket session is taken")
+        seen = page()
+        check(seen["status"] == "active" and seen["session"] == as_json(SAMPLES["full"][0])
+              and seen["flash"] == {}, f"next visit: the data, from the sidecar: {seen}")
+        replay = urllib.request.Request(f"http://127.0.0.1:{s2port}/",
+                                        headers={"Cookie": f"PYCKET_ID={pycket_cookie}"})
+        seen = json.loads(urllib.request.urlopen(replay).read())
+        check(seen["session"] == {} and seen["dropped"] == [],
+              "a replayed pycket cookie adopts nothing")
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -271,6 +326,8 @@ def main(sidecar_bin):
 if __name__ == "__main__":
     if sys.argv[1] == "--serve-pycket":
         serve_pycket(int(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1] == "--serve-adopting":
+        serve_adopting(int(sys.argv[2]), int(sys.argv[3]))
     elif sys.argv[1] == "--serve-echo":
         serve_echo(int(sys.argv[2]))
     else:
