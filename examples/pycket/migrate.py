@@ -34,6 +34,7 @@ import pickle
 import re
 import secrets
 import sys
+import urllib.parse
 
 import redis
 
@@ -179,6 +180,10 @@ def parse_args(argv):
         p.error("the secret must be at least 32 bytes, like the sidecar's")
     if args.delete_old and not args.write:
         p.error("--delete-old needs --write")
+    for url in filter(None, (args.source, args.to)):
+        parts = urllib.parse.urlsplit(url)
+        if parts.path not in ("", "/") or "db=" in parts.query:
+            p.error(f"give databases with --db-*/--to-db-*, not in the URL: {url}")
     if args.ttl < 1:
         p.error("--ttl must be positive")
     return args
