@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of session-sidecar: formatting, lints, unit and integration tests
 # (real redis-server and memcached processes), then the black-box conformance kit against
-# the release binary. Installs what is missing (Debian packages, pytest) when run as root.
+# the release binary, then the examples (every stack, the browser check, the pycket
+# migration) and the deployment files. Installs what is missing (Debian packages, pytest) when run as root.
 #
 #   ./scripts/test.sh
 set -euo pipefail
@@ -41,3 +42,21 @@ if [ -x "$CONFORMANCE_DIR/run.sh" ] || [ -f "$CONFORMANCE_DIR/run.sh" ]; then
 else
   echo "==> conformance kit not found at $CONFORMANCE_DIR (set CONFORMANCE_DIR); skipped"
 fi
+
+# The examples and deployment files: each script installs its own stack (Debian packages,
+# pinned pip/npm) when run as root, and otherwise fails naming the install command.
+target_dir="$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+cargo build --locked --bin session-sidecar
+cargo build --locked --release --example demo
+export SIDECAR_BIN="$target_dir/debug/session-sidecar"
+echo "==> examples: every stack behind the sidecar (examples/test.sh)"
+./examples/test.sh
+echo "==> examples: the Tornado helper's unit tests"
+(cd examples/apps/tornado && python3 -m unittest -q test_sidecar_session)
+echo "==> examples: the browser check (examples/browser/run.sh)"
+DEMO_BIN="$target_dir/release/examples/demo" ./examples/browser/run.sh
+echo "==> examples: pycket migration against real pycket (examples/pycket/test.sh)"
+./examples/pycket/test.sh
+echo "==> deployment files (scripts/check-ops.sh)"
+./scripts/check-ops.sh
+echo "==> all tests passed"

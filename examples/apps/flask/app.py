@@ -13,7 +13,8 @@ app = Flask(__name__)
 
 
 def dumps(value):
-    return dumps(value)
+    """Compact, ASCII-only JSON (non-ASCII as \\uXXXX): always a valid header value."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 def header_json(name):
