@@ -258,6 +258,9 @@ macro_rules! session_suite {
                     vec![set(json!({"ok": 1})), ("x-session-incr", r#"{"s":1}"#.into())],
                     vec![set(json!({"big": "x".repeat(80)}))],
                     vec![("x-session-max-age", "soon".into())],
+                    // I-JSON: beyond a double's range, in a value or nested (protocol §5.2)
+                    vec![("x-session-set", r#"{"s":1e400}"#.into())],
+                    vec![set(json!({"ok": 1})), ("x-session-set", r#"{"t":[-1e400]}"#.into())],
                 ];
                 for pairs in bad {
                     let r = write(&mut c, &pairs).await;

@@ -187,7 +187,24 @@ fn number_text<'de, A: MapAccess<'de>>(map: &mut A, sink: &mut Sink) -> Result<S
     if text.parse::<serde_json::Number>().is_err() || map.next_key::<IgnoredAny>()?.is_some() {
         return Err(sink.reject(reserved_token_key()));
     }
+    if !fits_double(&text) {
+        return Err(sink.reject(beyond_double()));
+    }
     Ok(text)
+}
+
+/// I-JSON (RFC 7493 §2.2): a number whose magnitude a binary64 double cannot hold
+/// (`1e400`, `-1e400`, an integer of 310 digits) would be read as infinity, or refused,
+/// by the apps on the other side, so it is malformed here (docs/protocol.md §5.2). Big
+/// exact integers within the range stay allowed and keep every digit; so do numbers
+/// that round (`0.1000000000000000055511151231257827`) or underflow to zero (`1e-400`).
+fn fits_double(text: &str) -> bool {
+    text.parse::<f64>().is_ok_and(f64::is_finite)
+}
+
+/// The reason names no digits: reasons never quote values (they reach the log).
+fn beyond_double() -> String {
+    "a number is beyond the range of a double (I-JSON, RFC 7493 §2.2)".to_owned()
 }
 
 fn reserved_token_key() -> String {
@@ -1133,7 +1150,8 @@ mod tests {
                 "0.1000000000000000055511151231257827",
                 "0.1000000000000000055511151231257827",
             ),
-            ("1e400", "1e+400"),
+            ("1e-400", "1e-400"),
+            ("1.7976931348623157e308", "1.7976931348623157e+308"),
         ] {
             let body = format!(r#"{{"n":{number},"a":[{number}],"o":{{"x":{number}}}}}"#);
             let set = take(&[("x-session-set", body.as_bytes())]).unwrap();
@@ -1149,6 +1167,42 @@ mod tests {
             let value: serde_json::Value = serde_json::from_str(number).unwrap();
             assert_eq!(json_ascii(&value), stored);
         }
+    }
+
+    #[test]
+    fn numbers_beyond_a_double_are_malformed() {
+        let huge_integer = format!("1{}", "0".repeat(309)); // 1e309
+        for number in [
+            "1e400",
+            "-1e400",
+            "1E+309",
+            "-2.5e308",
+            huge_integer.as_str(),
+        ] {
+            for (header, body) in [
+                ("x-session-set", format!(r#"{{"n":{number}}}"#)),
+                (
+                    "x-session-set",
+                    format!(r#"{{"a":[1,{{"x":[{number}]}}]}}"#),
+                ),
+                ("x-session-replace", format!(r#"{{"n":{number}}}"#)),
+                ("x-session-flash-set", format!(r#"{{"n":{number}}}"#)),
+                ("x-session-incr", format!(r#"{{"n":{number}}}"#)),
+            ] {
+                let r = reason(&[(header, body.as_bytes())]);
+                assert!(
+                    r.contains("is beyond the range of a double"),
+                    "{header} {body:.80}: {r}"
+                );
+            }
+        }
+        // The reason quotes no digits (reasons never quote values).
+        let r = reason(&[("x-session-set", br#"{"n":-7.25e400}"#)]);
+        assert!(!r.contains("7.25") && !r.contains("400"), "{r}");
+        // Within range: the largest double and an exact integer of 308 digits.
+        let big = format!("1{}", "0".repeat(307));
+        let set = take(&[("x-session-set", format!(r#"{{"n":{big}}}"#).as_bytes())]).unwrap();
+        assert_eq!(set.ops, vec![Op::Set(f("n"), big)]);
     }
 
     #[test]
