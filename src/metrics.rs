@@ -21,6 +21,7 @@
 //! | `session_sidecar_active_connections` | gauge | – |
 //! | `session_sidecar_connections_refused_total` | counter | `cap` = `max_connections`, `max_connections_per_ip` |
 //! | `session_sidecar_open_tunnels` | gauge | – |
+//! | `session_sidecar_runtime_alive_tasks` | gauge | – |
 //!
 //! The exposition is the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]), which every
 //! Prometheus-compatible scraper reads.
@@ -283,6 +284,7 @@ pub struct Metrics {
     connections: Gauge,
     connections_refused: [Counter; 2],
     tunnels: Gauge,
+    runtime_tasks: Gauge,
     master_changes: Counter,
     sessions_revoked: [Counter; 4],
     admin_calls: [Counter; 5],
@@ -430,6 +432,13 @@ impl Metrics {
             "Open upgraded tunnels (WebSocket and other Upgrade protocols)",
             tunnels.clone(),
         );
+        let runtime_tasks = Gauge::default();
+        registry.register(
+            "runtime_alive_tasks",
+            "Tasks alive on the sidecar's async runtime, read at scrape time (a number that \
+             keeps growing under steady traffic is a leak)",
+            runtime_tasks.clone(),
+        );
 
         let master_changes = Counter::default();
         registry.register(
@@ -474,6 +483,7 @@ impl Metrics {
             connections,
             connections_refused,
             tunnels,
+            runtime_tasks,
             master_changes,
             sessions_revoked,
             admin_calls,
@@ -549,6 +559,12 @@ impl Metrics {
     /// The current number of open tunnels (read at scrape time).
     pub fn set_open_tunnels(&self, n: usize) {
         self.tunnels.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The number of tasks alive on the runtime (read at scrape time:
+    /// `tokio::runtime::Handle::metrics().num_alive_tasks()`).
+    pub fn set_runtime_alive_tasks(&self, n: usize) {
+        self.runtime_tasks.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The store's count of master changes (read at scrape time; it only grows).
@@ -682,6 +698,7 @@ mod tests {
         m.upstream_error(UpstreamErrorKind::Timeout);
         m.upstream_latency(0.02);
         m.set_open_tunnels(3);
+        m.set_runtime_alive_tasks(17);
         let conn = m.connection_opened();
         let after = m.encode();
         drop(conn);
@@ -755,6 +772,10 @@ mod tests {
             1.0
         );
         assert_eq!(value(&after, "session_sidecar_open_tunnels", ""), 3.0);
+        assert_eq!(
+            value(&after, "session_sidecar_runtime_alive_tasks", ""),
+            17.0
+        );
         assert_eq!(value(&after, "session_sidecar_active_connections", ""), 1.0);
         assert_eq!(
             value(&m.encode(), "session_sidecar_active_connections", ""),
@@ -780,8 +801,8 @@ mod tests {
         let text = Metrics::new().encode();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(helps, 15, "{text}");
-        assert_eq!(types, 15, "{text}");
+        assert_eq!(helps, 16, "{text}");
+        assert_eq!(types, 16, "{text}");
         for (name, _, _) in samples(&text) {
             assert!(name.starts_with("session_sidecar_"), "{name}");
         }

@@ -53,6 +53,9 @@ pub async fn handle<B>(req: Request<B>, proxy: &Proxy) -> Response<Body> {
         "/metrics" => {
             let m = proxy.metrics();
             m.set_open_tunnels(proxy.tunnels().len());
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                m.set_runtime_alive_tasks(runtime.metrics().num_alive_tasks());
+            }
             if let AnyStore::Redis(redis) = proxy.store().engine() {
                 m.set_store_master_changes(redis.master_changes());
             }

@@ -93,8 +93,10 @@
 //!
 //! `max_connections` multiplexed connections per server (a cluster: the driver's one
 //! per node), created lazily on first use: the sidecar starts while Redis is down, a
-//! failed connection attempt is retried by the next call, and a connection reconnects
-//! by itself after Redis restarts. Every call is bounded by `store.timeout` by the
+//! failed connection attempt is retried by the next call, a connection reconnects by
+//! itself after Redis restarts, and one that stops answering (a call on it goes
+//! unanswered for half of `store.timeout`) is replaced by a fresh one
+//! (`redis/connector.rs`). Every call is bounded by `store.timeout` by the
 //! wrapper the engine runs behind ([`super::timed::TimedStore`]), not here.
 
 use futures_util::future::join_all;

@@ -1,6 +1,7 @@
 //! The backing servers of the integration tests: a real `redis-server` and a real
 //! `memcached` per test (never mocked), spawned on free ports, and tiny synchronous
-//! clients for assertions on what the sidecar stored. The HTTP side is in `harness`.
+//! clients for assertions on what the sidecar stored; [`faults`] is a fault-injecting
+//! proxy to put between a sidecar and them. The HTTP side is in `harness`.
 //!
 //! Every test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
@@ -10,6 +11,7 @@
 #[path = "../harness/certs.rs"]
 pub mod certs;
 pub mod cluster;
+pub mod faults;
 pub mod sentinel;
 pub mod stores;
 pub mod tls;

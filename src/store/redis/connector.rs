@@ -41,9 +41,16 @@ impl Call<'_> {
 }
 
 /// Did the call fail on the connection, or on a demoted master? Then the node may be
-/// gone or no longer the master: re-resolve, and the call may be resent.
+/// gone or no longer the master: re-resolve, and the call may be resent. A reply that
+/// cannot be parsed counts: a connection closed in the middle of a reply is reported as
+/// a parse error of the truncated reply, not as a dropped connection (the manager
+/// reconnects on both), and the script may well have run.
 fn is_connection_trouble(e: &RedisError) -> bool {
-    e.is_connection_refusal() || e.is_connection_dropped() || e.is_io_error() || is_readonly(e)
+    e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_io_error()
+        || e.kind() == redis::ErrorKind::Parse
+        || is_readonly(e)
 }
 
 /// `READONLY`: the node we write to was demoted to a replica (a failover happened).
@@ -58,13 +65,52 @@ pub(super) fn is_readonly(e: &RedisError) -> bool {
 /// `max_connections` lazily connected multiplexed connections to one node, used
 /// round-robin. An empty cell means "connect on next use": a failed (or cancelled)
 /// attempt leaves it empty, and a manager reconnects by itself after a restart.
+///
+/// A manager reconnects only when its connection fails or closes. One that stops
+/// answering and stays open (a black hole: a NAT or firewall on the way forgot it, a
+/// host gone without a reset) would time out every call on it forever, so a call that
+/// goes unanswered for half of `store.timeout` or more (it timed out, or its caller gave
+/// up at `store.timeout`) puts a fresh cell in its slot: the next call there connects
+/// anew, and the old connection closes once its last call is gone.
 pub(super) struct Pool {
     client: Client,
     config: ConnectionManagerConfig,
-    slots: Box<[OnceCell<ConnectionManager>]>,
+    slots: Box<[Slot]>,
     next: AtomicUsize,
+    /// How long a call may go unanswered before its connection is left.
+    unanswered: Duration,
     /// `host:port`, for `/readyz` and the logs (never credentials).
     pub(super) addr: String,
+}
+
+/// One connection slot: the cell its calls use now (replaced, never reset in place, so
+/// a call knows whether the connection it used is still the slot's).
+type Slot = Mutex<Arc<OnceCell<ConnectionManager>>>;
+
+/// Held by a call while it waits for its reply; dropped still armed (the call timed out
+/// or was given up) after [`Pool::unanswered`], it replaces the slot's cell.
+struct Unanswered<'a> {
+    slot: &'a Slot,
+    cell: Option<Arc<OnceCell<ConnectionManager>>>,
+    since: Instant,
+    after: Duration,
+    addr: &'a str,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let Some(cell) = self.cell.take() else {
+            return;
+        };
+        if self.since.elapsed() < self.after {
+            return;
+        }
+        let mut current = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if Arc::ptr_eq(&current, &cell) {
+            tracing::warn!(node = %self.addr, "redis connection not answering; connecting anew");
+            *current = Arc::new(OnceCell::new());
+        }
+    }
 }
 
 impl Pool {
@@ -72,30 +118,50 @@ impl Pool {
         Pool {
             client,
             config: template.manager_config(),
-            slots: (0..size.max(1)).map(|_| OnceCell::new()).collect(),
+            slots: (0..size.max(1))
+                .map(|_| Mutex::new(Arc::new(OnceCell::new())))
+                .collect(),
             next: AtomicUsize::new(0),
+            unanswered: template.timeout / 2,
             addr,
         }
     }
 
-    async fn manager(&self) -> Result<ConnectionManager, RedisError> {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len().max(1);
-        let Some(cell) = self.slots.get(slot) else {
+    /// The next slot, its current cell and its manager (connected on first use).
+    async fn manager(
+        &self,
+    ) -> Result<(&Slot, Arc<OnceCell<ConnectionManager>>, ConnectionManager), RedisError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len().max(1);
+        let Some(slot) = self.slots.get(index) else {
             return Err(RedisError::from((
                 redis::ErrorKind::Client,
                 "no connection slot",
             )));
         };
-        cell.get_or_try_init(|| {
-            ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
-        })
-        .await
-        .cloned()
+        let cell = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let conn = cell
+            .get_or_try_init(|| {
+                ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
+            })
+            .await
+            .cloned()?;
+        Ok((slot, cell, conn))
     }
 
     async fn call(&self, call: Call<'_>) -> Result<Value, RedisError> {
-        let mut conn = self.manager().await?;
-        call.run(&mut conn).await
+        let (slot, cell, mut conn) = self.manager().await?;
+        let mut waiting = Unanswered {
+            slot,
+            cell: Some(cell),
+            since: Instant::now(),
+            after: self.unanswered,
+            addr: &self.addr,
+        };
+        let result = call.run(&mut conn).await;
+        if !result.as_ref().is_err_and(RedisError::is_timeout) {
+            waiting.cell = None; // answered (an error is an answer too)
+        }
+        result
     }
 }
 
@@ -509,5 +575,14 @@ e 127.0.0.1:7004@17004 master - 0 0 5 connected
         assert!(is_readonly(&e) && is_connection_trouble(&e));
         let other = RedisError::from((redis::ErrorKind::Client, "nope"));
         assert!(!is_connection_trouble(&other));
+    }
+
+    /// A connection closed in the middle of a reply reaches the caller as a parse error
+    /// of the truncated reply: the call may have run, so it is resent like a dropped
+    /// connection (tests/store_faults.rs, `a_reply_cut_mid_way_is_resent_and_applied_once`).
+    #[test]
+    fn a_truncated_reply_is_connection_trouble() {
+        let cut = RedisError::from((redis::ErrorKind::Parse, "Parse error at 0"));
+        assert!(is_connection_trouble(&cut));
     }
 }
