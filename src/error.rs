@@ -22,6 +22,16 @@ pub enum ProxyError {
     /// A transfer coding other than a single `chunked` (RFC 9112 §6.1): 501, close.
     #[error("unsupported transfer coding")]
     UnsupportedTransferCoding,
+    /// The client's request body broke off while it was being forwarded: malformed
+    /// chunked framing, an HTTP/2 stream the client reset, a connection that ended
+    /// mid-body. The upstream exchange is abandoned (never completed with a different
+    /// body); 400, close.
+    #[error("malformed request body: {0}")]
+    RequestBody(String),
+    /// No request body bytes within `timeouts.body_read` while the sidecar waited for
+    /// them: 408, close.
+    #[error("request body timed out")]
+    BodyTimeout,
     /// The request's `Cookie` header(s) exceed `limits.max_header_size`.
     #[error("request header fields too large")]
     HeaderTooLarge,
@@ -53,7 +63,10 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadFraming(_) | ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadFraming(_) | ProxyError::Malformed(_) | ProxyError::RequestBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamProtocol(_) => {
@@ -71,12 +84,15 @@ impl ProxyError {
     }
 
     /// Framing errors leave the connection in an unknown state: it must not be reused.
+    /// So does a body that broke off or stalled: its remaining bytes are unknown.
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
             ProxyError::BadFraming(_)
                 | ProxyError::UnsupportedTransferCoding
                 | ProxyError::HeaderTooLarge
+                | ProxyError::RequestBody(_)
+                | ProxyError::BodyTimeout
         )
     }
 
@@ -86,6 +102,8 @@ impl ProxyError {
             ProxyError::Store(StoreError::Rejected(e)) => e.to_string(),
             ProxyError::BadInstruction(m) => m.clone(),
             ProxyError::UpstreamUnreachable(_) => "upstream unreachable".into(),
+            // hyper's wording stays in the log.
+            ProxyError::RequestBody(_) => "malformed or incomplete request body".into(),
             ProxyError::Store(_) | ProxyError::WriteWithoutStore => {
                 "session store unavailable".into()
             }

@@ -279,6 +279,11 @@ fn compare_timeouts(old: &Timeouts, new: &Timeouts, restart: &mut Vec<&'static s
     );
     mark(
         restart,
+        "timeouts.body_read",
+        old.body_read != new.body_read,
+    );
+    mark(
+        restart,
         "timeouts.upstream_connect",
         old.upstream_connect != new.upstream_connect,
     );
@@ -462,7 +467,7 @@ mod tests {
                  store: {{ engine: redis, key_prefix: \"s:\", timeout: 1s, storage: {{ db_sessions: 3 }} }}\n\
                  session: {{ ttl: 2h, max_size: 4KiB }}\n\
                  headers: {{ prefix: X-Sess }}\n\
-                 timeouts: {{ idle: 5s, shutdown: 3s }}\n\
+                 timeouts: {{ body_read: 5s, idle: 5s, shutdown: 3s }}\n\
                  limits: {{ max_header_size: 16KiB }}\n\
                  admin: {{ listen: null }}\n\
                  log: {{ format: json, level: debug }}\n"
@@ -485,6 +490,7 @@ mod tests {
                 "session.ttl",
                 "session.max_size",
                 "headers.prefix",
+                "timeouts.body_read",
                 "timeouts.idle",
                 "timeouts.shutdown",
                 "limits.max_header_size",
@@ -503,6 +509,7 @@ mod tests {
         assert_eq!(e.session.ttl, old.session.ttl);
         assert_eq!(e.headers.prefix, "X-Session");
         assert_eq!(e.timeouts.shutdown, old.timeouts.shutdown);
+        assert_eq!(e.timeouts.body_read, old.timeouts.body_read);
         assert_eq!(e.limits.max_header_size, old.limits.max_header_size);
         assert_eq!(e.admin.listen, old.admin.listen);
         assert_eq!(e.log.level, old.log.level);

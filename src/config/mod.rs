@@ -203,6 +203,7 @@ mod tests {
         assert!(c.bypass.is_empty() && c.trusted_proxies.is_empty());
         let t = &c.timeouts;
         assert_eq!(t.header_read, Duration::from_secs(10));
+        assert_eq!(t.body_read, Duration::from_secs(30));
         assert_eq!(t.upstream_connect, Duration::from_secs(5));
         assert_eq!(t.upstream_response, Duration::from_secs(60));
         assert_eq!(t.idle, Duration::from_secs(60));

@@ -205,6 +205,7 @@ pub(super) struct RawHeaders {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTimeouts {
     pub(super) header_read: Option<Val>,
+    pub(super) body_read: Option<Val>,
     pub(super) upstream_connect: Option<Val>,
     pub(super) upstream_response: Option<Val>,
     pub(super) idle: Option<Val>,
@@ -325,6 +326,7 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
         "timeouts",
         &[
             "header_read",
+            "body_read",
             "upstream_connect",
             "upstream_response",
             "idle",

@@ -179,6 +179,7 @@ mod tests {
                 "bypass:",
                 "trusted_proxies:",
                 "header_read:",
+                "body_read:",
                 "upstream_connect:",
                 "upstream_response:",
                 "idle:",

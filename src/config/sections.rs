@@ -491,6 +491,7 @@ impl Ctx<'_> {
         };
         for (v, key, slot) in [
             (&raw.header_read, "timeouts.header_read", &mut t.header_read),
+            (&raw.body_read, "timeouts.body_read", &mut t.body_read),
             (
                 &raw.upstream_connect,
                 "timeouts.upstream_connect",
@@ -736,14 +737,16 @@ mod tests {
     #[test]
     fn timeouts_and_limits() {
         let c = ok(
-            "timeouts: {header_read: 2s, upstream_connect: 1s, upstream_response: 5m, idle: 90, shutdown: 0s}\n",
+            "timeouts: {header_read: 2s, body_read: 45s, upstream_connect: 1s, upstream_response: 5m, idle: 90, shutdown: 0s}\n",
         );
         assert_eq!(c.timeouts.header_read, Duration::from_secs(2));
+        assert_eq!(c.timeouts.body_read, Duration::from_secs(45));
         assert_eq!(c.timeouts.upstream_response, Duration::from_secs(300));
         assert_eq!(c.timeouts.idle, Duration::from_secs(90));
         assert_eq!(c.timeouts.shutdown, Duration::ZERO);
         for key in [
             "header_read",
+            "body_read",
             "upstream_connect",
             "upstream_response",
             "idle",

@@ -436,6 +436,8 @@ pub struct Timeouts {
     #[serde(serialize_with = "ser::duration")]
     pub header_read: Duration,
     #[serde(serialize_with = "ser::duration")]
+    pub body_read: Duration,
+    #[serde(serialize_with = "ser::duration")]
     pub upstream_connect: Duration,
     #[serde(serialize_with = "ser::duration")]
     pub upstream_response: Duration,
@@ -447,6 +449,8 @@ pub struct Timeouts {
 
 /// `timeouts.header_read` when absent.
 pub const DEFAULT_HEADER_READ: Duration = Duration::from_secs(10);
+/// `timeouts.body_read` when absent.
+pub const DEFAULT_BODY_READ: Duration = Duration::from_secs(30);
 /// `timeouts.upstream_connect` when absent.
 pub const DEFAULT_UPSTREAM_CONNECT: Duration = Duration::from_secs(5);
 /// `timeouts.upstream_response` when absent.
@@ -460,6 +464,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             header_read: DEFAULT_HEADER_READ,
+            body_read: DEFAULT_BODY_READ,
             upstream_connect: DEFAULT_UPSTREAM_CONNECT,
             upstream_response: DEFAULT_UPSTREAM_RESPONSE,
             idle: DEFAULT_IDLE,

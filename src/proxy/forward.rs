@@ -15,10 +15,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::{
     connect::{self, ConnectTimeout, TlsSetupError, UnixConnector},
-    pool::{Pool, PooledBody},
+    pool::{Pool, PooledBody, SendError},
 };
 use crate::{
-    body::Body,
+    body::{Body, BodyTimeout},
     config::{Config, Upstream as UpstreamConfig},
     error::ProxyError,
 };
@@ -159,11 +159,36 @@ impl Upstream {
         };
         match tokio::time::timeout(self.response_timeout, response).await {
             Err(_) => Err(ProxyError::UpstreamTimeout),
-            // The chain names the cause (refused, TLS verification, timeout); it is
-            // logged with the request id, the client only sees "upstream unreachable".
-            Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
+            Ok(Err(e)) => Err(match request_body_failure(&e) {
+                // The client's body failed while it was being sent: the client's error.
+                Some(cause) => request_body_error(cause),
+                // The chain names the cause (refused, TLS verification, timeout); it is
+                // logged with the request id, the client only sees "upstream unreachable".
+                None => ProxyError::UpstreamUnreachable(error_chain(&e)),
+            }),
             Ok(Ok(resp)) => Ok(resp),
         }
+    }
+}
+
+/// The error of the client's request body, when that is why the exchange failed: hyper's
+/// client reports a failing request body as a user error whose cause is the body's own
+/// error (a chunked framing error or a reset stream from the client's connection, or
+/// [`BodyTimeout`]). hyper has then cut the upstream connection: the app saw at most an
+/// incomplete message.
+fn request_body_failure(e: &SendError) -> Option<&(dyn std::error::Error + 'static)> {
+    match e {
+        SendError::Send(e) if e.is_user() => std::error::Error::source(e),
+        _ => None,
+    }
+}
+
+/// What the client is told about its failed body: 408 when it stalled, else 400.
+fn request_body_error(cause: &(dyn std::error::Error + 'static)) -> ProxyError {
+    if cause.is::<BodyTimeout>() {
+        ProxyError::BodyTimeout
+    } else {
+        ProxyError::RequestBody(error_chain(cause))
     }
 }
 
@@ -217,6 +242,25 @@ mod tests {
             target(Scheme::HTTPS, &auth).expect("target"),
             "https://app.internal:8443/"
         );
+    }
+
+    #[test]
+    fn a_failed_request_body_is_the_clients_error() {
+        let e = request_body_error(&BodyTimeout);
+        assert!(matches!(e, ProxyError::BodyTimeout), "{e:?}");
+        assert_eq!(e.status(), 408);
+        assert!(e.closes_connection());
+        let parse = std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid chunk size");
+        let e = request_body_error(&parse);
+        assert!(
+            matches!(&e, ProxyError::RequestBody(m) if m == "invalid chunk size"),
+            "{e:?}"
+        );
+        assert_eq!(e.status(), 400);
+        assert!(e.closes_connection());
+        // Connect failures are the upstream's.
+        let connect = SendError::Connect("refused".into());
+        assert!(request_body_failure(&connect).is_none());
     }
 
     #[test]

@@ -33,6 +33,33 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Refuse a request whose `Host` the app and the sidecar could read differently (RFC
+/// 9112 §3.2: more than one `Host` field, or an invalid value, is a 400): the app would
+/// pick one field or split a list, while `X-Forwarded-Host` and the access log name
+/// another. A valid value is `uri-host [":" port]` (RFC 3986 characters, no userinfo,
+/// no whitespace), or empty. Runs after [`normalize_h2`], so an HTTP/2 request is
+/// checked with the `Host` its `:authority` gave it. A missing `Host` is left to the
+/// upstream client (it sends the upstream's authority).
+pub fn check_host(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let Some(host) = hosts.next() else {
+        return Ok(());
+    };
+    if hosts.next().is_some() {
+        return Err(ProxyError::Malformed("more than one Host field"));
+    }
+    if !host.as_bytes().iter().all(|&b| is_host_char(b)) {
+        return Err(ProxyError::Malformed("invalid Host"));
+    }
+    Ok(())
+}
+
+/// The characters of `uri-host [":" port]` (RFC 3986 §3.2.2: unreserved, pct-encoded,
+/// sub-delims, and `:`, `[`, `]` for ports and IP literals).
+fn is_host_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)
+}
+
 /// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1). `Trailer`
 /// is end-to-end (hyper only sends trailer fields a message declares in it); its
 /// reserved names are filtered by [`filter_trailer_declaration`]. `HTTP2-Settings`
@@ -322,6 +349,51 @@ mod tests {
             check_framing(&map(&[("transfer-encoding", "gzip, chunked")])),
             Err(ProxyError::UnsupportedTransferCoding)
         ));
+    }
+
+    #[test]
+    fn host_must_be_one_valid_authority() {
+        for ok in [
+            "app.test",
+            "app.test:8443",
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "xn--bcher-kva.example",
+            "",
+        ] {
+            assert!(check_host(&map(&[("host", ok)])).is_ok(), "{ok:?}");
+        }
+        assert!(
+            check_host(&map(&[])).is_ok(),
+            "a missing Host is not refused here"
+        );
+        for bad in [
+            "a b",
+            "a, b",
+            "user@app.test",
+            "app.test/path",
+            "app.test\\x",
+            "app.test?q",
+            "app.test#f",
+            "\"app.test\"",
+            "\tapp.test",
+        ] {
+            assert!(
+                matches!(
+                    check_host(&map(&[("host", bad)])),
+                    Err(ProxyError::Malformed(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let two = map(&[("host", "a.test"), ("host", "b.test")]);
+        assert!(matches!(check_host(&two), Err(ProxyError::Malformed(_))));
+        let same = map(&[("host", "a.test"), ("host", "a.test")]);
+        assert!(check_host(&same).is_err(), "even when equal");
+        let obs = HeaderValue::from_bytes(b"app\xe9.test").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, obs);
+        assert!(check_host(&h).is_err(), "non-ASCII");
     }
 
     #[test]

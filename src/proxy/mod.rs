@@ -134,14 +134,15 @@ impl Settings {
 }
 
 /// A client request body the pipeline can stream upstream: hyper's `Incoming`, or the
-/// listener's wrapper of it that holds the connection's in-flight mark.
+/// listener's wrapper of it that holds the connection's in-flight mark and bounds each
+/// wait for the client (`timeouts.body_read`).
 pub trait RequestBody:
-    http_body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + 'static
+    http_body::Body<Data = bytes::Bytes, Error: Into<crate::body::BoxError>> + Send + 'static
 {
 }
 
 impl<B> RequestBody for B where
-    B: http_body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + 'static
+    B: http_body::Body<Data = bytes::Bytes, Error: Into<crate::body::BoxError>> + Send + 'static
 {
 }
 
@@ -380,10 +381,14 @@ impl Proxy {
             }
             Err(e) => {
                 let kind = match e {
-                    ProxyError::UpstreamTimeout => UpstreamErrorKind::Timeout,
-                    _ => UpstreamErrorKind::Unreachable,
+                    ProxyError::UpstreamTimeout => Some(UpstreamErrorKind::Timeout),
+                    // The client's body failed, not the upstream.
+                    ProxyError::RequestBody(_) | ProxyError::BodyTimeout => None,
+                    _ => Some(UpstreamErrorKind::Unreachable),
                 };
-                self.metrics.upstream_error(kind);
+                if let Some(kind) = kind {
+                    self.metrics.upstream_error(kind);
+                }
                 Err(e)
             }
         }
@@ -629,8 +634,8 @@ fn client_info(settings: &Settings, headers: &http::HeaderMap, conn: &ConnInfo) 
 }
 
 /// Step 1: refuse ambiguous framing, turn an h2 request into its h1 form (`Host` from
-/// `:authority`, cookie crumbs joined), remove the client's reserved headers and bound
-/// the cookie size.
+/// `:authority`, cookie crumbs joined), refuse an ambiguous `Host`, remove the client's
+/// reserved headers and bound the cookie size.
 fn strip_request<B>(
     settings: &Settings,
     req: &mut Request<B>,
@@ -643,6 +648,7 @@ fn strip_request<B>(
     }
     headers::check_framing(req.headers())?;
     headers::normalize_h2(req)?;
+    headers::check_host(req.headers())?;
     settings.prefix.strip(req.headers_mut());
     if headers::cookie_bytes(req.headers()) > settings.max_header_size {
         return Err(ProxyError::HeaderTooLarge);

@@ -35,7 +35,7 @@ use super::{
     watchdog::{Activity, Expiry, InFlight, WatchedIo},
 };
 use crate::{
-    body::Body,
+    body::{Body, BoxError, ReadTimeout},
     config::Config,
     proxy::{ConnInfo, Proxy},
     tls::TlsCerts,
@@ -119,16 +119,18 @@ fn hold_until_sent(body: Body, guard: InFlight) -> Body {
 
 /// The request body with a hold on its request: hyper drops the body once it has been
 /// read to the end (or abandoned), and only then may the connection's next bytes be a
-/// new request head. Zero-sized when the request has no body to wait for.
+/// new request head. The hold is `None` when the request has no body to wait for. Each
+/// wait for the client's next body bytes is bounded by `timeouts.body_read`
+/// ([`ReadTimeout`]).
 #[derive(Debug)]
 pub struct HeldBody {
-    body: Incoming,
+    body: ReadTimeout<Incoming>,
     _guard: Option<InFlight>,
 }
 
 impl http_body::Body for HeldBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
@@ -159,6 +161,7 @@ pub async fn serve_proxy(
     let acceptor = tls.as_ref().map(TlsCerts::acceptor);
     let timers = Timers {
         header_read: config.timeouts.header_read,
+        body_read: config.timeouts.body_read,
         idle: config.timeouts.idle,
     };
     let admission = Admission::new(
@@ -235,6 +238,8 @@ pub async fn serve_proxy(
 #[derive(Debug, Clone, Copy)]
 struct Timers {
     header_read: Duration,
+    /// Each wait for a request body's next bytes (HTTP/1 and HTTP/2 alike).
+    body_read: Duration,
     idle: Duration,
 }
 
@@ -305,6 +310,7 @@ impl Connection {
         let in_service = activity.clone();
         let peer = self.peer;
         let peer_value = crate::proxy::headers::peer_value(peer.ip());
+        let body_read = self.timers.body_read;
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let proxy = proxy.clone();
             let (in_flight, framing) = in_service.request();
@@ -320,7 +326,7 @@ impl Connection {
             // answer before it has read an upload).
             let body_hold = (!http_body::Body::is_end_stream(req.body())).then(|| in_flight.also());
             let req = req.map(|body| HeldBody {
-                body,
+                body: ReadTimeout::new(body, body_read),
                 _guard: body_hold,
             });
             let in_service = in_service.clone();
@@ -346,7 +352,9 @@ impl Connection {
         });
         let conn = builder.serve_connection_with_upgrades(io, service);
         let mut conn = std::pin::pin!(conn);
-        let Timers { header_read, idle } = self.timers;
+        let Timers {
+            header_read, idle, ..
+        } = self.timers;
         let mut stopping = false;
         // After a graceful close was asked for because of idleness: give up waiting for
         // the client's part of it (its PING ack) at this instant.

@@ -22,6 +22,10 @@
 //!
 //! The bytes of an HTTP/1 request head are also handed to the raw framing scan in
 //! [`super::head_scan`], whose result comes back with [`Activity::request`].
+//!
+//! A request *body* has its own bound, `timeouts.body_read`, on the body itself rather
+//! than here ([`crate::body::ReadTimeout`]): it applies to HTTP/1 and HTTP/2 streams
+//! alike and only while the body's reader waits for the client.
 
 use std::{
     io,

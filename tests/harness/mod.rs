@@ -13,6 +13,7 @@
 
 pub mod binary;
 pub mod certs;
+pub mod raw;
 
 use std::{
     convert::Infallible,
