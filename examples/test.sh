@@ -61,11 +61,14 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/examples-test.XXXXXX")"
 # Helpers (used inside one stack's subshell).
 
 # A free loopback port: nothing listens on it now. (The app's port is taken before the
-# sidecar's is picked, so the two never collide.)
+# sidecar's is picked, so the two never collide.) Drawn from 20000-32767, below Linux's
+# ephemeral range (32768-60999), so an outgoing connection of another process cannot
+# hold it between the pick and the app's bind; a start that still loses the race is
+# retried on another port (see "The app").
 free_port() {
   local p
   for _ in $(seq 1 200); do
-    p=$(( ((RANDOM << 15) | RANDOM) % 40000 + 20000 ))
+    p=$(( ((RANDOM << 15) | RANDOM) % 12768 + 20000 ))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       echo "$p"
       return 0
@@ -225,11 +228,20 @@ run_stack() {
 
   # The app.
   step "start the app ($run)"
-  app_port="$(free_port)"
-  APP_PORT="$app_port" setsid bash "$run" >"$app_log" 2>&1 </dev/null &
-  app_pid=$!
-  local started=$SECONDS rc=0
-  wait_http "$app_port" "$app_pid" "$start_timeout" || rc=$?
+  local started=$SECONDS rc=0 attempt
+  for attempt in 1 2 3; do
+    app_port="$(free_port)"
+    APP_PORT="$app_port" setsid bash "$run" >"$app_log" 2>&1 </dev/null &
+    app_pid=$!
+    rc=0
+    wait_http "$app_port" "$app_pid" "$start_timeout" || rc=$?
+    # Lost the port to another process between the pick and the bind: another port.
+    if [ "$rc" = 3 ] && grep -qiE "address already in use|EADDRINUSE" "$app_log"; then
+      echo "examples/test.sh: $stack: port $app_port was taken before the app bound it (attempt $attempt); another port" >&2
+      continue
+    fi
+    break
+  done
   if [ "$rc" = 3 ]; then
     app_pid=""
     if [ "$exited" = 127 ]; then
