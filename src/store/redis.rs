@@ -650,10 +650,7 @@ impl SessionStore for RedisStore {
             .arg(if touch == Touch::Refresh { "1" } else { "" })
             .arg(millis(self.lifetimes.touch_after));
         let reply = self.run(&inv).await.map_err(|e| self.store_error(e))?;
-        match reply {
-            Value::BulkString(bytes) => decode_load_reply(&bytes),
-            _ => Err(corrupt("reply type")),
-        }
+        decode_load_value(reply)
     }
 
     async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
@@ -948,6 +945,14 @@ fn text(v: Option<&Value>) -> Result<String, StoreError> {
     }
 }
 
+/// The load script's reply as the client library hands it over: one bulk string.
+fn decode_load_value(reply: Value) -> Result<Option<LoadedSession>, StoreError> {
+    match reply {
+        Value::BulkString(bytes) => decode_load_reply(&bytes),
+        _ => Err(corrupt("reply type")),
+    }
+}
+
 /// The load script's reply (see `redis/load.lua`): `N`, `C`, or
 /// `F <max_age or -> <seconds left> <data bytes> <owner bytes or -> <bound check or ->\n`
 /// then the owner literal, data pairs and flash pairs ([`super::pairs`]). The bound
@@ -1025,6 +1030,29 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
         index_due: check
             .and_then(|[now, idle, bound, deadline]| index_due(now, idle, bound, deadline)),
     }))
+}
+
+/// Hooks for the fuzz targets (the `fuzzing` feature, docs/fuzzing.md): the script
+/// reply decoders, reachable from [`crate::fuzz_api`] only.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    use redis::Value;
+
+    use super::{as_array, decode_load_value, decode_taken};
+    use crate::store::{FieldMap, LoadedSession, StoreError};
+
+    /// What `load_touch` makes of the load script's reply.
+    pub(crate) fn load_reply(reply: Value) -> Result<Option<LoadedSession>, StoreError> {
+        decode_load_value(reply)
+    }
+
+    /// What `move_across_slots` makes of the take script's reply: `(meta, data, flash)`.
+    pub(crate) type TakenParts = (Vec<u8>, FieldMap, FieldMap);
+
+    pub(crate) fn take_reply(reply: Value) -> Result<Option<TakenParts>, StoreError> {
+        let items = as_array(reply)?;
+        Ok(decode_taken(&items)?.map(|t| (t.meta, t.data, t.flash)))
+    }
 }
 
 #[cfg(test)]
