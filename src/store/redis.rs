@@ -1007,7 +1007,12 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
         None => (None, body),
         Some(n) if n <= body.len() => {
             let (owner, rest) = body.split_at(n);
-            let owner = std::str::from_utf8(owner).map_err(|_| corrupt("owner"))?;
+            // A JSON string literal as `field_literal` writes it: printable ASCII, so it
+            // is a valid `X-Session-Owner` value (the memcached item checks the same).
+            let owner = std::str::from_utf8(owner)
+                .ok()
+                .filter(|o| o.bytes().all(|b| (0x20..0x7f).contains(&b)))
+                .ok_or_else(|| corrupt("owner"))?;
             if owner.len() < 2 || !owner.starts_with('"') || !owner.ends_with('"') {
                 return Err(corrupt("owner"));
             }
@@ -1143,6 +1148,30 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/redis_reply.rs): an owner with control
+    /// characters or raw UTF-8 was accepted (only its quotes were checked), although
+    /// `field_literal` writes printable ASCII and the memcached item refuses the same
+    /// bytes; it would have reached the app as a raw `X-Session-Owner`.
+    #[test]
+    fn owners_that_no_writer_produces_are_corrupt() {
+        for bad in [
+            &b"F - 5 0 3 -\n\"\x07\""[..],
+            b"F - 5 0 4 -\n\"\r\n\"",
+            b"F - 5 0 3 -\n\"\x7f\"",
+            "F - 5 0 4 -\n\"\u{e9}\"".as_bytes(),
+        ] {
+            assert!(
+                matches!(decode_load_reply(bad), Err(StoreError::Corrupt(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let ok = decode_load_reply(b"F - 5 0 10 -\n\"\\u00e9 x\"")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.owner.unwrap().literal(), "\"\\u00e9 x\"");
     }
 
     fn bulk(s: &str) -> Value {
