@@ -40,7 +40,11 @@ pub fn decode_pairs(mut rest: &[u8]) -> Result<FieldMap, &'static str> {
         if value.is_empty() {
             return Err("empty value");
         }
-        map.insert(field.to_owned(), value.to_owned());
+        // Every writer encodes a map, so a field comes once; a second one is corruption,
+        // not something to resolve by "last wins".
+        if map.insert(field.to_owned(), value.to_owned()).is_some() {
+            return Err("field twice");
+        }
     }
     Ok(map)
 }
@@ -133,5 +137,20 @@ mod tests {
             );
         }
         assert!(decode_pairs(b"3:\"a\",4:\" ~\",").is_ok());
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/store_pairs.rs; the input is kept as
+    /// fuzz/corpus/store_pairs/crash-field-twice): a field given twice decoded as its
+    /// last value.
+    #[test]
+    fn a_field_twice_is_refused() {
+        assert_eq!(
+            decode_pairs(b"3:\"a\",1:1,3:\"a\",1:2,"),
+            Err("field twice")
+        );
+        assert_eq!(
+            decode_pairs(b"3:\"n\",2:12,6:\"user\",6:\",2:12,6:\"user\",11:{\"a\":[1,2]},"),
+            Err("field twice")
+        );
     }
 }
