@@ -13,24 +13,29 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
 use session_sidecar::config::{Config, ConfigError};
 
-/// Secret-bearing variables: (name, value, the keys whose lines may reference it).
-const SECRETS: [(&str, &str, &[&str]); 3] = [
+/// Secret-bearing variables: name, value, and the keys (paths) whose values may
+/// reference it.
+const SECRETS: [(&str, &str, &[&[&str]]); 3] = [
     (
         "SESSION_SECRET",
         "fuzz-secret-0123456789abcdefghijklmnopqrstuvwxyz",
-        &["secrets:"],
+        &[&["secrets"]],
     ),
     (
         "REDIS_PASSWORD",
         "fuzz-redis-password-9f8e7d6c",
-        &["password:", "url:"],
+        &[
+            &["store", "storage", "password"],
+            &["store", "storage", "url"],
+        ],
     ),
     (
         "ADMIN_TOKEN",
         "fuzz-admin-token-0123456789abcdefghijkl",
-        &["token:"],
+        &[&["admin", "token"]],
     ),
 ];
 
@@ -46,18 +51,56 @@ fn env(name: &str) -> Option<String> {
     }
 }
 
-/// The secrets that must not show: those the text references only on the lines of
-/// their own keys (`secrets: [...]`, `password: ...`), and never writes out itself. A
-/// secret variable referenced from another key (`upstream: "${SESSION_SECRET}"`) is that
-/// key's value, which messages may quote.
+/// Paths of the scalars (and keys) whose text mentions `needle`.
+fn paths_with(v: &Value, needle: &str, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match v {
+        Value::String(s) if s.contains(needle) => out.push(path.clone()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                path.push(i.to_string());
+                paths_with(item, needle, path, out);
+                path.pop();
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                path.push(k.clone());
+                if k.contains(needle) {
+                    out.push(path.clone());
+                }
+                paths_with(item, needle, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The secrets that must not show: those the text references only from their own keys
+/// (`secrets`, `store.storage.password` or `url`, `admin.token`; read with a generic YAML
+/// parse) and never writes out itself. A secret variable referenced from another key
+/// (`upstream: "${SESSION_SECRET}"`) is that key's value, which messages may quote.
 fn guarded(text: &str) -> Vec<&'static str> {
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_nodes: 20_000,
+            max_depth: 16,
+            max_documents: 1,
+            max_total_scalar_bytes: 1024 * 1024,
+        },
+    };
+    let Ok(tree) = serde_saphyr::from_str_with_options::<Value>(text, options) else {
+        return Vec::new();
+    };
     SECRETS
         .iter()
         .filter(|(name, value, keys)| {
+            let mut found = Vec::new();
+            paths_with(&tree, name, &mut Vec::new(), &mut found);
             !text.contains(value)
-                && text.lines().filter(|l| l.contains(name)).all(|l| {
-                    let l = l.trim_start();
-                    keys.iter().any(|k| l.starts_with(k))
+                && found.iter().all(|p| {
+                    keys.iter()
+                        .any(|k| p.len() >= k.len() && p[..k.len()] == **k)
                 })
         })
         .map(|(_, value, _)| *value)

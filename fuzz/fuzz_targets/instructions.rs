@@ -15,7 +15,9 @@
 //!   kept at any depth), depth ≤ 32, keys of 1–256 bytes, integers for Incr;
 //! - an instruction value that the oracle can judge alone (owners, max-age, key arrays,
 //!   and objects in the canonical form `json_ascii` writes) is accepted exactly when the
-//!   rules of §5.2 say so;
+//!   rules of §5.2 say so (with serde_json's private number key,
+//!   `$serde_json::private::Number`, refused as a member name at any depth, as
+//!   src/protocol/json.rs documents);
 //! - a refusal names the instruction and gives a printable ASCII reason.
 #![no_main]
 
@@ -29,11 +31,12 @@ use session_sidecar::protocol::{
 use std::collections::HashSet;
 
 use sidecar_fuzz::{
-    FuzzName, INSTRUCTIONS, Json, Mode, Style, depth, entries, header_block, mode, oracle_reserved,
-    printable,
+    FuzzName, INSTRUCTIONS, Json, Mode, Style, depth, entries, has_key, header_block, mode,
+    oracle_reserved, printable,
 };
 
 const PREFIX: &str = "X-Session";
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -134,6 +137,12 @@ fn owner(b: &[u8], nullable: bool) -> Option<Option<String>> {
 fn object(b: &[u8], incr: bool) -> Option<serde_json::Map<String, Value>> {
     let v: Value = serde_json::from_slice(b).ok()?;
     if depth(&v) > MAX_DEPTH || !numbers_ok(&v) {
+        return None;
+    }
+    // serde_json's private number key: refused as a key at any depth (docs/security.md
+    // §4; src/protocol/json.rs `number_text`); serde_json leaves it in a map only when
+    // its value is not a number's text.
+    if has_key(&v, NUMBER_TOKEN) {
         return None;
     }
     let Value::Object(map) = v else { return None };
