@@ -73,6 +73,9 @@ pub mod body;
 pub mod config;
 pub mod cookie;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

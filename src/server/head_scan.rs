@@ -24,7 +24,7 @@ pub enum HeadFraming {
 /// at the blank line that ends the head. No allocation: a fixed window of the current
 /// line's first bytes.
 #[derive(Debug, Default)]
-pub(super) struct HeadScan {
+pub(crate) struct HeadScan {
     /// The first bytes of the current line (enough for the longest name we look for).
     line: [u8; 18],
     line_len: usize,
@@ -41,7 +41,7 @@ pub(super) struct HeadScan {
 }
 
 impl HeadScan {
-    pub(super) fn feed(&mut self, mut bytes: &[u8]) {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
         // Line by line rather than byte by byte: this sees every request head.
         while !self.done && !bytes.is_empty() {
             let (part, rest, ends) = match bytes.iter().position(|&b| b == b'\n') {
@@ -100,7 +100,7 @@ impl HeadScan {
         self.content_length && self.transfer_encoding
     }
 
-    pub(super) fn result(&self) -> HeadFraming {
+    pub(crate) fn result(&self) -> HeadFraming {
         if self.is_ambiguous() {
             HeadFraming::Ambiguous
         } else if self.done && self.first_line_is_request == Some(true) {

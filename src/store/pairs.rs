@@ -8,7 +8,7 @@
 //! netstring: "<len>:<bytes>,"
 //! ```
 //!
-//! Fields are JSON string literals and values JSON text, both ASCII (see
+//! Fields are JSON string literals and values JSON text, both printable ASCII (see
 //! [`super::FieldMap`]). Bytes from a store are untrusted input (docs/security.md §2):
 //! lengths are bounded, every byte is checked, and anything else is an error naming what is
 //! wrong, which each engine reports as corruption.
@@ -40,12 +40,17 @@ pub fn decode_pairs(mut rest: &[u8]) -> Result<FieldMap, &'static str> {
         if value.is_empty() {
             return Err("empty value");
         }
-        map.insert(field.to_owned(), value.to_owned());
+        // Every writer encodes a map, so a field comes once; a second one is corruption,
+        // not something to resolve by "last wins".
+        if map.insert(field.to_owned(), value.to_owned()).is_some() {
+            return Err("field twice");
+        }
     }
     Ok(map)
 }
 
-/// One netstring off the front of `rest`: its ASCII text.
+/// One netstring off the front of `rest`: its text, printable ASCII (what the JSON writer
+/// produces: every control character and DEL is escaped, docs/protocol.md §4.1).
 fn netstring<'a>(rest: &mut &'a [u8]) -> Result<&'a str, &'static str> {
     let colon = rest
         .iter()
@@ -63,8 +68,8 @@ fn netstring<'a>(rest: &mut &'a [u8]) -> Result<&'a str, &'static str> {
     }
     let text = std::str::from_utf8(&body[..len])
         .ok()
-        .filter(|t| t.is_ascii())
-        .ok_or("non-ASCII text")?;
+        .filter(|t| t.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        .ok_or("not printable ASCII")?;
     *rest = &body[len + 1..];
     Ok(text)
 }
@@ -110,5 +115,42 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/redis_reply.rs, store_pairs.rs): control
+    /// characters and DEL were accepted as long as they were ASCII, though the JSON
+    /// writer escapes every one of them; stored bytes holding one are corruption.
+    #[test]
+    fn control_characters_are_refused() {
+        for bad in [
+            &b"3:\"\x0f\",1:1,"[..],
+            b"3:\"a\",3:\"\t\",",
+            b"3:\"a\",3:\"\r\",",
+            b"3:\"a\",1:\x7f,",
+            b"3:\"a\",1:\0,",
+        ] {
+            assert_eq!(
+                decode_pairs(bad),
+                Err("not printable ASCII"),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(decode_pairs(b"3:\"a\",4:\" ~\",").is_ok());
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/store_pairs.rs; the input is kept as
+    /// fuzz/corpus/store_pairs/crash-field-twice): a field given twice decoded as its
+    /// last value.
+    #[test]
+    fn a_field_twice_is_refused() {
+        assert_eq!(
+            decode_pairs(b"3:\"a\",1:1,3:\"a\",1:2,"),
+            Err("field twice")
+        );
+        assert_eq!(
+            decode_pairs(b"3:\"n\",2:12,6:\"user\",6:\",2:12,6:\"user\",11:{\"a\":[1,2]},"),
+            Err("field twice")
+        );
     }
 }

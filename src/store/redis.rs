@@ -652,10 +652,7 @@ impl SessionStore for RedisStore {
             .arg(if touch == Touch::Refresh { "1" } else { "" })
             .arg(millis(self.lifetimes.touch_after));
         let reply = self.run(&inv).await.map_err(|e| self.store_error(e))?;
-        match reply {
-            Value::BulkString(bytes) => decode_load_reply(&bytes),
-            _ => Err(corrupt("reply type")),
-        }
+        decode_load_value(reply)
     }
 
     async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
@@ -950,6 +947,14 @@ fn text(v: Option<&Value>) -> Result<String, StoreError> {
     }
 }
 
+/// The load script's reply as the client library hands it over: one bulk string.
+fn decode_load_value(reply: Value) -> Result<Option<LoadedSession>, StoreError> {
+    match reply {
+        Value::BulkString(bytes) => decode_load_reply(&bytes),
+        _ => Err(corrupt("reply type")),
+    }
+}
+
 /// The load script's reply (see `redis/load.lua`): `N`, `C`, or
 /// `F <max_age or -> <seconds left> <data bytes> <owner bytes or -> <bound check or ->\n`
 /// then the owner literal, data pairs and flash pairs ([`super::pairs`]). The bound
@@ -1004,7 +1009,12 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
         None => (None, body),
         Some(n) if n <= body.len() => {
             let (owner, rest) = body.split_at(n);
-            let owner = std::str::from_utf8(owner).map_err(|_| corrupt("owner"))?;
+            // A JSON string literal as `field_literal` writes it: printable ASCII, so it
+            // is a valid `X-Session-Owner` value (the memcached item checks the same).
+            let owner = std::str::from_utf8(owner)
+                .ok()
+                .filter(|o| o.bytes().all(|b| (0x20..0x7f).contains(&b)))
+                .ok_or_else(|| corrupt("owner"))?;
             if owner.len() < 2 || !owner.starts_with('"') || !owner.ends_with('"') {
                 return Err(corrupt("owner"));
             }
@@ -1027,6 +1037,29 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
         index_due: check
             .and_then(|[now, idle, bound, deadline]| index_due(now, idle, bound, deadline)),
     }))
+}
+
+/// Hooks for the fuzz targets (the `fuzzing` feature, docs/fuzzing.md): the script
+/// reply decoders, reachable from [`crate::fuzz_api`] only.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    use redis::Value;
+
+    use super::{as_array, decode_load_value, decode_taken};
+    use crate::store::{FieldMap, LoadedSession, StoreError};
+
+    /// What `load_touch` makes of the load script's reply.
+    pub(crate) fn load_reply(reply: Value) -> Result<Option<LoadedSession>, StoreError> {
+        decode_load_value(reply)
+    }
+
+    /// What `move_across_slots` makes of the take script's reply: `(meta, data, flash)`.
+    pub(crate) type TakenParts = (Vec<u8>, FieldMap, FieldMap);
+
+    pub(crate) fn take_reply(reply: Value) -> Result<Option<TakenParts>, StoreError> {
+        let items = as_array(reply)?;
+        Ok(decode_taken(&items)?.map(|t| (t.meta, t.data, t.flash)))
+    }
 }
 
 #[cfg(test)]
@@ -1117,6 +1150,30 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/redis_reply.rs): an owner with control
+    /// characters or raw UTF-8 was accepted (only its quotes were checked), although
+    /// `field_literal` writes printable ASCII and the memcached item refuses the same
+    /// bytes; it would have reached the app as a raw `X-Session-Owner`.
+    #[test]
+    fn owners_that_no_writer_produces_are_corrupt() {
+        for bad in [
+            &b"F - 5 0 3 -\n\"\x07\""[..],
+            b"F - 5 0 4 -\n\"\r\n\"",
+            b"F - 5 0 3 -\n\"\x7f\"",
+            "F - 5 0 4 -\n\"\u{e9}\"".as_bytes(),
+        ] {
+            assert!(
+                matches!(decode_load_reply(bad), Err(StoreError::Corrupt(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let ok = decode_load_reply(b"F - 5 0 10 -\n\"\\u00e9 x\"")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.owner.unwrap().literal(), "\"\\u00e9 x\"");
     }
 
     fn bulk(s: &str) -> Value {

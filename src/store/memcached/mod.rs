@@ -631,6 +631,30 @@ fn flash_read(reply: Reply) -> Result<FlashRead, StoreError> {
     }
 }
 
+/// Hooks for the fuzz targets (the `fuzzing` feature, docs/fuzzing.md): the reply-line
+/// parser and the item decoders, reachable from [`crate::fuzz_api`] only.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    pub(crate) use super::client::{Header, Reply, parse_header};
+    use super::item;
+    use crate::store::StoreError;
+
+    /// `encode_session(decode_session(bytes))`.
+    pub(crate) fn reencode_session(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+        item::decode_session(bytes).map(|s| item::encode_session(&s))
+    }
+
+    /// `encode_flash(decode_flash(bytes))`.
+    pub(crate) fn reencode_flash(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+        item::decode_flash(bytes).map(|f| item::encode_flash(&f))
+    }
+
+    /// `encode_index(decode_index(bytes))`.
+    pub(crate) fn reencode_index(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+        item::decode_index(bytes).map(|i| item::encode_index(&i))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
