@@ -4,13 +4,12 @@
 Starts redis-server (append-only file with `appendfsync always`, so every write Redis
 acknowledged survives its restarts, SIGKILL included: with `everysec` Redis may answer
 writes it has not yet written to the file while a background fsync runs, and a SIGKILL
-then loses them — seen in a 30-minute run here: 13 acknowledged visits lost at one
-SIGKILL), the
-python-stdlib example app as the upstream, and the sidecar binary given; drives mixed
-traffic from worker threads for the given minutes while redis-server is restarted every
-`--restart-every` seconds; samples the sidecar's RSS, open file descriptors, threads and
-tokio tasks (the `session_sidecar_runtime_alive_tasks` gauge, when the binary has it) once
-a minute; prints a table, the first and last samples after warm-up, and a verdict.
+then loses them; seen in a 30-minute run here: 13 acknowledged visits lost at one
+SIGKILL), the python-stdlib example app as the upstream, and the sidecar binary given;
+drives mixed traffic from worker threads for the given minutes while redis-server is
+restarted every `--restart-every` seconds; samples the sidecar's RSS, open file
+descriptors, threads and tokio tasks (the `session_sidecar_runtime_alive_tasks` gauge)
+once a minute; prints a table, the first and last samples after warm-up, and a verdict.
 
 Each worker owns its sessions: it logs in as its own user and checks, on every page, that
 the page shows that user (or anonymous) and a visit count one above the last it saw (a

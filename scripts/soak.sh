@@ -2,12 +2,11 @@
 # The soak: mixed reads, writes, logins and logouts against the release binary for
 # MINUTES (default 30), with redis-server restarted every 2 minutes (SIGTERM and SIGKILL
 # in turn; it keeps an append-only file fsynced on every write, so every acknowledged
-# write survives). Prints the sidecar's RSS,
-# open file descriptors, threads and tokio tasks once a minute, the first sample after
-# the 60 s warm-up against the last, the status counts and a verdict; exits non-zero
-# when RSS or FDs grew after warm-up (RSS: more than 10 % + 2 MiB; FDs: more than 4) or
-# any answer was wrong (another session's data, a lost or doubled write, an unexpected
-# status or a connection error).
+# write survives). Prints the sidecar's RSS, open file descriptors, threads and tokio
+# tasks once a minute, the first sample after the 60 s warm-up against the last, the
+# status counts and a verdict; exits non-zero when RSS or FDs grew after warm-up (RSS:
+# more than 10 % + 2 MiB; FDs: more than 4) or any answer was wrong (another session's
+# data, a lost or doubled write, an unexpected status or a connection error).
 #
 #   ./scripts/soak.sh [MINUTES]
 #
