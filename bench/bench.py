@@ -3,7 +3,9 @@
 
 Everything runs on loopback in one run: an nginx upstream (`return 200`, ~100-byte
 body), redis-server, memcached, a baseline nginx `proxy_pass` with upstream keepalive,
-and four sidecars (memory, redis, a 3-master Redis Cluster, memcached). wrk drives keep-alive load; rows are
+an nginx + Lua + Redis peer (cookie HMAC, HGETALL, X-Session, proxy_pass; HSET after the
+response), and five sidecars (memory, redis, redis with the session cache, a 3-master
+Redis Cluster, memcached). wrk drives keep-alive load; rows are
 interleaved over rounds and the median is reported, as ratios to nginx proxy_pass.
 
 Run it through `bench/run.sh`, which installs the tools and builds the release binary.
@@ -136,11 +138,11 @@ class Peers:
                 proc.kill()
 
 
-def nginx_conf(work: Path, name: str, workers: str, http_block: str) -> Path:
+def nginx_conf(work: Path, name: str, workers: str, http_block: str, modules: str = "") -> Path:
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf = work / f"{name}.conf"
     conf.write_text(
-        f"""{user}worker_processes {workers};
+        f"""{modules}{user}worker_processes {workers};
 daemon off;
 pid {work}/{name}.pid;
 error_log {work}/{name}.error.log warn;
@@ -229,6 +231,121 @@ def proxy_block(listen: int, upstream: int) -> str:
   }}"""
 
 
+# The nginx + Lua + Redis peer: what a user could write in an afternoon instead of the
+# sidecar (docs/performance.md#the-nginx--lua-peer). lua-nginx-module and resty.redis
+# from Debian (libnginx-mod-http-lua, lua-nginx-redis, lua-cjson); HMAC-SHA256 and
+# SHA-256 through LuaJIT's FFI into libcrypto (Debian ships no lua-resty-string).
+LUA_MODULES = """load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+"""
+
+
+def lua_block(listen: int, upstream: int, redis_port: int) -> str:
+    """Verify the sidecar's cookie (`<id>.<base64url HMAC-SHA256(secret, "session|" id)>`),
+    HGETALL the sidecar's session hash (`session:{base64url(SHA-256(id))}`) with a PEXPIRE
+    of the idle TTL in the same pipeline (the sidecar refreshes on every read by default),
+    hand `X-Session` to the app as the sidecar does (its fields are JSON literals, so the
+    object is built by concatenation, sorted by field), proxy_pass with upstream
+    keepalive; `X-Session-Set` from the app is taken off the response and written with
+    HSET from a timer after the response: not atomic, not acknowledged, lost if Redis
+    is down, unlike the sidecar's write."""
+    return f"""
+  lua_package_path "/usr/share/lua/5.1/?.lua;;";
+  lua_package_cpath "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;";
+  lua_socket_log_errors off;
+  init_by_lua_block {{
+    local ffi = require "ffi"
+    ffi.cdef[[
+      typedef struct evp_md_st EVP_MD;
+      const EVP_MD *EVP_sha256(void);
+      unsigned char *HMAC(const EVP_MD *md, const void *key, int key_len,
+                          const unsigned char *d, size_t n, unsigned char *out, unsigned int *out_len);
+      unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *out);
+    ]]
+    local C = ffi.load("libcrypto.so.3")
+    local buf = ffi.new("unsigned char[32]")
+    local len = ffi.new("unsigned int[1]")
+    local secret = "{SECRET}"
+    local swap = {{["+"] = "-", ["/"] = "_"}}
+    local function b64url(s) return (ngx.encode_base64(s, true):gsub("[+/]", swap)) end
+    bench = {{
+      mac = function(id)
+        C.HMAC(C.EVP_sha256(), secret, #secret, "session|" .. id, 8 + #id, buf, len)
+        return b64url(ffi.string(buf, 32))
+      end,
+      key = function(id)
+        C.SHA256(id, #id, buf)
+        return "session:{{" .. b64url(ffi.string(buf, 32)) .. "}}"
+      end,
+      redis = require "nginx.redis",
+      cjson = require "cjson.safe",
+    }}
+    function bench.connect()
+      local red = bench.redis:new()
+      red:set_timeouts(500, 500, 500)
+      local ok = red:connect("127.0.0.1", {redis_port})
+      return ok and red or nil
+    end
+    function bench.write(premature, key, set)
+      if premature then return end
+      local fields = bench.cjson.decode(set)
+      local red = bench.connect()
+      if not red or type(fields) ~= "table" then return end
+      red:init_pipeline()
+      for k, v in pairs(fields) do red:hset(key, bench.cjson.encode(k), bench.cjson.encode(v)) end
+      red:commit_pipeline()
+      red:set_keepalive(60000, 256)
+    end
+  }}
+  upstream app {{
+    server 127.0.0.1:{upstream};
+    keepalive 128;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+  }}
+  server {{
+    listen 127.0.0.1:{listen};
+    location / {{
+      access_by_lua_block {{
+        ngx.req.clear_header("X-Session")
+        local cookie = ngx.var.cookie_session
+        if not cookie then return end
+        local id, mac = cookie:match("^([%w_-]+)%.([%w_-]+)$")
+        if not id or #id ~= 22 or #mac ~= 43 or bench.mac(id) ~= mac then return end
+        local red = bench.connect()
+        if not red then return ngx.exit(503) end
+        local key = bench.key(id)
+        red:init_pipeline()
+        red:hgetall(key)
+        red:pexpire(key, 86400000)
+        local res = red:commit_pipeline()
+        red:set_keepalive(60000, 256)
+        if not res or type(res[1]) ~= "table" then return ngx.exit(503) end
+        local flat, pairs_ = res[1], {{}}
+        for i = 1, #flat, 2 do
+          if flat[i]:sub(1, 1) == '"' then pairs_[#pairs_ + 1] = {{flat[i], flat[i + 1]}} end
+        end
+        if #pairs_ == 0 then return end
+        table.sort(pairs_, function(a, b) return a[1] < b[1] end)
+        local parts = {{}}
+        for i, p in ipairs(pairs_) do parts[i] = p[1] .. ":" .. p[2] end
+        ngx.req.set_header("X-Session", "{{" .. table.concat(parts, ",") .. "}}")
+        ngx.ctx.key = key
+      }}
+      header_filter_by_lua_block {{
+        local set = ngx.header["X-Session-Set"]
+        if set then
+          ngx.header["X-Session-Set"] = nil
+          if ngx.ctx.key then ngx.timer.at(0, bench.write, ngx.ctx.key, set) end
+        end
+      }}
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}"""
+
+
 def sidecar_yaml(listen: int, admin: int, upstream: int, store: str) -> str:
     return f"""listen: 127.0.0.1:{listen}
 upstream: http://127.0.0.1:{upstream}
@@ -293,6 +410,16 @@ def login(sc: Sidecar, count: int, path: Path) -> None:
         cookies.append(set_cookie.split(";", 1)[0])
     path.write_text("\n".join(cookies) + "\n")
     sc.cookie, sc.cookie_file = cookies[0], str(path)
+
+
+def check_lua_peer(port: int, cookie: str) -> None:
+    """The Lua peer hands the app the session (the upstream answers 412 otherwise), and
+    refuses a forged cookie the same way (no session: 412)."""
+    if (status := request(port, "/", cookie).status) != 200:
+        raise BenchError(f"nginx + Lua: GET / with a session cookie gave {status}")
+    forged = cookie[:-2] + ("AA" if not cookie.endswith("AA") else "BB")
+    if (status := request(port, "/", forged).status) != 412:
+        raise BenchError(f"nginx + Lua: a forged cookie gave {status}, expected 412 (no session)")
 
 
 def check_session_work(sc: Sidecar) -> None:
@@ -412,6 +539,12 @@ class Stores:
             # The cluster client's own topology queries are not request work.
             commands = sum(n for name, n in calls.items() if not name.startswith(("info", "config", "cluster")))
             return commands, calls.get("evalsha", 0) + calls.get("eval", 0)
+        if store == "redis-lua":
+            # The Lua peer sends HGETALL + PEXPIRE as one pipeline, and HSETs (one
+            # pipeline per write): a round trip per pipeline.
+            calls = self.redis_calls()
+            commands = sum(n for name, n in calls.items() if not name.startswith(("info", "config")))
+            return commands, calls.get("hgetall", 0) + calls.get("hset", 0)
         if store == "memcached":
             s = self.memcached_stats()
             trips = ["cmd_get", "cmd_set", "delete_hits", "delete_misses"]
@@ -450,6 +583,8 @@ def measure(args, row: Row, stores: Stores, lua: Path) -> dict:
     after_cmds, after_trips = stores.counts(row.store)
     result["store_cmds"] = (after_cmds - before_cmds) / n if row.store else None
     result["round_trips"] = None
+    if row.store == "redis-lua":
+        result["round_trips"] = (after_trips - before_trips) / n
     if row.sidecar:
         after = row.sidecar.store_ops()
         result["loads"] = (after[0] - before_ops[0]) / n
@@ -598,6 +733,11 @@ def main() -> int:
         args.duration, args.rounds, args.warmup, args.sessions = 1, 1, 0, 50
     for tool in ("nginx", "wrk", "redis-server", "redis-cli", "memcached"):
         which(tool)
+    for path, package in (("/usr/lib/nginx/modules/ngx_http_lua_module.so", "libnginx-mod-http-lua"),
+                          ("/usr/share/lua/5.1/nginx/redis.lua", "lua-nginx-redis"),
+                          ("/usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so", "lua-cjson")):
+        if not Path(path).exists():
+            raise BenchError(f"{path} not found (the nginx + Lua peer): sudo apt-get install -y {package}")
     binary = Path(args.binary).resolve()
     if not binary.exists():
         raise BenchError(f"{binary} not found: run bench/run.sh (it builds it)")
@@ -655,12 +795,19 @@ def run(args, binary: Path, work: Path, peers: Peers) -> int:
     cluster_ports = start_cluster(peers, work)
     pids = {"redis": [peers.procs[-5].pid], "memcached": [peers.procs[-4].pid],
             "redis-cluster": [p.pid for p in peers.procs[-3:]]}
+    pids["redis-lua"] = pids["redis"]
+    lua_port = free_port()
+    lua_proxy = peers.spawn("nginx-lua", [nginx, "-p", str(work), "-c", str(nginx_conf(
+        work, "lua", "auto", lua_block(lua_port, app, redis_port), LUA_MODULES))], lua_port)
     stores = Stores(redis_port, memcached_port, cluster_ports, pids)
 
     nodes = ", ".join(f'"127.0.0.1:{p}"' for p in cluster_ports)
     engines = {
         "memory": "store:\n  engine: memory",
         "redis": f"store:\n  engine: redis\n  storage:\n    host: 127.0.0.1\n    port: {redis_port}",
+        # The tracked session cache (store.cache); it needs a touch_after.
+        "redis-cache": f"store:\n  engine: redis\n  storage:\n    host: 127.0.0.1\n    port: {redis_port}\n"
+                       f"  cache:\n    max_entries: 10000\nsession:\n  touch_after: 1m",
         "redis-cluster": f"store:\n  engine: redis\n  storage:\n    cluster:\n      nodes: [{nodes}]",
         "memcached": f"store:\n  engine: memcached\n  storage:\n    servers: [\"127.0.0.1:{memcached_port}\"]",
     }
@@ -677,8 +824,14 @@ def run(args, binary: Path, work: Path, peers: Peers) -> int:
 
     baseline = Row("nginx proxy_pass (baseline)", nginx_proxy, "/", pid=proxy.pid)
     rows = [Row("direct to upstream", app, "/", header=f"X-Session: {SESSION}"), baseline]
+    # The Lua peer reads and writes the redis sidecar's sessions (same secret, key layout).
+    lua_cookies = sidecars["redis"].cookie_file
+    check_lua_peer(lua_port, sidecars["redis"].cookie)
+    rows.append(Row("nginx + Lua + Redis: read", lua_port, "/", lua_cookies, lua_proxy.pid, None, "redis-lua"))
+    rows.append(Row("nginx + Lua + Redis: read + write", lua_port, "/write", lua_cookies, lua_proxy.pid, None,
+                    "redis-lua"))
     for engine, sc in sidecars.items():
-        store = engine if engine != "memory" else None
+        store = {"memory": None, "redis-cache": "redis"}.get(engine, engine)
         rows.append(Row(f"sidecar {engine}: read", sc.port, "/", sc.cookie_file, sc.proc.pid, sc, store, 1, 0))
         rows.append(Row(f"sidecar {engine}: read + write", sc.port, "/write", sc.cookie_file, sc.proc.pid, sc,
                         store, 1, 1))
@@ -703,10 +856,10 @@ def run(args, binary: Path, work: Path, peers: Peers) -> int:
 
     extra = ["| process | RSS after the rounds | RSS holding %d idle keep-alive connections |" % args.idle,
              "|---|---:|---:|"]
-    targets = [("nginx proxy_pass", nginx_proxy, proxy.pid)] + [
+    targets = [("nginx proxy_pass", nginx_proxy, proxy.pid), ("nginx + Lua + Redis", lua_port, lua_proxy.pid)] + [
         (f"sidecar {e}", sc.port, sc.proc.pid) for e, sc in sidecars.items()]
     for name, port, pid in targets:
-        if args.only and not any(w in name for w in args.only.split(",")) and "nginx" not in name:
+        if args.only and not any(w in name for w in args.only.split(",")) and name != "nginx proxy_pass":
             continue
         idle = rss_kib(pid)
         socks = hold_idle(port, args.idle)
@@ -719,7 +872,7 @@ def run(args, binary: Path, work: Path, peers: Peers) -> int:
     # After the RSS figures: the owner runs open connections of their own.
     owner_lines = ["| store | request | store commands/req | store round trips/req |", "|---|---|---:|---:|"]
     for engine, sc in sidecars.items():
-        if engine == "memory" or (args.only and not any(w in f"sidecar {engine}" for w in args.only.split(","))):
+        if engine in ("memory", "redis-cache") or (args.only and not any(w in f"sidecar {engine}" for w in args.only.split(","))):
             continue
         for what, cmds, trips in owner_costs(sc, engine, stores, 20 if args.smoke else 200):
             owner_lines.append(f"| {engine} | {what} | {cmds:.2f} | {trips:.2f} |")

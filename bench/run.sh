@@ -12,6 +12,12 @@ for tool in nginx:nginx wrk:wrk redis-server:redis-server redis-cli:redis-tools 
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] \
     || missing+=("${tool#*:}")
 done
+# The nginx + Lua + Redis peer (docs/performance.md#the-nginx--lua-peer).
+for file in /usr/lib/nginx/modules/ngx_http_lua_module.so:libnginx-mod-http-lua \
+            /usr/share/lua/5.1/nginx/redis.lua:lua-nginx-redis \
+            /usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so:lua-cjson; do
+  [ -e "${file%%:*}" ] || missing+=("${file#*:}")
+done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "bench: missing ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2

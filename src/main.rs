@@ -125,12 +125,15 @@ fn run(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// The control plane (signals, reloads, the admin listener) on this thread's runtime;
+/// the proxy listener on `workers` threads of their own (docs/performance.md#a-runtime-per-core).
 fn serve(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let workers = config.workers.count();
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let result = runtime.block_on(server::run(config));
+    let result = runtime.block_on(server::run(config, workers));
     // The drain already had `timeouts.shutdown`; dropping the runtime would wait without
     // bound for blocking work (a DNS lookup to a hung resolver, say).
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -286,6 +286,9 @@ pub struct Metrics {
     tunnels: Gauge,
     runtime_tasks: Gauge,
     master_changes: Counter,
+    /// `store.cache`: hits, misses, invalidations, whole drops; and its entries.
+    cache_counters: [Counter; 4],
+    cache_entries: Gauge,
     sessions_revoked: [Counter; 4],
     admin_calls: [Counter; 5],
 }
@@ -448,6 +451,38 @@ impl Metrics {
             master_changes.clone(),
         );
 
+        let cache_counters: [Counter; 4] = Default::default();
+        for (counter, (name, help)) in cache_counters.iter().zip([
+            (
+                "store_cache_hits",
+                "Loads answered from the Redis client-side cache (store.cache), with no store \
+                 round trip",
+            ),
+            (
+                "store_cache_misses",
+                "Loads the client-side cache could not answer (not cached, expired, a refresh \
+                 due, or tracking not on) and sent to Redis",
+            ),
+            (
+                "store_cache_invalidations",
+                "Sessions dropped from the client-side cache because Redis reported a change \
+                 of their data or flash key",
+            ),
+            (
+                "store_cache_drops",
+                "Times the whole client-side cache was dropped: the tracking connection was \
+                 lost or replaced, or Redis was flushed",
+            ),
+        ]) {
+            registry.register(name, help, counter.clone());
+        }
+        let cache_entries = Gauge::default();
+        registry.register(
+            "store_cache_entries",
+            "Sessions in the client-side cache now (at most store.cache.max_entries)",
+            cache_entries.clone(),
+        );
+
         let (family, sessions_revoked) = labelled(
             "cause",
             RevokeCause::ALL.map(|c| c.label()),
@@ -485,6 +520,8 @@ impl Metrics {
             tunnels,
             runtime_tasks,
             master_changes,
+            cache_counters,
+            cache_entries,
             sessions_revoked,
             admin_calls,
         }
@@ -573,6 +610,19 @@ impl Metrics {
         if n > seen {
             self.master_changes.inc_by(n - seen);
         }
+    }
+
+    /// The client-side cache's counters (read at scrape time; the counters only grow).
+    pub fn set_store_cache(&self, stats: &crate::store::redis::CacheStats) {
+        let values = [stats.hits, stats.misses, stats.invalidations, stats.drops];
+        for (counter, n) in self.cache_counters.iter().zip(values) {
+            let seen = counter.get();
+            if n > seen {
+                counter.inc_by(n - seen);
+            }
+        }
+        self.cache_entries
+            .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
     }
 
     /// The whole registry in the Prometheus text format ([`CONTENT_TYPE`]).
@@ -801,8 +851,8 @@ mod tests {
         let text = Metrics::new().encode();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(helps, 16, "{text}");
-        assert_eq!(types, 16, "{text}");
+        assert_eq!(helps, 21, "{text}");
+        assert_eq!(types, 21, "{text}");
         for (name, _, _) in samples(&text) {
             assert!(name.starts_with("session_sidecar_"), "{name}");
         }

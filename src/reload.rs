@@ -46,6 +46,7 @@ pub fn plan(old: &Config, new: Config) -> Plan {
     let Config {
         path,
         listen,
+        workers,
         tls,
         upstream,
         upstream_tls,
@@ -63,6 +64,7 @@ pub fn plan(old: &Config, new: Config) -> Plan {
     } = new;
 
     mark(&mut restart, "listen", old.listen != listen);
+    mark(&mut restart, "workers", old.workers != workers);
     let tls = compare_tls(old.tls.as_ref(), tls, &mut restart, &mut changed);
     mark(&mut restart, "upstream", old.upstream != upstream);
     mark(
@@ -91,6 +93,7 @@ pub fn plan(old: &Config, new: Config) -> Plan {
         effective: Config {
             path,
             listen: old.listen,
+            workers: old.workers,
             tls,
             upstream: old.upstream.clone(),
             upstream_tls: old.upstream_tls.clone(),
@@ -173,6 +176,7 @@ fn compare_store(
         old.key_prefix != new.key_prefix,
     );
     mark(restart, "store.timeout", old.timeout != new.timeout);
+    mark(restart, "store.cache", old.cache != new.cache);
     mark(changed, "store.on_error", old.on_error != new.on_error);
     let effective = StoreConfig {
         on_error: new.on_error,
@@ -438,6 +442,9 @@ mod tests {
         // touch_after is the store's: a restart.
         let p = plan(&old, cfg("session: { touch_after: 1m }\n"));
         assert_eq!(p.needs_restart, ["session.touch_after"]);
+        let p = plan(&old, cfg("workers: 7\n"));
+        assert_eq!(p.needs_restart, ["workers"]);
+        assert_eq!(p.effective.workers, old.workers);
         assert_eq!(p.effective.session.touch_after, old.session.touch_after);
     }
 

@@ -108,6 +108,21 @@ const ROWS: &[Row] = &[
         false,
     ),
     row(
+        "redis url with a query parameter the client ignores",
+        "store: {engine: redis, storage: {url: \"redis://127.0.0.1:1/0?password=pw\"}}",
+        false,
+    ),
+    row(
+        "redis url with a fragment",
+        "store: {engine: redis, storage: {url: \"rediss://127.0.0.1:1/0#insecure\"}}",
+        false,
+    ),
+    row(
+        "redis unix url with user and pass",
+        "store: {engine: redis, storage: {url: \"redis+unix:///tmp/r.sock?user=u&pass=pw\"}}",
+        true,
+    ),
+    row(
         "redis unix url with a bad db query",
         "store: {engine: redis, storage: {url: \"redis+unix:///tmp/r.sock?db=x\"}}",
         false,

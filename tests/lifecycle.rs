@@ -746,3 +746,81 @@ async fn sighup_re_reads_overwritten_certificate_files_without_dropping_connecti
     assert_eq!(upstream.requests().len(), 5);
     proc.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Proxy workers (`workers`, docs/performance.md#a-runtime-per-core)
+// ---------------------------------------------------------------------------------------
+
+/// The names of the child's threads (`/proc/<pid>/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the child's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_the_store_the_caps_reloads_and_the_shutdown() {
+    let upstream = Upstream::start().await;
+    let extra = "workers: 3\nlimits: { max_connections: 24 }\n";
+    let mut proc = sidecar(&upstream, extra).await;
+    let names = thread_names(proc.pid());
+    for worker in ["proxy-worker-1", "proxy-worker-2", "proxy-worker-3"] {
+        assert!(names.iter().any(|n| n == worker), "{names:?}");
+    }
+
+    // 24 connections: the kernel spreads them over the three listeners. A session
+    // written on each is read on the next one (the memory store is one for all).
+    let mut conns = Vec::new();
+    for _ in 0..24 {
+        conns.push(Conn::open(proc.addr).await);
+    }
+    let mut cookies = Vec::new();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let r = conn.write_user(&format!("u{i}")).await;
+        assert_eq!(r.status, 200);
+        cookies.push(session_cookie(&r).value);
+    }
+    for (i, cookie) in cookies.iter().enumerate() {
+        let cookie = format!("session={cookie}");
+        let next = (i + 1) % conns.len();
+        let r = conns[next].send("/", Some(&cookie), &[]).await;
+        assert_eq!(
+            r.sstatus(),
+            "active",
+            "session {i} read on connection {next}"
+        );
+        assert_eq!(r.session()["user"], format!("u{i}"));
+    }
+
+    // One cap for all listeners: a 25th connection is closed at accept.
+    let mut over = TcpStream::connect(proc.addr).await.unwrap();
+    over.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, over.read(&mut buf))
+        .await
+        .expect("the connection over the cap is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+
+    // A reload reaches every worker: with A retired, no connection accepts its cookies.
+    proc.rewrite(&yaml(&upstream, &[SECRET_B], extra));
+    proc.reload().await;
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let r = conn
+            .send("/", Some(&format!("session={}", cookies[i])), &[])
+            .await;
+        assert_eq!(r.sstatus(), "invalid", "connection {i} after the reload");
+    }
+
+    proc.signal("TERM");
+    proc.wait_exit_0(WAIT).await;
+    for conn in conns {
+        conn.closed_by_server(WAIT).await;
+    }
+}

@@ -80,6 +80,7 @@ fn store_config(port: u16, db_sessions: u32, db_notifications: u32) -> StoreConf
         key_prefix: "test:".into(),
         timeout: TIMEOUT,
         on_error: OnError::Reject,
+        cache: Default::default(),
     }
 }
 

@@ -7,8 +7,8 @@
 //!   line breaks: `\r\n`, `\r`, `\n`), column ≥ 1 and at most one past that line's
 //!   length in characters; its message is non-empty; message and hint contain no
 //!   control characters (they reach the operator's terminal) and never a secret
-//!   (`${SESSION_SECRET}` in `secrets`, `${REDIS_PASSWORD}` in `password` or `url`,
-//!   `${ADMIN_TOKEN}` in `token`);
+//!   (`${SESSION_SECRET}` in `secrets`, `${REDIS_PASSWORD}` in `password` or anywhere
+//!   in `url` but its host, `${ADMIN_TOKEN}` in `token`);
 //! - a configuration that loads prints (`session-sidecar check`) without its secrets.
 #![no_main]
 
@@ -51,10 +51,12 @@ fn env(name: &str) -> Option<String> {
     }
 }
 
-/// Paths of the scalars (and keys) whose text mentions `needle`.
-fn paths_with(v: &Value, needle: &str, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+/// The scalars (and keys) whose text mentions `needle`: path and text.
+type Found = Vec<(Vec<String>, String)>;
+
+fn paths_with(v: &Value, needle: &str, path: &mut Vec<String>, out: &mut Found) {
     match v {
-        Value::String(s) if s.contains(needle) => out.push(path.clone()),
+        Value::String(s) if s.contains(needle) => out.push((path.clone(), s.clone())),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 path.push(i.to_string());
@@ -66,7 +68,7 @@ fn paths_with(v: &Value, needle: &str, path: &mut Vec<String>, out: &mut Vec<Vec
             for (k, item) in map {
                 path.push(k.clone());
                 if k.contains(needle) {
-                    out.push(path.clone());
+                    out.push((path.clone(), k.clone()));
                 }
                 paths_with(item, needle, path, out);
                 path.pop();
@@ -76,10 +78,21 @@ fn paths_with(v: &Value, needle: &str, path: &mut Vec<String>, out: &mut Vec<Vec
     }
 }
 
+/// Whether `name` is mentioned in the host part of a URL (`redis://${NAME}:6379`): a
+/// host is printed as written, so a secret used as a host name is not a secret there.
+/// Elsewhere (user info, path, query, fragment) the printout must hide it.
+fn in_url_host(url: &str, name: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host.contains(name)
+}
+
 /// The secrets that must not show: those the text references only from their own keys
-/// (`secrets`, `store.storage.password` or `url`, `admin.token`; read with a generic YAML
-/// parse) and never writes out itself. A secret variable referenced from another key
-/// (`upstream: "${SESSION_SECRET}"`) is that key's value, which messages may quote.
+/// (`secrets`, `store.storage.password`, `store.storage.url` outside its host,
+/// `admin.token`; read with a generic YAML parse) and never writes out itself. A secret
+/// variable referenced from another key (`upstream: "${SESSION_SECRET}"`) is that key's
+/// value, which messages may quote.
 fn guarded(text: &str) -> Vec<&'static str> {
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
@@ -98,9 +111,12 @@ fn guarded(text: &str) -> Vec<&'static str> {
             let mut found = Vec::new();
             paths_with(&tree, name, &mut Vec::new(), &mut found);
             !text.contains(value)
-                && found.iter().all(|p| {
-                    keys.iter()
-                        .any(|k| p.len() >= k.len() && p[..k.len()] == **k)
+                && found.iter().all(|(p, scalar)| {
+                    let under_key = keys
+                        .iter()
+                        .any(|k| p.len() >= k.len() && p[..k.len()] == **k);
+                    let url = p.last().is_some_and(|k| k == "url");
+                    under_key && !(url && in_url_host(scalar, name))
                 })
         })
         .map(|(_, value, _)| *value)

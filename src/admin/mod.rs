@@ -21,7 +21,7 @@ use crate::{
     body::{Body, full},
     metrics::{self, AdminResult},
     proxy::Proxy,
-    store::{SessionStore, StoreError, any::AnyStore, timed::TimedStore},
+    store::{SessionStore, StoreError, any::AnyStore, redis::CacheStats, timed::TimedStore},
 };
 
 pub mod sessions;
@@ -52,12 +52,31 @@ pub async fn handle<B>(req: Request<B>, proxy: &Proxy) -> Response<Body> {
         }
         "/metrics" => {
             let m = proxy.metrics();
-            m.set_open_tunnels(proxy.tunnels().len());
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                m.set_runtime_alive_tasks(runtime.metrics().num_alive_tasks());
+            m.set_open_tunnels(proxy.open_tunnels());
+            m.set_runtime_alive_tasks(proxy.alive_tasks());
+            // Each proxy worker has its own Redis store (connections, cache): the
+            // cache counters add up; every store follows the same failovers, so the
+            // count is the largest any of them saw.
+            let mut changes = None;
+            let mut cache: Option<CacheStats> = None;
+            for pipeline in proxy.pipelines() {
+                if let AnyStore::Redis(redis) = pipeline.store().engine() {
+                    changes = changes.max(Some(redis.master_changes()));
+                    if let Some(s) = redis.cache_stats() {
+                        let c = cache.get_or_insert_with(CacheStats::default);
+                        c.hits += s.hits;
+                        c.misses += s.misses;
+                        c.invalidations += s.invalidations;
+                        c.drops += s.drops;
+                        c.entries += s.entries;
+                    }
+                }
             }
-            if let AnyStore::Redis(redis) = proxy.store().engine() {
-                m.set_store_master_changes(redis.master_changes());
+            if let Some(n) = changes {
+                m.set_store_master_changes(n);
+            }
+            if let Some(stats) = cache {
+                m.set_store_cache(&stats);
             }
             let mut resp = text(StatusCode::OK, m.encode());
             resp.headers_mut().insert(

@@ -91,6 +91,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Nullable<T> {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     pub(super) listen: Option<Str>,
+    pub(super) workers: Option<Val>,
     pub(super) tls: Option<Spanned<RawTls>>,
     pub(super) upstream: Option<Str>,
     pub(super) upstream_tls: Option<Spanned<RawUpstreamTls>>,
@@ -128,6 +129,13 @@ pub(super) struct RawStore {
     pub(super) key_prefix: Option<Str>,
     pub(super) timeout: Option<Val>,
     pub(super) on_error: Option<Str>,
+    pub(super) cache: Option<Spanned<RawCache>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub(super) max_entries: Option<Val>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +254,7 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
         "",
         &[
             "listen",
+            "workers",
             "tls",
             "upstream",
             "upstream_tls",
@@ -266,8 +275,16 @@ pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("upstream_tls", &["ca"]),
     (
         "store",
-        &["engine", "storage", "key_prefix", "timeout", "on_error"],
+        &[
+            "engine",
+            "storage",
+            "key_prefix",
+            "timeout",
+            "on_error",
+            "cache",
+        ],
     ),
+    ("store.cache", &["max_entries"]),
     (
         "store.storage",
         &[

@@ -211,6 +211,16 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_is_printed_when_on() {
+        let on =
+            ok("store: {engine: redis, cache: {max_entries: 250}}\nsession: {touch_after: 1m}\n")
+                .redacted_yaml();
+        assert!(on.contains("  cache:\n    max_entries: 250\n"), "{on}");
+        let off = ok("store: {engine: redis, cache: {max_entries: 0}}\n").redacted_yaml();
+        assert!(!off.contains("cache"), "{off}");
+    }
+
+    #[test]
     fn the_printed_engine_is_the_engine_name() {
         for engine in ["memory", "redis", "memcached"] {
             let c = ok(&format!("store: {{engine: {engine}}}\n"));
@@ -269,6 +279,10 @@ mod tests {
             ),
             format!("{BASE}store: {{engine: redis, storage: {{cluster: {{nodes: [\"a:1\"]}}}}}}\n"),
             format!("{BASE}store: {{engine: redis, storage: {{host: r, db_sessions: 2}}}}\n"),
+            format!(
+                "{BASE}store: {{engine: redis, storage: {{host: r}}, cache: {{max_entries: 100}}}}\n\
+                 session: {{touch_after: 1m}}\n"
+            ),
             format!(
                 "{BASE}session: {{touch_after: 1m, no_touch: [/poll, \"/api/status\"], max_per_owner: 3, \
                  record_client: true}}\nadmin: {{token: \"${{SESSION_SECRET}}\"}}\nlog: {{owner: true}}\n"

@@ -8,11 +8,28 @@ use serde_saphyr::{Location, Spanned};
 use super::{raw::*, reader::*, types::*, values::*};
 use crate::cookie::SameSite;
 
+const WORKERS_HINT: &str =
+    "`auto` (one per CPU, the default) or a number of workers, e.g. `workers: 2`";
+
 impl Ctx<'_> {
     pub(super) fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let listen = match &raw.listen {
             Some(v) => self.socket_addr(v, "listen")?,
             None => DEFAULT_LISTEN,
+        };
+        let workers = match &raw.workers {
+            None => Workers::Auto,
+            Some(v) if matches!(&v.value, Scalar::Str(s) if s == "auto") => Workers::Auto,
+            Some(v) => Workers::Count(
+                usize::try_from(self.int_with_hint(
+                    v,
+                    "workers",
+                    1,
+                    MAX_WORKERS as i128,
+                    WORKERS_HINT,
+                )?)
+                .unwrap_or(1),
+            ),
         };
 
         let tls = match &raw.tls {
@@ -68,6 +85,26 @@ impl Ctx<'_> {
         let secrets = self.secrets(&raw.secrets)?;
         let store = self.store(raw.store.as_ref())?;
         let session = self.session(raw.session.as_ref())?;
+        if !store.cache.is_off() && session.touch_after.is_zero() {
+            // Every refreshing load is due at once: the cache could answer no-touch
+            // routes only, which is rarely what was meant.
+            let at = raw
+                .store
+                .as_ref()
+                .and_then(|s| s.value.cache.as_ref())
+                .map_or(Location::UNKNOWN, |c| c.referenced);
+            return Err(self.err(
+                &at,
+                "`store.cache` needs `session.touch_after` > 0",
+                Some(
+                    "with touch_after 0 every load refreshes the idle lifetime in Redis, so \
+                     the cache could never answer it; set e.g. `session.touch_after: 1m` \
+                     (loads within a minute of the last refresh are then answered from the \
+                     cache), or remove `store.cache`"
+                        .to_owned(),
+                ),
+            ));
+        }
         let cookies = self.cookies(raw.cookies.as_ref())?;
         let headers = self.headers(raw.headers.as_ref())?;
 
@@ -150,6 +187,7 @@ impl Ctx<'_> {
         Ok(Config {
             path: self.path.to_path_buf(),
             listen,
+            workers,
             tls,
             upstream,
             upstream_tls,
@@ -878,6 +916,22 @@ mod tests {
             34,
             "found a list",
         );
+    }
+
+    #[test]
+    fn workers() {
+        assert_eq!(ok("").workers, Workers::Auto);
+        assert!(Workers::Auto.count() >= 1);
+        assert_eq!(ok("workers: auto\n").workers, Workers::Auto);
+        assert_eq!(ok("workers: 3\n").workers, Workers::Count(3));
+        assert_eq!(ok("workers: \"2\"\n").workers.count(), 2);
+        for bad in ["0", "1025", "many", "-1", "1.5"] {
+            let e = assert_err(&format!("workers: {bad}\n"), 3, 10, "`workers`");
+            assert!(e.hint().unwrap_or_default().contains("auto"), "{e}");
+        }
+        let printed = ok("workers: 3\n").redacted_yaml();
+        assert!(printed.contains("\nworkers: 3\n"), "{printed}");
+        assert!(ok("").redacted_yaml().contains("\nworkers: auto\n"));
     }
 
     #[test]

@@ -97,7 +97,41 @@ impl Ctx<'_> {
         let none = RawStorage::default();
         let storage = raw.storage.as_ref().map_or(&none, |s| &s.value);
         store.storage = self.storage(storage, engine)?;
+        if let Some(cache) = &raw.cache {
+            store.cache = self.cache(cache, &store.storage)?;
+        }
         Ok(store)
+    }
+
+    /// `store.cache`: Redis only (any topology).
+    fn cache(
+        &self,
+        raw: &Spanned<RawCache>,
+        storage: &Storage,
+    ) -> Result<CacheConfig, ConfigError> {
+        let mut out = CacheConfig::default();
+        match storage {
+            Storage::Redis(_) => {}
+            other => {
+                return Err(self.err(
+                    &raw.referenced,
+                    format!(
+                        "`store.cache` is a redis setting, but `store.engine` is {}",
+                        other.engine_name()
+                    ),
+                    Some(
+                        "remove it: only the Redis engine can cache sessions (it is told of \
+                         every change by Redis client tracking)"
+                            .to_owned(),
+                    ),
+                ));
+            }
+        }
+        if let Some(v) = &raw.value.max_entries {
+            out.max_entries =
+                self.int(v, "store.cache.max_entries", 0, MAX_CACHE_ENTRIES)? as usize;
+        }
+        Ok(out)
     }
 
     fn storage(&self, raw: &RawStorage, engine: Engine) -> Result<Storage, ConfigError> {
@@ -522,6 +556,59 @@ mod tests {
     use crate::config::testutil::*;
 
     #[test]
+    fn store_cache() {
+        let on =
+            "store:\n  engine: redis\n  cache: {max_entries: 1000}\nsession: {touch_after: 1m}\n";
+        assert_eq!(ok(on).store.cache.max_entries, 1000);
+        assert!(ok("store: {engine: redis}\n").store.cache.is_off());
+        assert!(
+            ok("store: {engine: redis, cache: {max_entries: 0}}\n")
+                .store
+                .cache
+                .is_off()
+        );
+        let e = assert_err(
+            "store:\n  engine: memory\n  cache: {max_entries: 10}\n",
+            5,
+            10,
+            "`store.cache` is a redis setting",
+        );
+        assert!(e.hint().unwrap_or_default().contains("Redis"));
+        assert_err(
+            "store: {engine: memcached, cache: {}}\n",
+            3,
+            35,
+            "`store.cache` is a redis setting",
+        );
+        assert_err(
+            "store: {engine: redis, cache: {max_entries: 10000001}}\nsession: {touch_after: 1m}\n",
+            3,
+            45,
+            "store.cache.max_entries",
+        );
+        assert_err(
+            "store: {engine: redis, cache: {max_entries: -1}}\n",
+            3,
+            45,
+            "store.cache.max_entries",
+        );
+        assert_err("store: {engine: redis, cache: {size: 1}}\n", 3, 32, "size");
+        let e = assert_err(
+            "store: {engine: redis, cache: {max_entries: 10}}\n",
+            3,
+            31,
+            "needs `session.touch_after` > 0",
+        );
+        assert!(e.hint().unwrap_or_default().contains("touch_after: 1m"));
+        let sentinel = "store: {engine: redis, storage: {sentinel: {master_name: m, nodes: \
+             [\"a:1\"]}}, cache: {max_entries: 5}}\nsession: {touch_after: 1m}\n";
+        assert_eq!(ok(sentinel).store.cache.max_entries, 5);
+        let cluster = "store: {engine: redis, storage: {cluster: {nodes: [\"a:1\"]}}, \
+             cache: {max_entries: 5}}\nsession: {touch_after: 1m}\n";
+        assert_eq!(ok(cluster).store.cache.max_entries, 5);
+    }
+
+    #[test]
     fn store_engine_and_storage() {
         assert_eq!(
             ok("store: {engine: redis}\n").store.storage.engine_name(),
@@ -757,6 +844,42 @@ mod tests {
             redact_url("redis+unix:///s.sock?db=1&pass=x"),
             "redis+unix:///s.sock?db=1&pass=<redacted>"
         );
+    }
+
+    /// Found by the config fuzz target (fuzz/corpus/config/crash-0873abf2): the Redis
+    /// client ignores query parameters it does not know, and `check` printed them as
+    /// written — a password given as `?pasword=` (or any other key) was both unused
+    /// and shown. Such URLs are refused, and the message quotes no part of them.
+    #[test]
+    fn redis_url_query_and_fragment() {
+        for url in [
+            "redis://r/0?password=${REDIS_PASSWORD}",
+            "redis://r/0?pasword=${REDIS_PASSWORD}",
+            "redis://r?x${REDIS_PASSWORD}",
+            "redis://r/0?protocol=resp3",
+            "rediss://r/0#insecure",
+            "redis://r/0#${REDIS_PASSWORD}",
+            "redis+unix:///r.sock?db=0&password=${REDIS_PASSWORD}",
+            "redis+unix:///r.sock#${REDIS_PASSWORD}",
+        ] {
+            let e = err(&format!(
+                "store: {{engine: redis, storage: {{url: \"{url}\"}}}}\n"
+            ));
+            assert!(e.message().contains("store.storage.url"), "{url}: {e}");
+            assert!(
+                e.message().contains("query parameter") || e.message().contains("fragment"),
+                "{url}: {e}"
+            );
+            assert!(!e.to_string().contains("hunter2"), "{url}: {e}");
+            assert!(!e.to_string().contains("asword"), "{url}: {e}");
+        }
+        let c = ok(
+            "store: {engine: redis, storage: {url: \"redis+unix:///r.sock?user=u&pass=${REDIS_PASSWORD}&\"}}\n",
+        );
+        let printed = c.redacted_yaml();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("user=u&pass=<redacted>"), "{printed}");
+        ok("store: {engine: redis, storage: {url: \"redis://r:1/0?\"}}\n");
     }
 
     #[test]

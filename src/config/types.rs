@@ -25,6 +25,8 @@ pub struct Config {
     #[serde(skip)]
     pub path: PathBuf,
     pub listen: SocketAddr,
+    /// Proxy workers (docs/performance.md#a-runtime-per-core).
+    pub workers: Workers,
     pub tls: Option<TlsConfig>,
     pub upstream: Upstream,
     pub upstream_tls: Option<UpstreamTls>,
@@ -43,6 +45,40 @@ pub struct Config {
     pub limits: Limits,
     pub admin: AdminConfig,
     pub log: LogConfig,
+}
+
+/// `workers`: how many proxy workers serve the listener, each a thread with its own
+/// single-threaded runtime, listener (`SO_REUSEPORT`), upstream pool and store
+/// connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workers {
+    /// One per CPU the process may run on (the default).
+    #[default]
+    Auto,
+    /// Exactly this many (1 to [`MAX_WORKERS`]).
+    Count(usize),
+}
+
+/// The most `workers`.
+pub const MAX_WORKERS: usize = 1024;
+
+impl Workers {
+    /// The number of workers to start.
+    pub fn count(self) -> usize {
+        match self {
+            Workers::Auto => std::thread::available_parallelism().map_or(1, usize::from),
+            Workers::Count(n) => n,
+        }
+    }
+}
+
+impl Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Auto => s.serialize_str("auto"),
+            Workers::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
 }
 
 /// `listen` when absent.
@@ -115,7 +151,27 @@ pub struct StoreConfig {
     #[serde(serialize_with = "ser::duration")]
     pub timeout: Duration,
     pub on_error: OnError,
+    /// `store.cache`: the Redis engine's client-side cache; printed only when on.
+    #[serde(skip_serializing_if = "CacheConfig::is_off")]
+    pub cache: CacheConfig,
 }
+
+/// `store.cache` (Redis only): answer loads from memory while Redis client tracking
+/// guarantees to report every change (docs/configuration.md#store-cache).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CacheConfig {
+    /// The most sessions cached; 0: off (the default).
+    pub max_entries: usize,
+}
+
+impl CacheConfig {
+    pub fn is_off(&self) -> bool {
+        self.max_entries == 0
+    }
+}
+
+/// The largest `store.cache.max_entries`.
+pub const MAX_CACHE_ENTRIES: i128 = 10_000_000;
 
 /// `store.key_prefix` when absent.
 pub const DEFAULT_KEY_PREFIX: &str = "session:";
@@ -320,6 +376,7 @@ impl Default for StoreConfig {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             timeout: DEFAULT_STORE_TIMEOUT,
             on_error: OnError::Reject,
+            cache: CacheConfig::default(),
         }
     }
 }

@@ -219,6 +219,34 @@ pub(super) struct RedisUrlInfo {
     pub(super) db: Option<u32>,
 }
 
+/// The query parameters a unix socket URL may carry: those the Redis client reads
+/// (docs/configuration.md#redis). A TCP URL takes none.
+const UNIX_URL_PARAMETERS: [&str; 3] = ["db", "user", "pass"];
+
+/// Refuse a `#fragment` and any query parameter the client does not read: the client
+/// would ignore it silently (a misspelt `?pasword=` connects without a password), and
+/// `check` could not know which of its values to redact. Messages count parameters,
+/// never quote them: a parameter's text may be a password.
+fn check_url_tail(tail: &str, unix: bool) -> Result<(), String> {
+    if tail.contains('#') {
+        return Err("a `#fragment` is not supported in a Redis URL".into());
+    }
+    let Some((_, query)) = tail.split_once('?') else {
+        return Ok(());
+    };
+    for (i, pair) in query.split('&').filter(|p| !p.is_empty()).enumerate() {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if !(unix && UNIX_URL_PARAMETERS.contains(&key)) {
+            return Err(format!(
+                "query parameter {} is not one the sidecar passes to Redis (a TCP URL takes \
+                 none; a unix socket URL takes only `db`, `user` and `pass`)",
+                i + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A light check of a Redis URL (the store parses it for real). The error text never
 /// contains the URL: it may hold a password.
 pub(super) fn parse_redis_url(s: &str) -> Result<RedisUrlInfo, String> {
@@ -230,6 +258,7 @@ pub(super) fn parse_redis_url(s: &str) -> Result<RedisUrlInfo, String> {
             if !rest.starts_with('/') {
                 return Err("a unix socket URL needs an absolute path".into());
             }
+            check_url_tail(rest, true)?;
             return Ok(RedisUrlInfo {
                 tls: None,
                 db: None,
@@ -241,6 +270,7 @@ pub(super) fn parse_redis_url(s: &str) -> Result<RedisUrlInfo, String> {
     let tls = Some(scheme.eq_ignore_ascii_case("rediss"));
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
+    check_url_tail(tail, false)?;
     let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     match split_host_port(hostport) {
         Some((h, p)) if is_host(h) && p.is_none_or(|p| parse_port(p).is_some()) => {}

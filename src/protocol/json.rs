@@ -204,7 +204,7 @@ fn fits_double(text: &str) -> bool {
 
 /// The reason names no digits: reasons never quote values (they reach the log).
 fn beyond_double() -> String {
-    "a number is beyond the range of a double (I-JSON, RFC 7493 §2.2)".to_owned()
+    "a number is beyond the range of a double (I-JSON, RFC 7493 section 2.2)".to_owned()
 }
 
 fn reserved_token_key() -> String {
@@ -1194,6 +1194,9 @@ mod tests {
                     r.contains("is beyond the range of a double"),
                     "{header} {body:.80}: {r}"
                 );
+                // Reasons are printable ASCII, as every reason (the fuzz target
+                // `instructions` checks it; a `§` here failed it).
+                assert!(r.bytes().all(|b| (0x20..0x7f).contains(&b)), "{r}");
             }
         }
         // The reason quotes no digits (reasons never quote values).

@@ -14,10 +14,11 @@ pub mod upgrade;
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, RwLock},
+    sync::{Arc, OnceLock},
     time::Instant,
 };
 
+use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
 
@@ -207,8 +208,10 @@ struct Taken {
 /// Shared state of the pipeline.
 #[derive(Debug)]
 pub struct Proxy {
-    /// Replaced on SIGHUP; each request clones the `Arc` once.
-    settings: RwLock<Arc<Settings>>,
+    /// Replaced on SIGHUP; each request clones the `Arc` once. An `ArcSwap`, not a
+    /// lock: the read every request makes writes no shared lock word (the reload is
+    /// the only writer, and readers never wait for it).
+    settings: ArcSwap<Settings>,
     /// The configured engine behind the wrapper that bounds and measures every call.
     store: Arc<TimedStore<AnyStore>>,
     upstream: Upstream,
@@ -216,6 +219,9 @@ pub struct Proxy {
     /// Upgraded tunnels (WebSocket), which outlive their HTTP connection.
     tunnels: upgrade::Tunnels,
     metrics: Arc<Metrics>,
+    /// The pipelines of the proxy workers and their runtimes, when this one is the
+    /// control plane's (`server::workers`): the admin's gauges add them up.
+    workers: OnceLock<Vec<(Arc<Proxy>, tokio::runtime::Handle)>>,
 }
 
 impl Proxy {
@@ -226,24 +232,59 @@ impl Proxy {
         metrics: Arc<Metrics>,
     ) -> Self {
         Proxy {
-            settings: RwLock::new(Arc::new(settings)),
+            settings: ArcSwap::from_pointee(settings),
             store,
             upstream,
             request_ids: RequestIds::new(),
             tunnels: upgrade::Tunnels::new(),
             metrics,
+            workers: OnceLock::new(),
         }
     }
 
-    pub fn settings(&self) -> Arc<Settings> {
-        self.settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// Record the proxy workers' pipelines (once, at start).
+    pub fn set_workers(&self, workers: Vec<(Arc<Proxy>, tokio::runtime::Handle)>) {
+        let _ = self.workers.set(workers);
     }
 
-    pub fn replace_settings(&self, settings: Settings) {
-        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+    /// This pipeline and the proxy workers' (when this is the control plane's).
+    pub fn pipelines(&self) -> impl Iterator<Item = &Proxy> {
+        std::iter::once(self).chain(
+            self.workers
+                .get()
+                .into_iter()
+                .flatten()
+                .map(|(p, _)| p.as_ref()),
+        )
+    }
+
+    /// Open upgraded tunnels, the workers' included.
+    pub fn open_tunnels(&self) -> usize {
+        let workers = self
+            .workers
+            .get()
+            .map_or(0, |w| w.iter().map(|(p, _)| p.tunnels.len()).sum::<usize>());
+        self.tunnels.len() + workers
+    }
+
+    /// Tasks alive on the current runtime and on the workers' runtimes.
+    pub fn alive_tasks(&self) -> usize {
+        let here =
+            tokio::runtime::Handle::try_current().map_or(0, |r| r.metrics().num_alive_tasks());
+        let workers = self.workers.get().map_or(0, |w| {
+            w.iter()
+                .map(|(_, r)| r.metrics().num_alive_tasks())
+                .sum::<usize>()
+        });
+        here + workers
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    pub fn replace_settings(&self, settings: impl Into<Arc<Settings>>) {
+        self.settings.store(settings.into());
     }
 
     pub fn store(&self) -> &Arc<TimedStore<AnyStore>> {

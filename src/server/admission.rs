@@ -23,8 +23,9 @@ pub enum Refused {
     PerIp,
 }
 
-/// The caps of one listener.
-#[derive(Debug)]
+/// The caps of the proxy listener; clones share them (one set of caps for every
+/// worker's listener, see `super::workers`).
+#[derive(Debug, Clone)]
 pub struct Admission {
     total: Arc<Semaphore>,
     per_ip: Option<usize>,

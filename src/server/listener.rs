@@ -155,6 +155,7 @@ pub async fn serve_proxy(
     proxy: Arc<Proxy>,
     config: Config,
     tls: Option<Arc<TlsCerts>>,
+    admission: Admission,
     mut stopped: watch::Receiver<bool>,
 ) {
     let builders = Arc::new(Builders::new(&config));
@@ -164,10 +165,6 @@ pub async fn serve_proxy(
         body_read: config.timeouts.body_read,
         idle: config.timeouts.idle,
     };
-    let admission = Admission::new(
-        config.limits.max_connections,
-        config.limits.max_connections_per_ip,
-    );
     let connections = TaskTracker::new();
     // Cancelled at the shutdown deadline: connections still open then are dropped.
     let cut = CancellationToken::new();

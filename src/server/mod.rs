@@ -11,6 +11,7 @@ pub mod head_scan;
 pub mod listener;
 pub mod signals;
 pub mod watchdog;
+mod workers;
 
 use std::{
     net::SocketAddr,
@@ -20,6 +21,8 @@ use std::{
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use self::admission::Admission;
 
 use crate::{
     admin,
@@ -41,6 +44,10 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     /// The shared pipeline (tests inspect the store through it).
     pub proxy: Arc<Proxy>,
+    /// The proxy workers ([`start_with_workers`]); none with [`start`].
+    workers: Vec<workers::Worker>,
+    /// Lets the workers drop their runtimes once all have drained.
+    release: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// The configuration in force; `SIGHUP` compares the re-read file with it (see
@@ -64,6 +71,10 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        for w in self.workers {
+            let _ = w.stopped.await;
+        }
+        let _ = self.release.send(true);
     }
 
     /// Put a re-read configuration in force (`SIGHUP`): secrets, cookie settings,
@@ -84,6 +95,10 @@ impl Running {
         // error `TlsCerts::reload` keeps the old pair and the settings are not swapped.
         if let (Some(certs), Some(tls)) = (self.tls_certs(), plan.effective.tls.as_ref()) {
             certs.reload(tls)?;
+        }
+        let settings = Arc::new(settings);
+        for w in &self.workers {
+            w.proxy.replace_settings(settings.clone());
         }
         self.proxy.replace_settings(settings);
         *current = plan.effective;
@@ -147,12 +162,10 @@ pub fn build_store(config: &Config) -> anyhow::Result<AnyStore> {
         Storage::Memory(options) => {
             AnyStore::Memory(MemoryStore::new(options.max_entries, lifetimes))
         }
-        Storage::Redis(options) => AnyStore::Redis(RedisStore::new(
-            options,
-            &store.key_prefix,
-            store.timeout,
-            lifetimes,
-        )?),
+        Storage::Redis(options) => AnyStore::Redis(
+            RedisStore::new(options, &store.key_prefix, store.timeout, lifetimes)?
+                .with_cache(store.cache.max_entries),
+        ),
         Storage::Memcached(options) => {
             AnyStore::Memcached(MemcachedStore::new(options, &store.key_prefix, lifetimes))
         }
@@ -197,8 +210,17 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     })
 }
 
-/// Bind the listeners and start serving in background tasks.
+/// Bind the listeners and start serving in background tasks of the current runtime
+/// (tests, the demo). The binary uses [`start_with_workers`].
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with_workers(config, 0).await
+}
+
+/// [`start`], the proxy listener served by `workers` proxy workers, each on its own
+/// thread and current-thread runtime with its own `SO_REUSEPORT` listener (see
+/// [`workers`]); the caller's runtime keeps the admin listener, signals and reloads.
+/// `0`: the caller's runtime serves the proxy listener too.
+pub async fn start_with_workers(config: Config, workers: usize) -> anyhow::Result<Running> {
     let Prepared {
         tls,
         store,
@@ -217,17 +239,63 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let proxy = Arc::new(Proxy::new(settings, store.clone(), upstream, metrics));
     let (stop, stopped) = watch::channel(false);
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
+    let listener = if workers > 0 {
+        workers::reuseport_listener(config.listen)
+    } else {
+        TcpListener::bind(config.listen).await
+    }
+    .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
     let addr = listener.local_addr()?;
-    let mut tasks = vec![tokio::spawn(listener::serve_proxy(
-        listener,
-        proxy.clone(),
-        config.clone(),
-        tls.clone(),
-        stopped.clone(),
-    ))];
+    let admission = Admission::new(
+        config.limits.max_connections,
+        config.limits.max_connections_per_ip,
+    );
+    let mut tasks = Vec::new();
+    let mut extra = Vec::new();
+    let (release, released) = watch::channel(false);
+    if workers == 0 {
+        tasks.push(tokio::spawn(listener::serve_proxy(
+            listener,
+            proxy.clone(),
+            config.clone(),
+            tls.clone(),
+            admission,
+            stopped.clone(),
+        )));
+    } else {
+        // The first worker takes the listener bound here (it fixed the port).
+        let mut first = Some(listener.into_std()?);
+        let shared = workers::Shared {
+            addr,
+            config: config.clone(),
+            tls: tls.clone(),
+            admission,
+            metrics: proxy.metrics().clone(),
+            store: store.clone(),
+            stop: stopped.clone(),
+            release: released,
+        };
+        for index in 1..=workers {
+            match workers::spawn(index, workers, &shared, first.take()).await {
+                Ok(worker) => extra.push(worker),
+                Err(e) => {
+                    // Stop what already runs before failing the start.
+                    let _ = stop.send(true);
+                    for w in extra {
+                        let _ = w.stopped.await;
+                    }
+                    let _ = release.send(true);
+                    return Err(e);
+                }
+            }
+        }
+        proxy.set_workers(
+            extra
+                .iter()
+                .map(|w| (w.proxy.clone(), w.runtime.clone()))
+                .collect(),
+        );
+    }
 
     let mut admin_addr = None;
     if let Some(admin_listen) = config.admin.listen {
@@ -247,6 +315,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         addr,
         admin_addr,
         proxy,
+        workers: extra,
+        release,
         stop,
         tasks,
         config: std::sync::Mutex::new(config),
@@ -269,10 +339,11 @@ async fn report_store_at_start(store: &TimedStore<AnyStore>) {
 
 /// Run until SIGTERM or SIGINT, then shut down gracefully; SIGHUP re-reads the
 /// configuration file (see [`Running::reload`]).
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// `workers` as in [`start_with_workers`].
+pub async fn run(config: Config, workers: usize) -> anyhow::Result<()> {
     // Before binding: from here on a SIGHUP is queued instead of killing the process.
     let mut signals = signals::Signals::install().context("cannot install the signal handlers")?;
-    let running = start(config).await?;
+    let running = start_with_workers(config, workers).await?;
     let reason = loop {
         match signals.recv().await {
             signals::Request::Reload => reload_on_signal(&running),
@@ -300,8 +371,9 @@ fn reload_on_signal(running: &Running) {
     let path = running.config_path();
     tracing::info!(path = %path.display(), "SIGHUP: re-reading the configuration");
     // Reading the config and certificate files blocks: never on a runtime thread that
-    // is serving requests (on the multi-thread runtime `main` builds, this worker hands
-    // its other tasks to another thread meanwhile).
+    // is serving proxy requests. The binary runs this on its control-plane thread (the
+    // proxy workers have threads of their own); on a multi-thread runtime (tests) this
+    // worker hands its other tasks to another thread meanwhile.
     let reload = || running.reload_from(&path);
     let result = match tokio::runtime::Handle::current().runtime_flavor() {
         tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(reload),

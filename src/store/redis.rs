@@ -81,6 +81,28 @@
 //! script that fails halfway. Scripts are sent with EVALSHA ([`redis::Script`] falls back
 //! to loading the script on `NOSCRIPT`).
 //!
+//! # Client-side cache (`store.cache`)
+//!
+//! Off by default. One extra connection per data node: the server, the master in use
+//! with Sentinel (a new master or none drops the whole cache, through the connector's
+//! `on_change` hook), every master serving slots on a cluster (the masters and their
+//! slots are compared every second: any change drops the whole cache). Each (`HELLO 3`,
+//! `CLIENT TRACKING ON BCAST PREFIX <p>`) receives Redis's invalidations of every key under the prefix; an invalidation
+//! of a session's data key `<p>{<sk>}` or flash key `<p>{<sk>}:flash` drops that
+//! session's entry, a flush drops all, other keys (write tokens, scratch, owner
+//! indexes) are ignored: every change of a session's state (apply, destroy by store key,
+//! extend the bound, a refreshing load, a consumed flash) writes one of those two keys.
+//! A load sent for the cache asks the script for a freshness token (refreshed or not,
+//! time since `seen`, `PTTL`, time to the absolute limit) from which the entry's expiry
+//! and last refresh are set on the local clock, counted from when the load was sent.
+//! A hit is allowed on a no-touch route, or on a refreshing one while the last refresh
+//! is younger than `session.touch_after`; loads that delivered flash or refreshed are
+//! never cached. A reply is inserted only if no invalidation of its key, own write or
+//! loss of tracking happened since it was sent (pending generation and epoch); losing
+//! the tracking connection drops everything until tracking is confirmed on again. Own
+//! writes drop their sessions' entries before they are sent and when they end. Details
+//! and the rules: `redis/cache.rs`.
+//!
 //! # Databases
 //!
 //! Connections stay on db 0; the scripts `SELECT` the db they need. Redis restores the
@@ -102,13 +124,17 @@
 use futures_util::future::join_all;
 use std::{
     fmt,
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
+    num::NonZeroUsize,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use redis::{
-    ConnectionInfo, IntoConnectionInfo, RedisError, Script, ScriptInvocation, Value,
-    cluster::ClusterClient,
+    Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisError, Script,
+    ScriptInvocation, Value, cluster::ClusterClient,
 };
 
 use super::{
@@ -123,8 +149,12 @@ use crate::{
     protocol::Op,
 };
 
+mod cache;
 mod connector;
 mod nodes;
+
+pub use cache::CacheStats;
+use cache::{Cache, Entry, Forgetting, Freshness, Nodes, Resolve};
 
 use connector::{Call, Connector, Pool, Sentinel};
 use nodes::{NodeTemplate, finish, host_port};
@@ -174,6 +204,12 @@ pub struct RedisStore {
     token_prefix: u64,
     token_counter: AtomicU64,
     token_ttl: Duration,
+    /// `store.cache` ([`cache`]): off (`None`) by default.
+    cache: Option<Arc<Cache>>,
+    /// Where the cache's tracking connections go: one server, the master the sentinels
+    /// name, or every master of a cluster.
+    tracking: Option<Resolve>,
+    timeout: Duration,
 }
 
 impl fmt::Debug for RedisStore {
@@ -242,6 +278,21 @@ impl RedisStore {
         let refused =
             |what: &str, e: RedisError| bad(format!("redis client: {what} refused ({e})"));
         let pool_size = options.max_connections.max(1);
+        // For the cache's tracking connections to cluster nodes.
+        let node_template = template.clone();
+        let resp3 = |info: ConnectionInfo| resp3_client(&template, info);
+        let fixed = |client: Client| -> Resolve {
+            Arc::new(move || {
+                let clients = vec![client.clone()];
+                Box::pin(async move {
+                    Ok(Nodes {
+                        clients,
+                        fingerprint: String::new(),
+                    })
+                })
+            })
+        };
+        let mut tracking = None;
         let connector = match &options.topology {
             RedisTopology::Url(url) => {
                 let info: ConnectionInfo = url
@@ -256,15 +307,23 @@ impl RedisStore {
                 let addr = display_addr(info.addr());
                 let info = finish(info.addr().clone(), settings)
                     .map_err(|e| refused("store.storage.url", e))?;
+                tracking = Some(fixed(
+                    resp3(info.clone()).map_err(|e| refused("store.storage.url", e))?,
+                ));
                 let client = template
                     .client(info)
                     .map_err(|e| refused("store.storage.url", e))?;
                 Connector::Direct(Pool::new(client, &template, pool_size, addr))
             }
             RedisTopology::Server { host, port } => {
-                let client = template
+                let info = template
                     .info(host, *port)
-                    .and_then(|info| template.client(info))
+                    .map_err(|e| refused("store.storage.host", e))?;
+                tracking = Some(fixed(
+                    resp3(info.clone()).map_err(|e| refused("store.storage.host", e))?,
+                ));
+                let client = template
+                    .client(info)
                     .map_err(|e| refused("store.storage.host", e))?;
                 Connector::Direct(Pool::new(
                     client,
@@ -330,6 +389,49 @@ impl RedisStore {
             }
         };
 
+        if let Some(sentinel) = connector.sentinel() {
+            let sentinel = sentinel.clone();
+            tracking = Some(Arc::new(move || {
+                let sentinel = sentinel.clone();
+                Box::pin(async move {
+                    let addr = sentinel.master_addr().await?;
+                    let template = sentinel.data_template();
+                    Ok(Nodes {
+                        clients: vec![node_client(template, &addr)?],
+                        fingerprint: addr,
+                    })
+                })
+            }));
+        }
+        if let Some(cluster) = connector.cluster() {
+            let client = cluster.client();
+            let conn = Arc::new(tokio::sync::OnceCell::new());
+            let template = node_template;
+            tracking = Some(Arc::new(move || {
+                let (client, conn, template) = (client.clone(), conn.clone(), template.clone());
+                Box::pin(async move {
+                    let mut conn = conn
+                        .get_or_try_init(|| client.get_async_connection())
+                        .await?
+                        .clone();
+                    let text: String = redis::cmd("CLUSTER")
+                        .arg("NODES")
+                        .query_async(&mut conn)
+                        .await?;
+                    let masters = connector::masters_with_slots(&text);
+                    let mut clients = Vec::with_capacity(masters.len());
+                    for (addr, _) in &masters {
+                        clients.push(node_client(&template, addr)?);
+                    }
+                    let lines: Vec<String> = masters.into_iter().map(|(_, line)| line).collect();
+                    Ok(Nodes {
+                        clients,
+                        fingerprint: lines.join("\n"),
+                    })
+                })
+            }));
+        }
+
         let mut prefix = [0u8; 8];
         getrandom::fill(&mut prefix)
             .map_err(|e| bad(format!("no randomness for write tokens ({e})")))?;
@@ -347,7 +449,40 @@ impl RedisStore {
             token_prefix: u64::from_le_bytes(prefix),
             token_counter: AtomicU64::new(0),
             token_ttl: MIN_TOKEN_TTL.max(timeout * 4),
+            cache: None,
+            tracking,
+            timeout,
         })
+    }
+
+    /// Turn on the client-side cache of at most `max_entries` sessions (`store.cache`;
+    /// 0 leaves it off).
+    #[must_use]
+    pub fn with_cache(mut self, max_entries: usize) -> Self {
+        self.cache = match (NonZeroUsize::new(max_entries), &self.tracking) {
+            (Some(n), Some(_)) => Some(Arc::new(Cache::new(n))),
+            _ => None,
+        };
+        if let (Some(cache), Some(sentinel)) = (&self.cache, self.connector.sentinel()) {
+            // A new master (or none): the tracking connection is on the old one.
+            let cache = Arc::downgrade(cache);
+            sentinel.on_change(Arc::new(move || {
+                if let Some(cache) = cache.upgrade() {
+                    cache.drop_all();
+                }
+            }));
+        }
+        self
+    }
+
+    /// The cache's counters (`None` when `store.cache` is off).
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(|c| c.stats())
+    }
+
+    /// The cache, when on (for the own writes that forget entries).
+    fn cache(&self) -> Option<&Cache> {
+        self.cache.as_deref()
     }
 
     /// Failovers this sidecar has seen (metric `session_sidecar_store_master_changes_total`).
@@ -608,6 +743,23 @@ impl RedisStore {
     }
 }
 
+/// A client speaking RESP3 (`HELLO 3`) to `info`: the tracking connection of
+/// `store.cache` receives pushes.
+fn resp3_client(template: &NodeTemplate, info: ConnectionInfo) -> Result<Client, RedisError> {
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    template.client(info.set_redis_settings(settings))
+}
+
+/// A RESP3 client for the data node at `host:port`.
+fn node_client(template: &NodeTemplate, addr: &str) -> Result<Client, RedisError> {
+    let (host, port) = host_port(addr)
+        .map_err(|e| RedisError::from((redis::ErrorKind::Client, "node address", e)))?;
+    resp3_client(template, template.info(&host, port)?)
+}
+
 /// `host:port` of an address, for `/readyz` (a unix socket: its path).
 fn display_addr(addr: &redis::ConnectionAddr) -> String {
     match addr {
@@ -641,7 +793,20 @@ impl SessionStore for RedisStore {
         id: &SessionId,
         touch: Touch,
     ) -> Result<Option<LoadedSession>, StoreError> {
-        let keys = self.keys(id);
+        let sk = id.store_key();
+        let keys = self.keys_of(&sk);
+        let ticket = match (&self.cache, &self.tracking) {
+            (Some(cache), Some(resolve)) => {
+                cache.ensure_tracking(resolve, &self.key_prefix, self.timeout);
+                if let Some(hit) =
+                    cache.lookup(&sk, touch, self.lifetimes.touch_after, Instant::now())
+                {
+                    return Ok(Some(hit));
+                }
+                cache.begin(&sk)
+            }
+            _ => None,
+        };
         let mut inv = self.load_script.prepare_invoke();
         inv.key(&keys.data)
             .key(&keys.flash)
@@ -650,12 +815,33 @@ impl SessionStore for RedisStore {
             .arg(millis(self.lifetimes.ttl))
             .arg(millis(self.lifetimes.absolute_ttl))
             .arg(if touch == Touch::Refresh { "1" } else { "" })
-            .arg(millis(self.lifetimes.touch_after));
+            .arg(millis(self.lifetimes.touch_after))
+            .arg(if ticket.is_some() { "1" } else { "" });
+        let sent = Instant::now();
         let reply = self.run(&inv).await.map_err(|e| self.store_error(e))?;
-        decode_load_value(reply)
+        let (loaded, fresh) = decode_load_full(reply)?;
+        if let Some(ticket) = ticket {
+            let entry = match (&loaded, fresh) {
+                (Some(loaded), Some(fresh)) => Entry::from_load(loaded, fresh, sent),
+                _ => None,
+            };
+            ticket.arrived(entry);
+        }
+        Ok(loaded)
     }
 
     async fn apply(&self, plan: &WritePlan) -> Result<WriteOutcome, StoreError> {
+        // Own writes are read at once (the cache forgets the sessions touched now and
+        // when the write ends); other sidecars see them through the invalidation.
+        let touched = match &plan.target {
+            Target::Existing(id) | Target::Create(id) | Target::Destroy(id) => vec![id],
+            Target::Move { from, to } => vec![from, to],
+            Target::DestroyThenCreate { old, new } => vec![old, new],
+        };
+        let _forgetting = Forgetting::new(
+            self.cache(),
+            touched.into_iter().map(SessionId::store_key).collect(),
+        );
         let max_age = plan.max_age.map(|s| s.to_string());
         let max_age = max_age.as_deref();
         let cluster = self.connector.is_cluster();
@@ -765,6 +951,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn destroy_keys(&self, keys: &[String]) -> Result<u64, StoreError> {
+        let _forgetting = Forgetting::new(self.cache(), keys.to_vec());
         let replies = self
             .per_sessions(keys, "X", true, |reply| match reply {
                 Value::Int(n) => u64::try_from(n).map_err(|_| corrupt("destroy reply")),
@@ -801,6 +988,7 @@ impl SessionStore for RedisStore {
         if !is_handle(key) {
             return Ok(false);
         }
+        let _forgetting = Forgetting::new(self.cache(), vec![key.to_owned()]);
         let keys = self.keys_of(key);
         let mut inv = self.sessions_script.prepare_invoke();
         inv.key(&keys.data)
@@ -948,20 +1136,67 @@ fn text(v: Option<&Value>) -> Result<String, StoreError> {
 }
 
 /// The load script's reply as the client library hands it over: one bulk string.
+#[cfg(feature = "fuzzing")]
 fn decode_load_value(reply: Value) -> Result<Option<LoadedSession>, StoreError> {
+    decode_load_full(reply).map(|(loaded, _)| loaded)
+}
+
+/// [`decode_load_value`] with the freshness token of a load sent for the cache.
+fn decode_load_full(
+    reply: Value,
+) -> Result<(Option<LoadedSession>, Option<Freshness>), StoreError> {
     match reply {
-        Value::BulkString(bytes) => decode_load_reply(&bytes),
+        Value::BulkString(bytes) => decode_load_parts(&bytes),
         _ => Err(corrupt("reply type")),
     }
+}
+
+/// The freshness token (`redis/load.lua`, ARGV[7]):
+/// `<0|1>,<ms since seen or ->,<PTTL ms or ->,<ms to the absolute limit>`.
+fn decode_freshness(token: &str) -> Result<Freshness, StoreError> {
+    let bad = || corrupt("freshness");
+    let mut parts = token.split(',');
+    let mut next = || parts.next().ok_or_else(bad);
+    let refreshed = match next()? {
+        "0" => false,
+        "1" => true,
+        _ => return Err(bad()),
+    };
+    let optional = |t: &str| -> Result<Option<u64>, StoreError> {
+        match t {
+            "-" => Ok(None),
+            t => t.parse().map(Some).map_err(|_| bad()),
+        }
+    };
+    let since_seen_ms = optional(next()?)?;
+    let ttl_ms = optional(next()?)?;
+    let remaining_ms = next()?.parse().map_err(|_| bad())?;
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(Freshness {
+        refreshed,
+        since_seen_ms,
+        ttl_ms,
+        remaining_ms,
+    })
 }
 
 /// The load script's reply (see `redis/load.lua`): `N`, `C`, or
 /// `F <max_age or -> <seconds left> <data bytes> <owner bytes or -> <bound check or ->\n`
 /// then the owner literal, data pairs and flash pairs ([`super::pairs`]). The bound
 /// check, `<now>,<idle>,<bound>,<deadline>` (ms), is what [`index_due`] decides on.
+#[cfg(test)]
 fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> {
+    decode_load_parts(bytes).map(|(loaded, _)| loaded)
+}
+
+/// The load reply and, when the load was sent for the cache, its freshness token.
+fn decode_load_parts(
+    bytes: &[u8],
+) -> Result<(Option<LoadedSession>, Option<Freshness>), StoreError> {
     match bytes {
-        b"N" => return Ok(None),
+        b"N" => return Ok((None, None)),
         b"C" => return Err(corrupt("session meta fields")),
         _ => {}
     }
@@ -1001,6 +1236,7 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
         }
         None => return Err(corrupt("load reply")),
     };
+    let fresh = parts.next().map(decode_freshness).transpose()?;
     if parts.next().is_some() {
         return Err(corrupt("load reply"));
     }
@@ -1027,7 +1263,7 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
     }
     let (data, flash) = body.split_at(data_len);
     let pairs = |b| decode_pairs(b).map_err(corrupt);
-    Ok(Some(LoadedSession {
+    let loaded = LoadedSession {
         data: pairs(data)?,
         flash: pairs(flash)?,
         max_age,
@@ -1036,7 +1272,8 @@ fn decode_load_reply(bytes: &[u8]) -> Result<Option<LoadedSession>, StoreError> 
         owner,
         index_due: check
             .and_then(|[now, idle, bound, deadline]| index_due(now, idle, bound, deadline)),
-    }))
+    };
+    Ok((Some(loaded), fresh))
 }
 
 /// Hooks for the fuzz targets (the `fuzzing` feature, docs/fuzzing.md): the script
@@ -1119,6 +1356,42 @@ mod tests {
             .unwrap()
             .expect("found");
         assert_eq!(last.index_due, None);
+    }
+
+    #[test]
+    fn freshness_tokens_decode() {
+        let (loaded, fresh) =
+            decode_load_parts(b"F - 9 10 - - 0,1500,58500,9000\n3:\"a\",1:1,").unwrap();
+        assert_eq!(loaded.expect("found").data, fields(&[("\"a\"", "1")]));
+        assert_eq!(
+            fresh,
+            Some(Freshness {
+                refreshed: false,
+                since_seen_ms: Some(1500),
+                ttl_ms: Some(58_500),
+                remaining_ms: 9000,
+            })
+        );
+        let (_, fresh) = decode_load_parts(b"F - 9 0 - - 1,-,-,9000\n").unwrap();
+        let fresh = fresh.expect("token");
+        assert!(fresh.refreshed);
+        assert_eq!((fresh.since_seen_ms, fresh.ttl_ms), (None, None));
+        // Without ARGV[7] there is none.
+        assert_eq!(decode_load_parts(b"F - 9 0 - -\n").unwrap().1, None);
+        for bad in [
+            &b"F - 9 0 - - 2,1,1,1\n"[..],
+            b"F - 9 0 - - 0,1,1\n",
+            b"F - 9 0 - - 0,1,1,1,1\n",
+            b"F - 9 0 - - 0,x,1,1\n",
+            b"F - 9 0 - - 0,1,1,-\n",
+            b"F - 9 0 - - 0,1,1,1 extra\n",
+        ] {
+            assert!(
+                matches!(decode_load_parts(bad), Err(StoreError::Corrupt(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -355,6 +355,10 @@ fn listening_socket(pid: u32) -> Option<SocketAddr> {
             }
         })
         .collect();
+    // Every proxy worker has its own socket on the one address (SO_REUSEPORT).
+    let mut listening = listening;
+    listening.sort();
+    listening.dedup();
     assert!(
         listening.len() <= 1,
         "pid {pid} listens on {listening:?}: a quiet spawn needs exactly one listener"

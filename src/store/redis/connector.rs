@@ -189,6 +189,22 @@ impl Connector {
         }
     }
 
+    /// The Sentinel topology, when this is one.
+    pub(super) fn sentinel(&self) -> Option<&Sentinel> {
+        match self {
+            Connector::Sentinel(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The cluster, when this is one.
+    pub(super) fn cluster(&self) -> Option<&Cluster> {
+        match self {
+            Connector::Cluster(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// Is this a cluster (scripts may touch one hash slot only)?
     pub(super) fn is_cluster(&self) -> bool {
         matches!(self, Connector::Cluster(_))
@@ -250,9 +266,14 @@ const SENTINEL_RECHECK: Duration = Duration::from_secs(1);
 /// The master of `master_name`, as the sentinels say, with a pool of connections to it.
 /// On connection trouble or `READONLY` the pool is dropped, and the next call asks the
 /// sentinels again.
+#[derive(Clone)]
 pub(super) struct Sentinel {
     inner: Arc<SentinelInner>,
 }
+
+/// Called when the master in use is replaced or left (`store.cache` then drops
+/// everything: its tracking connection is on the old master).
+pub(super) type OnChange = Arc<dyn Fn() + Send + Sync>;
 
 struct SentinelInner {
     master_name: String,
@@ -270,6 +291,7 @@ struct SentinelInner {
     /// Milliseconds since `born` of the last background check.
     last_check: AtomicU64,
     checking: AtomicBool,
+    on_change: Mutex<Option<OnChange>>,
 }
 
 impl Sentinel {
@@ -297,6 +319,7 @@ impl Sentinel {
                 born: Instant::now(),
                 last_check: AtomicU64::new(0),
                 checking: AtomicBool::new(false),
+                on_change: Mutex::new(None),
             }),
         }
     }
@@ -316,6 +339,23 @@ impl Sentinel {
     async fn pool(&self) -> Result<Arc<Pool>, RedisError> {
         self.inner.pool().await
     }
+
+    /// `host:port` of the master in use (resolved first when there is none).
+    pub(super) async fn master_addr(&self) -> Result<String, RedisError> {
+        Ok(self.pool().await?.addr.clone())
+    }
+
+    /// Call `f` whenever the master in use is replaced or left.
+    pub(super) fn on_change(&self, f: OnChange) {
+        if let Ok(mut slot) = self.inner.on_change.lock() {
+            *slot = Some(f);
+        }
+    }
+
+    /// The data nodes' template (credentials, TLS, timeouts).
+    pub(super) fn data_template(&self) -> &NodeTemplate {
+        &self.inner.data
+    }
 }
 
 impl SentinelInner {
@@ -324,11 +364,23 @@ impl SentinelInner {
     }
 
     fn invalidate(&self, pool: &Arc<Pool>) {
+        let mut left = false;
         if let Ok(mut current) = self.current.lock()
             && current.as_ref().is_some_and(|c| Arc::ptr_eq(c, pool))
         {
             tracing::warn!(master = %pool.addr, "redis master unreachable or demoted; asking the sentinels again");
             *current = None;
+            left = true;
+        }
+        if left {
+            self.changed();
+        }
+    }
+
+    fn changed(&self) {
+        let f = self.on_change.lock().ok().and_then(|f| f.clone());
+        if let Some(f) = f {
+            f();
         }
     }
 
@@ -368,6 +420,7 @@ impl SentinelInner {
             }
             *last = Some(pool.addr.clone());
         }
+        self.changed();
         if let Ok(mut current) = self.current.lock() {
             *current = Some(pool);
         }
@@ -463,6 +516,11 @@ pub(super) struct Cluster {
 }
 
 impl Cluster {
+    /// The driver's client (the cache's tracking task opens its own connection).
+    pub(super) fn client(&self) -> ClusterClient {
+        self.client.clone()
+    }
+
     pub(super) fn new(client: ClusterClient) -> Self {
         Cluster {
             client,
@@ -526,6 +584,32 @@ impl Cluster {
     }
 }
 
+/// Every master that serves at least one slot, from `CLUSTER NODES` text: its
+/// `ip:port` and a line of it with its slots (sorted by address; what `store.cache`
+/// compares to notice a topology change).
+pub(super) fn masters_with_slots(nodes: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            let slots = fields.get(8..)?;
+            if flags.split(',').any(|f| f == "master")
+                && !flags.contains("fail")
+                && !slots.is_empty()
+            {
+                let addr = fields.get(1)?.split('@').next()?.to_owned();
+                let line = format!("{addr} {}", slots.join(" "));
+                Some((addr, line))
+            } else {
+                None
+            }
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// The `ip:port` of every master that serves at least one slot, from `CLUSTER NODES`
 /// text (`<id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <state> <slots>...`).
 fn serving_masters(nodes: &str) -> Vec<String> {
@@ -563,6 +647,19 @@ e 127.0.0.1:7004@17004 master - 0 0 5 connected
         assert_eq!(
             serving_masters(text),
             vec!["127.0.0.1:7000".to_owned(), "127.0.0.1:7001".to_owned()]
+        );
+        assert_eq!(
+            masters_with_slots(text),
+            vec![
+                (
+                    "127.0.0.1:7000".to_owned(),
+                    "127.0.0.1:7000 0-5460".to_owned()
+                ),
+                (
+                    "127.0.0.1:7001".to_owned(),
+                    "127.0.0.1:7001 5461-10922".to_owned()
+                ),
+            ]
         );
     }
 

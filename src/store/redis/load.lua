@@ -5,15 +5,19 @@
 -- ARGV[4] session.absolute_ttl in ms
 -- ARGV[5] '1': refresh the idle lifetime when due (Touch::Refresh); '': never (Touch::Keep)
 -- ARGV[6] session.touch_after in ms (0: every refreshing load refreshes)
+-- ARGV[7] '1': add the freshness token for the client-side cache (store.cache); '': not
 --
 -- Returns one string (a nested array reply costs the client far more to parse):
 --   'N' (none) | 'C' (corrupt) |
 --   'F <max_age or -> <seconds left to the absolute limit> <bytes of data>
---      <bytes of owner or -> <bound check or ->\n' .. owner .. data pairs .. flash pairs
+--      <bytes of owner or -> <bound check or ->[ <freshness>]\n' .. owner .. data pairs
+--      .. flash pairs
 -- where pairs are netstrings, '<len>:<field>,<len>:<value>,' (src/store/pairs.rs), the
 -- owner is its JSON string literal, and the bound check, present when an owned session
 -- was refreshed, is '<now>,<idle>,<bound>,<deadline>' (ms; the arguments of
--- `owners::index_due`, which the engine evaluates).
+-- `owners::index_due`, which the engine evaluates). The freshness token, with ARGV[7] only,
+-- is '<1 if refreshed, else 0>,<ms since seen or ->,<PTTL in ms or ->,<ms to the absolute
+-- limit>' (src/store/redis/cache.rs, `Freshness`).
 
 local db_sessions = tonumber(ARGV[1])
 local db_notifications = tonumber(ARGV[2])
@@ -21,6 +25,7 @@ local ttl_ms = tonumber(ARGV[3])
 local absolute_ms = tonumber(ARGV[4])
 local touch = ARGV[5] == '1'
 local touch_after = tonumber(ARGV[6])
+local for_cache = ARGV[7] == '1'
 
 local now = now_ms()
 
@@ -117,6 +122,27 @@ if refresh then
   end
 end
 
+local freshness = ''
+if for_cache then
+  local since = '-'
+  if refresh then
+    since = '0'
+  elseif seen then
+    seen = tonumber(seen)
+    if not seen then
+      return 'C'
+    end
+    since = int_text(math.max(0, now - seen))
+  end
+  local pttl = redis.call('PTTL', KEYS[1])
+  local ttl_text = '-'
+  if pttl >= 0 then
+    ttl_text = int_text(pttl)
+  end
+  freshness = ' ' .. (refresh and '1' or '0') .. ',' .. since .. ',' .. ttl_text .. ',' ..
+    int_text(remaining)
+end
+
 -- Read and delete in one atomic script: a notification is delivered exactly once even
 -- when several requests of the session load concurrently.
 use_db(db_notifications)
@@ -131,5 +157,6 @@ end
 
 data = table.concat(data)
 return 'F ' .. (max_age or '-') .. ' ' .. int_text(math.floor(remaining / 1000)) .. ' ' ..
-  #data .. ' ' .. (owner and #owner or '-') .. ' ' .. check .. '\n' .. (owner or '') ..
+  #data .. ' ' .. (owner and #owner or '-') .. ' ' .. check .. freshness .. '\n' ..
+  (owner or '') ..
   data .. table.concat(pending)
