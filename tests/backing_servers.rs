@@ -80,10 +80,7 @@ fn cluster_has_three_masters_migrates_and_fails_over() {
     let victim = to;
     let replica = cluster.replica_of(victim);
     // the replica has the keys before its master dies
-    let acked: i64 = cluster.cmd_on(victim, &["WAIT", "1", "2000"]);
-    let info: String = cluster.cmd_on(victim, &["INFO", "replication"]);
-    let rinfo: String = cluster.cmd_on(cluster.replica_of(victim), &["INFO", "replication"]);
-    assert_eq!(acked, 1, "{info}\n{rinfo}");
+    cluster.wait_replicated(victim);
     cluster.kill_master(victim);
     let killed = Instant::now();
     let (new, at) = cluster.wait_promoted(victim);

@@ -233,6 +233,12 @@ impl RedisCluster {
             .port
     }
 
+    /// Wait (≤30 s) until the replica of the master on `master_port` has everything
+    /// that master had written ([`super::wait_replicated`]).
+    pub fn wait_replicated(&self, master_port: u16) {
+        super::wait_replicated(master_port, self.replica_of(master_port));
+    }
+
     /// SIGKILL the master on `port` (its replica is remembered for
     /// [`RedisCluster::wait_promoted`]).
     pub fn kill_master(&mut self, port: u16) {

@@ -558,3 +558,29 @@ pub fn mc_stats(port: u16) -> std::collections::BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// Wait (≤30 s) until the replica on `replica` has processed everything the master on
+/// `master` had written when this was called: its `slave_repl_offset` reaches the
+/// master's `master_repl_offset`. (`WAIT` on a new connection waits for nothing: it
+/// counts that connection's own writes only.)
+pub fn wait_replicated(master: u16, replica: u16) {
+    let offset = |text: &str, key: &str| -> Option<i64> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.parse().ok())
+    };
+    let info: String = RawClient::connect(master, 0).cmd(&["INFO", "replication"]);
+    let target = offset(&info, "master_repl_offset:")
+        .unwrap_or_else(|| panic!("no master_repl_offset from {master}:\n{info}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rinfo: String = RawClient::connect(replica, 0).cmd(&["INFO", "replication"]);
+        if offset(&rinfo, "slave_repl_offset:").is_some_and(|o| o >= target) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica {replica} of {master} not at offset {target} within 30 s:\n{rinfo}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
