@@ -298,6 +298,47 @@ async fn a_hit_costs_no_round_trip_and_a_read_with_a_write_one() {
     assert!(running.admin_addr.is_none());
 }
 
+/// A write's reply carries the new state and is cached: a read + write costs one round
+/// trip, the read of every next request is a hit. And a sidecar whose last call on a
+/// session was its own write still hears of another sidecar's write (the write read its
+/// keys again, so Redis goes on tracking them for its connection; its own writes are not
+/// reported to it).
+#[tokio::test]
+async fn a_write_is_cached_and_its_writer_still_hears_of_other_writes() {
+    let redis = RedisServer::start();
+    let (a, b) = (sidecar(redis.port()).await, sidecar(redis.port()).await);
+    let mut ca = a.client();
+    ca.write(&[("x-session-set", r#"{"n":0}"#)]).await;
+    warm(&mut ca, &a).await;
+    let _: String = redis.client(0).cmd(&["CONFIG", "RESETSTAT"]);
+    let hits = stats(&a).hits;
+    for i in 1..=10 {
+        let r = ca.write(&[("x-session-incr", r#"{"n":1}"#)]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.session()["n"], i - 1);
+        assert_eq!(ca.get("/").await.session()["n"], i);
+    }
+    assert_eq!(stats(&a).hits, hits + 20, "{:?}", stats(&a));
+    assert_eq!(script_calls(&redis), 10, "one round trip per read + write");
+
+    let cb = same_session(&ca, &b);
+    for v in 100..105 {
+        let m = format!(r#"{{"m":{v}}}"#);
+        assert_eq!(ca.write(&[("x-session-set", &m)]).await.status, 200);
+        let hits = stats(&a).hits;
+        assert_eq!(ca.get("/").await.session()["m"], v);
+        assert_eq!(stats(&a).hits, hits + 1, "a's own write was cached");
+        let n = format!(r#"{{"n":{v}}}"#);
+        assert_eq!(cb.clone().write(&[("x-session-set", &n)]).await.status, 200);
+        until("a sees b's write", || {
+            let mut ca = ca.clone();
+            async move { ca.get("/").await.session()["n"] == v }
+        })
+        .await;
+    }
+    assert!(stats(&a).invalidations >= 5, "{:?}", stats(&a));
+}
+
 #[tokio::test]
 async fn the_metrics_show_the_cache() {
     let a = sidecar_with(
@@ -488,7 +529,7 @@ async fn a_sentinel_failover_drops_the_cache_and_the_new_master_is_tracked() {
     assert_eq!(warm(&mut cb, &b).await.session()["n"], 2);
     // The session is on the replica before the master dies.
     let old = set.master_port();
-    let _: i64 = backing::RawClient::connect(old, 0).cmd(&["WAIT", "1", "5000"]);
+    backing::wait_replicated(old, set.replica_port());
     let drops = stats(&b).drops;
 
     let set = tokio::task::spawn_blocking(move || {
@@ -561,6 +602,18 @@ async fn on_a_cluster_every_master_is_tracked_and_a_failover_drops_the_cache() {
             async move { n_of(&cb).await == Some(json!(2)) }
         })
         .await;
+        // B's own write goes over the tracking connection of that master, is cached,
+        // and B still hears of A's next one.
+        cb.write(&[("x-session-set", r#"{"m":1}"#)]).await;
+        let hits = stats(&b).hits;
+        assert_eq!(cb.get("/").await.session()["m"], 1);
+        assert_eq!(stats(&b).hits, hits + 1, "b's own write was cached");
+        ca.write(&[("x-session-set", r#"{"n":2,"m":2}"#)]).await;
+        until("b sees m = 2", || {
+            let mut cb = cb.clone();
+            async move { cb.get("/").await.session()["m"] == 2 }
+        })
+        .await;
         on_master.insert(master, (ca, cb));
         if on_master.len() == 3 {
             break;
@@ -573,7 +626,7 @@ async fn on_a_cluster_every_master_is_tracked_and_a_failover_drops_the_cache() {
     let mut cb = cb.clone();
     let ca = ca.clone();
     assert_eq!(warm(&mut cb, &b).await.session()["n"], 2);
-    let _: i64 = backing::RawClient::connect(victim, 0).cmd(&["WAIT", "1", "5000"]);
+    cluster.wait_replicated(victim);
     let drops = stats(&b).drops;
     let cluster = tokio::task::spawn_blocking(move || {
         let mut cluster = cluster;

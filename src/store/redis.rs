@@ -87,21 +87,22 @@
 //! with Sentinel (a new master or none drops the whole cache, through the connector's
 //! `on_change` hook), every master serving slots on a cluster (the masters and their
 //! slots are compared every second: any change drops the whole cache). Each (`HELLO 3`,
-//! `CLIENT TRACKING ON BCAST PREFIX <p>`) receives Redis's invalidations of every key under the prefix; an invalidation
-//! of a session's data key `<p>{<sk>}` or flash key `<p>{<sk>}:flash` drops that
-//! session's entry, a flush drops all, other keys (write tokens, scratch, owner
-//! indexes) are ignored: every change of a session's state (apply, destroy by store key,
-//! extend the bound, a refreshing load, a consumed flash) writes one of those two keys.
-//! A load sent for the cache asks the script for a freshness token (refreshed or not,
-//! time since `seen`, `PTTL`, time to the absolute limit) from which the entry's expiry
-//! and last refresh are set on the local clock, counted from when the load was sent.
-//! A hit is allowed on a no-touch route, or on a refreshing one while the last refresh
-//! is younger than `session.touch_after`; loads that delivered flash or refreshed are
-//! never cached. A reply is inserted only if no invalidation of its key, own write or
-//! loss of tracking happened since it was sent (pending generation and epoch); losing
-//! the tracking connection drops everything until tracking is confirmed on again. Own
-//! writes drop their sessions' entries before they are sent and when they end. Details
-//! and the rules: `redis/cache.rs`.
+//! `CLIENT TRACKING ON NOLOOP`) carries, while tracking is on, the loads and writes of
+//! the sessions it serves, and receives Redis's invalidations of the keys it read that
+//! other clients change; an invalidation of a session's data key `<p>{<sk>}` or flash
+//! key `<p>{<sk>}:flash` drops that session's entry, a flush drops all, other keys
+//! (write tokens, scratch, owner indexes) are ignored: every change of a session's state
+//! (apply, destroy by store key, extend the bound, a refreshing load, a consumed flash)
+//! writes one of those two keys. A load sent for the cache asks the script for a
+//! freshness token (refreshed or not, time since `seen`, `PTTL`, time to the absolute
+//! limit), a write for the state it wrote (`apply.lua`, ARGV[15]); the entry's expiry
+//! and last refresh are set from them on the local clock, counted from when the call was
+//! sent. A hit is allowed on a no-touch route, or on a refreshing one while the last
+//! refresh is younger than `session.touch_after`; a load that delivered flash or a write
+//! that left flash pending is never cached. A reply is inserted only if no invalidation
+//! of its key, other own call or loss of tracking happened since it was sent (pending
+//! generation and epoch); losing the tracking connection drops everything until tracking
+//! is confirmed on again. Details and the rules: `redis/cache.rs`.
 //!
 //! # Databases
 //!
@@ -154,7 +155,7 @@ mod connector;
 mod nodes;
 
 pub use cache::CacheStats;
-use cache::{Cache, Entry, Forgetting, Freshness, Nodes, Resolve};
+use cache::{Cache, Entry, Forgetting, Freshness, Node, Nodes, Resolve, Ticket};
 
 use connector::{Call, Connector, Pool, Sentinel};
 use nodes::{NodeTemplate, finish, host_port};
@@ -283,10 +284,13 @@ impl RedisStore {
         let resp3 = |info: ConnectionInfo| resp3_client(&template, info);
         let fixed = |client: Client| -> Resolve {
             Arc::new(move || {
-                let clients = vec![client.clone()];
+                let client = client.clone();
                 Box::pin(async move {
                     Ok(Nodes {
-                        clients,
+                        nodes: vec![Node {
+                            client,
+                            slots: Vec::new(),
+                        }],
                         fingerprint: String::new(),
                     })
                 })
@@ -397,7 +401,10 @@ impl RedisStore {
                     let addr = sentinel.master_addr().await?;
                     let template = sentinel.data_template();
                     Ok(Nodes {
-                        clients: vec![node_client(template, &addr)?],
+                        nodes: vec![Node {
+                            client: node_client(template, &addr)?,
+                            slots: Vec::new(),
+                        }],
                         fingerprint: addr,
                     })
                 })
@@ -419,13 +426,16 @@ impl RedisStore {
                         .query_async(&mut conn)
                         .await?;
                     let masters = connector::masters_with_slots(&text);
-                    let mut clients = Vec::with_capacity(masters.len());
-                    for (addr, _) in &masters {
-                        clients.push(node_client(&template, addr)?);
+                    let mut nodes = Vec::with_capacity(masters.len());
+                    for (addr, line) in &masters {
+                        nodes.push(Node {
+                            client: node_client(&template, addr)?,
+                            slots: cache::parse_slots(line),
+                        });
                     }
                     let lines: Vec<String> = masters.into_iter().map(|(_, line)| line).collect();
                     Ok(Nodes {
-                        clients,
+                        nodes,
                         fingerprint: lines.join("\n"),
                     })
                 })
@@ -614,6 +624,7 @@ impl RedisStore {
         client: Option<&ClientInfo>,
         prefill: Option<&Taken>,
         ops: &[Op],
+        ticket: &mut Option<Ticket<'_>>,
     ) -> Result<Vec<Value>, StoreError> {
         let source = source.unwrap_or(target);
         let token = format!("{}{}", target.token, self.token());
@@ -643,6 +654,7 @@ impl RedisStore {
             Some(c) => inv.arg("1").arg(&c.ip).arg(&c.user_agent),
             None => inv.arg("").arg("").arg(""),
         };
+        inv.arg(if ticket.is_some() { "1" } else { "" });
         if let Some(taken) = prefill {
             inv.arg(taken.meta.as_slice());
             for (field, value) in &taken.data {
@@ -661,8 +673,42 @@ impl RedisStore {
                 Op::FlashSet(field, value) => inv.arg("F").arg(field).arg(value),
             };
         }
-        let reply = self.run(&inv).await.map_err(|e| self.store_error(e))?;
+        let reply = self.run_tracked(&inv, ticket).await?;
         as_array(reply)
+    }
+
+    /// Run a script whose reply the cache may keep: over the ticket's tracking
+    /// connection, where Redis orders the reply with the invalidations it sends and
+    /// reports no write of that connection's own (`redis/cache.rs`). Without a ticket, or
+    /// when that connection fails (the cache is then dropped and the ticket given up: its
+    /// reply is not cached), over the pool as [`RedisStore::run`].
+    async fn run_tracked(
+        &self,
+        inv: &ScriptInvocation<'_>,
+        ticket: &mut Option<Ticket<'_>>,
+    ) -> Result<Value, StoreError> {
+        match ticket.as_ref().and_then(Ticket::connection) {
+            Some(mut conn) => match Call::Script(inv).run(&mut conn).await {
+                Ok(value) => return Ok(value),
+                Err(e) if e.is_timeout() => {
+                    // Unanswered within `store.timeout`: leave that connection (and the
+                    // cache) as the pool leaves one, and answer as the pool would.
+                    if let Some(t) = ticket.take() {
+                        t.drop_all();
+                    }
+                    return Err(StoreError::Timeout);
+                }
+                Err(e) if connector::is_connection_trouble(&e) || connector::is_redirect(&e) => {
+                    // Resent over the pool: a write with the same token, so at most once.
+                    if let Some(t) = ticket.take() {
+                        t.drop_all();
+                    }
+                }
+                Err(e) => return Err(self.store_error(e)),
+            },
+            None => *ticket = None,
+        }
+        self.run(inv).await.map_err(|e| self.store_error(e))
     }
 
     /// The outcome of an apply-script reply.
@@ -700,7 +746,17 @@ impl RedisStore {
         let old = self.keys(from);
         let keep = OwnerChange::Keep;
         let reply = self
-            .apply_script(mode::TAKE, &old, None, None, &keep, None, None, &[])
+            .apply_script(
+                mode::TAKE,
+                &old,
+                None,
+                None,
+                &keep,
+                None,
+                None,
+                &[],
+                &mut None,
+            )
             .await?;
         let Some(taken) = decode_taken(&reply)? else {
             return self.outcome(&reply);
@@ -718,6 +774,7 @@ impl RedisStore {
                 None,
                 Some(&taken),
                 &plan.ops,
+                &mut None,
             )
             .await?;
         match self.outcome(&reply) {
@@ -733,6 +790,7 @@ impl RedisStore {
                         None,
                         Some(&taken),
                         &[],
+                        &mut None,
                     )
                     .await?;
                 self.outcome(&back)?;
@@ -817,8 +875,9 @@ impl SessionStore for RedisStore {
             .arg(if touch == Touch::Refresh { "1" } else { "" })
             .arg(millis(self.lifetimes.touch_after))
             .arg(if ticket.is_some() { "1" } else { "" });
+        let mut ticket = ticket;
         let sent = Instant::now();
-        let reply = self.run(&inv).await.map_err(|e| self.store_error(e))?;
+        let reply = self.run_tracked(&inv, &mut ticket).await?;
         let (loaded, fresh) = decode_load_full(reply)?;
         if let Some(ticket) = ticket {
             let entry = match (&loaded, fresh) {
@@ -838,7 +897,7 @@ impl SessionStore for RedisStore {
             Target::Move { from, to } => vec![from, to],
             Target::DestroyThenCreate { old, new } => vec![old, new],
         };
-        let _forgetting = Forgetting::new(
+        let mut forgetting = Forgetting::new(
             self.cache(),
             touched.into_iter().map(SessionId::store_key).collect(),
         );
@@ -869,6 +928,7 @@ impl SessionStore for RedisStore {
                         None,
                         None,
                         &[],
+                        &mut None,
                     )
                     .await?;
                 self.outcome(&reply)?;
@@ -884,6 +944,15 @@ impl SessionStore for RedisStore {
         } else {
             None
         };
+        // With the cache, the write goes over the tracking connection and its reply
+        // carries the new state, cached for the next read (one round trip per read +
+        // write; taken after the forgetting above, so that loads in flight insert nothing).
+        let target_sk = target.store_key();
+        let mut ticket = match self.cache() {
+            Some(cache) if mode != mode::DESTROY => cache.begin(&target_sk),
+            _ => None,
+        };
+        let sent = Instant::now();
         let reply = self
             .apply_script(
                 mode,
@@ -894,9 +963,21 @@ impl SessionStore for RedisStore {
                 client,
                 None,
                 &plan.ops,
+                &mut ticket,
             )
             .await?;
-        self.outcome(&reply)
+        let outcome = self.outcome(&reply)?;
+        if let Some(ticket) = ticket {
+            let entry = match outcome {
+                WriteOutcome::Applied => decode_written(&reply)?
+                    .and_then(|(loaded, fresh)| Entry::from_load(&loaded, fresh, sent)),
+                _ => None,
+            };
+            if ticket.arrived(entry) {
+                forgetting.keep(&target_sk);
+            }
+        }
+        Ok(outcome)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -1245,16 +1326,7 @@ fn decode_load_parts(
         None => (None, body),
         Some(n) if n <= body.len() => {
             let (owner, rest) = body.split_at(n);
-            // A JSON string literal as `field_literal` writes it: printable ASCII, so it
-            // is a valid `X-Session-Owner` value (the memcached item checks the same).
-            let owner = std::str::from_utf8(owner)
-                .ok()
-                .filter(|o| o.bytes().all(|b| (0x20..0x7f).contains(&b)))
-                .ok_or_else(|| corrupt("owner"))?;
-            if owner.len() < 2 || !owner.starts_with('"') || !owner.ends_with('"') {
-                return Err(corrupt("owner"));
-            }
-            (Some(Owner::from_literal(owner.to_owned())), rest)
+            (Some(decode_owner(owner)?), rest)
         }
         Some(_) => return Err(corrupt("load reply")),
     };
@@ -1274,6 +1346,71 @@ fn decode_load_parts(
             .and_then(|[now, idle, bound, deadline]| index_due(now, idle, bound, deadline)),
     };
     Ok((Some(loaded), fresh))
+}
+
+/// A stored owner: a JSON string literal as `field_literal` writes it, printable ASCII,
+/// so it is a valid `X-Session-Owner` value (the memcached item checks the same).
+fn decode_owner(bytes: &[u8]) -> Result<Owner, StoreError> {
+    let owner = std::str::from_utf8(bytes)
+        .ok()
+        .filter(|o| o.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        .ok_or_else(|| corrupt("owner"))?;
+    if owner.len() < 2 || !owner.starts_with('"') || !owner.ends_with('"') {
+        return Err(corrupt("owner"));
+    }
+    Ok(Owner::from_literal(owner.to_owned()))
+}
+
+/// The new state an apply sent for the cache returns (`redis/apply.lua`, ARGV[15]):
+/// `{'OK', '<max_age or -> <ms to the absolute limit> <TTL ms>', <owner literal or ''>,
+/// <data pairs>}`, as a load of it would have read it right after (no flash: the script
+/// returns no state when flash is pending). `None` for a plain `{'OK'}`.
+fn decode_written(items: &[Value]) -> Result<Option<(LoadedSession, Freshness)>, StoreError> {
+    let [_, header, owner, data] = items else {
+        return match items.len() {
+            1 => Ok(None),
+            _ => Err(corrupt("apply reply")),
+        };
+    };
+    let bytes = |v: &Value| match v {
+        Value::BulkString(b) => Ok(b.clone()),
+        _ => Err(corrupt("apply reply")),
+    };
+    let header = String::from_utf8(bytes(header)?).map_err(|_| corrupt("apply reply"))?;
+    let mut parts = header.split(' ');
+    let mut next = || parts.next().ok_or_else(|| corrupt("apply reply"));
+    let number = |t: &str, what: &str| t.parse::<u64>().map_err(|_| corrupt(what));
+    let max_age = match next()? {
+        "-" => None,
+        t => Some(number(t, "max_age")?),
+    };
+    let remaining_ms = number(next()?, "remaining lifetime")?;
+    let ttl_ms = number(next()?, "ttl")?;
+    if next().is_ok() {
+        return Err(corrupt("apply reply"));
+    }
+    let owner = bytes(owner)?;
+    let owner = if owner.is_empty() {
+        None
+    } else {
+        Some(decode_owner(&owner)?)
+    };
+    let loaded = LoadedSession {
+        data: decode_pairs(&bytes(data)?).map_err(corrupt)?,
+        flash: super::FieldMap::new(),
+        max_age,
+        remaining: remaining_ms / 1000,
+        revision: None,
+        owner,
+        index_due: None,
+    };
+    let fresh = Freshness {
+        refreshed: true,
+        since_seen_ms: Some(0),
+        ttl_ms: Some(ttl_ms),
+        remaining_ms,
+    };
+    Ok(Some((loaded, fresh)))
 }
 
 /// Hooks for the fuzz targets (the `fuzzing` feature, docs/fuzzing.md): the script
@@ -1451,6 +1588,47 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn written_states_decode() {
+        let ok = |items: &[&str]| -> Vec<Value> { items.iter().map(|s| bulk(s)).collect() };
+        assert!(decode_written(&ok(&["OK"])).unwrap().is_none());
+        let (loaded, fresh) = decode_written(&ok(&["OK", "- 5500 3000", "", "3:\"n\",1:1,"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.data, fields(&[("\"n\"", "1")]));
+        assert_eq!(
+            (loaded.max_age, loaded.remaining, loaded.owner),
+            (None, 5, None)
+        );
+        assert!(loaded.flash.is_empty());
+        assert_eq!(
+            fresh,
+            Freshness {
+                refreshed: true,
+                since_seen_ms: Some(0),
+                ttl_ms: Some(3000),
+                remaining_ms: 5500,
+            }
+        );
+        let (loaded, _) = decode_written(&ok(&["OK", "60 9000 8000", "\"ann\"", ""]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.max_age, Some(60));
+        assert_eq!(
+            loaded.owner.map(|o| o.literal().to_owned()),
+            Some("\"ann\"".into())
+        );
+        for bad in [
+            ok(&["OK", "- 1"]),
+            ok(&["OK", "- 1 2 3", "", ""]),
+            ok(&["OK", "x 1 2", "", ""]),
+            ok(&["OK", "- 1 2", "ann", ""]),
+            ok(&["OK", "- 1 2", "", "3:abc"]),
+        ] {
+            assert!(decode_written(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 -- KEYS[6] this call's write-token key (in db_sessions, the target's hash slot)
 -- ARGV[1] mode: 'E' Existing, 'C' Create, 'M' Move, 'X' Destroy, 'R' DestroyThenCreate,
 --         'T' Take (read and delete the target, return its state),
---         'I' Import (create the target from a given state: ARGV[15] and the ops)
+--         'I' Import (create the target from a given state: ARGV[16] and the ops)
 -- ARGV[2] db_sessions  ARGV[3] db_notifications  ARGV[4] session.ttl in ms
 -- ARGV[5] session.absolute_ttl in ms  ARGV[6] session.max_size in bytes
 -- ARGV[7] new max_age in seconds, or '' to keep the current one
@@ -18,13 +18,18 @@
 -- ARGV[9] owner change: '' keep, 'A' attach (ARGV[10] owner literal, ARGV[11] bound in
 --         ms from now), 'D' detach
 -- ARGV[12] '1': record the client (ARGV[13] ip, ARGV[14] user agent); 'C' and 'R' only
--- ARGV[15] 'I' only: the meta fields to import, as netstring pairs (what 'T' returned)
--- ARGV[15 or 16..] ops, flat: 'C' | 'D' field | 'S' field value | 'I' field by
+-- ARGV[15] '1': sent for the client-side cache over its tracking connection (store.cache,
+--         src/store/redis/cache.rs): read the target's keys again after writing them,
+--         and return the new state; '': not
+-- ARGV[16] 'I' only: the meta fields to import, as netstring pairs (what 'T' returned)
+-- ARGV[16 or 17..] ops, flat: 'C' | 'D' field | 'S' field value | 'I' field by
 --         | 'F' field value
 --
 -- Returns {'OK'} | {'GONE'} | {'CORRUPT'} | {'NOT_INTEGER', field} | {'OVERFLOW', field}
 --         | {'TOO_LARGE', size} | {'FLASH_TOO_LARGE', size}
 --         | {'TAKEN', meta pairs, data pairs, flash pairs} ('T' only)
+--         | {'OK', '<max_age or -> <ms to the absolute limit> <TTL ms>', owner literal or '',
+--            data pairs} (ARGV[15] '1', written and no flash pending)
 --
 -- Meta fields (`created`, `max_age`, `owner`, `bound`, `seen`, `ip`, `ua`: see
 -- src/store/redis.rs) are carried as a whole by 'E', 'M', 'T' and 'I'; every write sets
@@ -43,7 +48,8 @@ local max_size = tonumber(ARGV[6])
 
 local token_ttl = ARGV[8]
 local owner_change = ARGV[9]
-local FIRST_OP = 15
+local for_cache = ARGV[15] == '1'
+local FIRST_OP = 16
 
 local now = now_ms()
 
@@ -387,4 +393,18 @@ if #flash_list > 0 then
 end
 
 remember(tonumber(ttl))
+if for_cache then
+  -- Redis tracks a key for this connection only while the last thing it did to the key
+  -- was a read (its own writes are not reported: NOLOOP, and they end the tracking), so
+  -- both keys are read again. (Redis 7.0 counts any read in a script as a read of all
+  -- its KEYS; 7.2 and later only of the keys read: read both.)
+  use_db(db_sessions)
+  redis.call('EXISTS', KEYS[1])
+  use_db(db_notifications)
+  redis.call('EXISTS', KEYS[2])
+  if #flash_list == 0 then
+    return {'OK', (meta['max_age'] or '-') .. ' ' .. int_text(remaining) .. ' ' .. ttl,
+      meta['owner'] or '', pairs_text(data)}
+  end
+end
 return {'OK'}

@@ -2,12 +2,16 @@
 //! "store.cache"; the design in docs/decisions.md, "A client-side session cache").
 //!
 //! A load may be answered from this sidecar's memory only while Redis guarantees to
-//! report every change of the session: RESP3 client tracking in broadcast mode. One
-//! dedicated connection per data node (the *tracking connection*) sends `HELLO 3` and `CLIENT
-//! TRACKING ON BCAST PREFIX <store.key_prefix>`; from then on Redis pushes an
-//! `invalidate` message to it for every key under the prefix that any client modifies
-//! (Lua scripts included), and a `null` one on a flush. No per-key table on the server,
-//! and the loads themselves run on the ordinary pool connections.
+//! report every change of the session: RESP3 client tracking. One dedicated connection
+//! per data node (the *tracking connection*) sends `HELLO 3` and `CLIENT TRACKING ON
+//! NOLOOP`, and while tracking is on, the loads and writes of sessions whose replies
+//! may be cached are sent over it ([`Ticket::connection`]). Redis remembers the keys
+//! that connection read and pushes an `invalidate` message to it when any other client
+//! modifies one (Lua scripts included), and a `null` one on a flush; the connection's
+//! own writes are not reported (`NOLOOP`), and its scripts read a session's keys again
+//! after writing them, so Redis goes on tracking them. Pushes and replies come on the
+//! one connection in the order Redis ran the commands, and the pushes are handled on the
+//! connection's driver task before the replies after them are delivered.
 //!
 //! # The rules
 //!
@@ -19,28 +23,32 @@
 //!   tracking connection is lost (or replaced, or stops answering its pings), the whole
 //!   cache is dropped and the epoch is bumped; nothing is inserted again until `CLIENT
 //!   TRACKING` has answered OK on a new connection.
-//! - *Pending generation.* An invalidation may arrive on the tracking connection before
-//!   the reply of a load that read the old value arrives on a pool connection. A load
-//!   takes a [`Ticket`] (the epoch and the key's pending generation) before it is sent;
-//!   every invalidation of the key (and every own write, and every reply of another load
-//!   of it) bumps the generation of a key with loads in flight. The reply is inserted
-//!   only when neither changed; otherwise the key's entry is dropped. So of overlapping
-//!   loads, whose replies may arrive in another order than Redis ran them, none leaves
-//!   an older state in place of a newer one already answered.
-//! - Flash is never answered from here: a load that delivered flash, or that refreshed
-//!   the idle lifetime (its own write will invalidate the key), inserts nothing; an
-//!   entry therefore records "no flash pending", and a flash written by anyone
-//!   invalidates it through the flash key.
+//! - *Pending generation.* A reply and an invalidation of its key may be handled in
+//!   either order (the invalidation on the driver task, the reply by the caller), and a
+//!   write sent over the pool before tracking came on may run after a load sent over
+//!   the tracking connection. A load or write takes a [`Ticket`] (the epoch and the
+//!   key's pending generation) before it is sent; every invalidation of the key (and
+//!   every own write, and every reply of another call of it) bumps the generation of a
+//!   key with calls in flight. The reply is inserted only when neither changed;
+//!   otherwise the key's entry is dropped. So of overlapping calls none leaves an older
+//!   state in place of a newer one already answered.
+//! - Flash is never answered from here: a load that delivered flash, or a write that
+//!   left flash pending, inserts nothing; an entry therefore records "no flash
+//!   pending", and a flash written by any other client invalidates it through the
+//!   flash key.
 //! - A hit never skips a due refresh: on a refreshing route it is allowed only while the
 //!   last refresh (`seen`) is younger than `session.touch_after`. An entry never outlives
 //!   the session: its expiry is the key's TTL as the load read it, counted on the local
 //!   monotonic clock from when the load was *sent* (so early, never late).
 //! - Own writes (every apply, destroy by store key, bound extension) forget the entries
-//!   they touch before they are sent and again when they end (or are cancelled).
+//!   they touch before they are sent and again when they end (or are cancelled); an
+//!   apply sent over the tracking connection then inserts the state it wrote, with a
+//!   ticket taken after that first forgetting.
 //! - With Sentinel the tracking connection goes to the master in use ([`Resolve`]);
 //!   the connector calls back when it replaces or leaves that master, which drops
 //!   everything and makes the tracking task reconnect (to the new one). On a cluster
-//!   there is one tracking connection per master serving slots; the set of masters
+//!   there is one tracking connection per master serving slots, and a session's calls
+//!   go to the one serving its hash slot ([`key_slot`]); the set of masters
 //!   with their slots ([`Nodes::fingerprint`]) must be the same before and after
 //!   tracking was turned on everywhere, and is compared again every [`PING_EVERY`]:
 //!   any change drops everything and starts over.
@@ -58,7 +66,10 @@ use std::{
 };
 
 use lru::LruCache;
-use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, RedisError, Value};
+use redis::{
+    AsyncConnectionConfig, Client, PushInfo, PushKind, RedisError, Value,
+    aio::MultiplexedConnection,
+};
 use tokio::sync::Notify;
 
 use crate::store::{FieldMap, LoadedSession, Owner, Touch};
@@ -76,12 +87,61 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub(super) type Resolve =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Nodes, RedisError>> + Send>> + Send + Sync>;
 
-/// The data nodes to track (RESP3 clients), and what identifies that set: when the
-/// fingerprint changes (another master, a slot moved) everything is dropped and
-/// tracked anew.
+/// The data nodes to track, and what identifies that set: when the fingerprint changes
+/// (another master, a slot moved) everything is dropped and tracked anew.
 pub(super) struct Nodes {
-    pub(super) clients: Vec<Client>,
+    pub(super) nodes: Vec<Node>,
     pub(super) fingerprint: String,
+}
+
+/// One data node: a RESP3 client for it, and the hash slots it serves (empty: every
+/// key, one server or the Sentinel master).
+pub(super) struct Node {
+    pub(super) client: Client,
+    pub(super) slots: Vec<(u16, u16)>,
+}
+
+/// A tracking connection as the loads and writes of the sessions it serves use it.
+#[derive(Clone)]
+pub(super) struct Route {
+    slots: Vec<(u16, u16)>,
+    conn: MultiplexedConnection,
+}
+
+impl Route {
+    fn serves(&self, slot: u16) -> bool {
+        self.slots.is_empty() || self.slots.iter().any(|&(a, b)| a <= slot && slot <= b)
+    }
+}
+
+/// The cluster hash slot of a session's keys (`<p>{<sk>}`: the hash tag is the store
+/// key): CRC-16/XMODEM of the tag, modulo 16384 (Redis Cluster specification).
+pub(super) fn key_slot(tag: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in tag {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc & 0x3fff
+}
+
+/// The slot ranges of one `CLUSTER NODES` master line as [`super::connector::masters_with_slots`]
+/// gives it (`<addr> <slot or a-b>...`); importing/migrating markers (`[...]`) are not served.
+pub(super) fn parse_slots(line: &str) -> Vec<(u16, u16)> {
+    line.split_whitespace()
+        .skip(1)
+        .filter(|t| !t.starts_with('['))
+        .filter_map(|t| match t.split_once('-') {
+            Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+            None => t.parse().ok().map(|n| (n, n)),
+        })
+        .collect()
 }
 
 /// What the load script reports for the cache (`redis/load.lua`, ARGV[7]).
@@ -113,14 +173,16 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    /// The entry for a load sent at `sent`; `None` when its reply may not be cached
-    /// (it delivered flash, or it refreshed: its own write invalidates the key).
+    /// The entry for a load sent at `sent`; `None` when its reply may not be cached (it
+    /// delivered flash). A load that refreshed the idle lifetime may be cached: its own
+    /// write is not reported to the connection that made it (`NOLOOP`), and its script
+    /// read the key again after writing it, so the key stays tracked.
     pub(super) fn from_load(
         loaded: &LoadedSession,
         fresh: Freshness,
         sent: Instant,
     ) -> Option<Entry> {
-        if !loaded.flash.is_empty() || fresh.refreshed {
+        if !loaded.flash.is_empty() {
             return None;
         }
         let life = fresh
@@ -128,9 +190,13 @@ impl Entry {
             .map_or(fresh.remaining_ms, |t| t.min(fresh.remaining_ms));
         let expires = sent.checked_add(Duration::from_millis(life))?;
         let deadline = sent.checked_add(Duration::from_millis(fresh.remaining_ms))?;
-        let seen = fresh
-            .since_seen_ms
-            .and_then(|ms| sent.checked_sub(Duration::from_millis(ms)));
+        let seen = if fresh.refreshed {
+            Some(sent)
+        } else {
+            fresh
+                .since_seen_ms
+                .and_then(|ms| sent.checked_sub(Duration::from_millis(ms)))
+        };
         Some(Entry {
             data: loaded.data.clone(),
             max_age: loaded.max_age,
@@ -246,6 +312,8 @@ struct State {
     entries: LruCache<String, Entry>,
     /// Keys with loads in flight: their count and generation.
     pending: HashMap<String, Pending>,
+    /// The tracking connections of `epoch`, while `on` (none in unit tests).
+    routes: Vec<Route>,
 }
 
 struct Pending {
@@ -275,6 +343,7 @@ impl Cache {
                 on: false,
                 entries: LruCache::new(max_entries),
                 pending: HashMap::new(),
+                routes: Vec::new(),
             }),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -316,12 +385,20 @@ impl Cache {
         answer
     }
 
-    /// Before a load of `sk` is sent: its ticket, `None` while tracking is not on.
+    /// Before a load or write of `sk` is sent: its ticket, with the tracking connection it
+    /// must be sent on for its reply to be cached; `None` while tracking is not on (or no
+    /// tracking connection serves the key's slot).
     pub(super) fn begin(&self, sk: &str) -> Option<Ticket<'_>> {
         let mut state = self.state();
         if !state.on {
             return None;
         }
+        let conn = if state.routes.is_empty() {
+            None
+        } else {
+            let slot = key_slot(sk.as_bytes());
+            Some(state.routes.iter().find(|r| r.serves(slot))?.conn.clone())
+        };
         let epoch = state.epoch;
         let pending = state.pending.entry(sk.to_owned()).or_insert(Pending {
             loads: 0,
@@ -334,6 +411,7 @@ impl Cache {
             key: sk.to_owned(),
             epoch,
             generation,
+            conn,
         })
     }
 
@@ -379,6 +457,7 @@ impl Cache {
         state.epoch += 1;
         state.on = false;
         state.entries.clear();
+        state.routes.clear();
         let epoch = state.epoch;
         drop(state);
         if had {
@@ -394,12 +473,13 @@ impl Cache {
         state.on && state.epoch == epoch
     }
 
-    /// Tracking is on again since [`Cache::drop_all`] returned `epoch`; `false` when
-    /// another drop came in between (then it stays off).
-    pub(super) fn confirm(&self, epoch: u64) -> bool {
+    /// Tracking is on again since [`Cache::drop_all`] returned `epoch`, on `routes`;
+    /// `false` when another drop came in between (then it stays off).
+    pub(super) fn confirm(&self, epoch: u64, routes: Vec<Route>) -> bool {
         let mut state = self.state();
         if state.epoch == epoch {
             state.on = true;
+            state.routes = routes;
         }
         state.on && state.epoch == epoch
     }
@@ -445,16 +525,28 @@ fn forget(state: &mut State, sk: &str) {
     }
 }
 
-/// A load in flight, taken before it is sent: its reply may be inserted only if
-/// nothing happened to the key (or to tracking) since.
+/// A load or write in flight, taken before it is sent: its reply may be inserted only if
+/// it came over the ticket's tracking connection and nothing happened to the key (or
+/// to tracking) since.
 pub(super) struct Ticket<'a> {
     cache: &'a Cache,
     key: String,
     epoch: u64,
     generation: u64,
+    conn: Option<MultiplexedConnection>,
 }
 
 impl Ticket<'_> {
+    /// The tracking connection to send the call on (`None` in unit tests).
+    pub(super) fn connection(&self) -> Option<MultiplexedConnection> {
+        self.conn.clone()
+    }
+
+    /// Every whole drop: the call failed on the tracking connection.
+    pub(super) fn drop_all(&self) {
+        self.cache.drop_all();
+    }
+
     /// The reply arrived; [`Ticket::arrived`] with what it may cache.
     #[cfg(test)]
     pub(super) fn insert(self, entry: Entry) -> bool {
@@ -513,6 +605,12 @@ pub(super) struct Forgetting<'a> {
 }
 
 impl<'a> Forgetting<'a> {
+    /// The write's reply was inserted for `sk` (its outcome is known): do not forget it
+    /// again when dropped.
+    pub(super) fn keep(&mut self, sk: &str) {
+        self.keys.retain(|k| k != sk);
+    }
+
     /// Forget `keys` now and again when dropped.
     pub(super) fn new(cache: Option<&'a Cache>, keys: Vec<String>) -> Self {
         if let Some(cache) = cache {
@@ -620,9 +718,7 @@ async fn connect_tracking(
         redis::cmd("CLIENT")
             .arg("TRACKING")
             .arg("ON")
-            .arg("BCAST")
-            .arg("PREFIX")
-            .arg(prefix)
+            .arg("NOLOOP")
             .query_async(&mut conn),
     )
     .await
@@ -644,13 +740,19 @@ async fn track_once(
     epoch: u64,
 ) -> Result<bool, RedisError> {
     let nodes = resolve_nodes(resolve, timeout).await?;
-    if nodes.clients.is_empty() {
+    if nodes.nodes.is_empty() {
         return Err(lost("tracking: no data node"));
     }
     let (gone_tx, mut gone_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut conns = Vec::with_capacity(nodes.clients.len());
-    for client in &nodes.clients {
-        conns.push(connect_tracking(cache, client, prefix, timeout, gone_tx.clone()).await?);
+    let mut conns = Vec::with_capacity(nodes.nodes.len());
+    let mut routes = Vec::with_capacity(nodes.nodes.len());
+    for node in &nodes.nodes {
+        let conn = connect_tracking(cache, &node.client, prefix, timeout, gone_tx.clone()).await?;
+        routes.push(Route {
+            slots: node.slots.clone(),
+            conn: conn.clone(),
+        });
+        conns.push(conn);
     }
     drop(gone_tx);
     // Every node is tracked since before this check: if the nodes are still the same,
@@ -659,7 +761,7 @@ async fn track_once(
         return Ok(false);
     }
     match cache.upgrade() {
-        Some(c) if c.confirm(epoch) => {}
+        Some(c) if c.confirm(epoch, routes) => {}
         _ => return Ok(false),
     }
     tracing::info!(nodes = conns.len(), "redis cache: tracking on");
@@ -730,7 +832,7 @@ mod tests {
 
     fn on(cache: &Cache) {
         let epoch = cache.drop_all();
-        assert!(cache.confirm(epoch));
+        assert!(cache.confirm(epoch, Vec::new()));
     }
 
     fn user(l: Option<LoadedSession>) -> Option<String> {
@@ -783,7 +885,7 @@ mod tests {
         assert!(cache.begin("a").is_none());
         let epoch = cache.drop_all();
         assert!(cache.begin("a").is_none());
-        assert!(cache.confirm(epoch));
+        assert!(cache.confirm(epoch, Vec::new()));
         let now = Instant::now();
         let t = cache.begin("a").unwrap();
         assert!(t.insert(entry("ann", now)));
@@ -794,7 +896,7 @@ mod tests {
         // A confirmation of an older epoch does not turn tracking on.
         let old = cache.drop_all();
         let _newer = cache.drop_all();
-        assert!(!cache.confirm(old));
+        assert!(!cache.confirm(old, Vec::new()));
         assert!(cache.begin("a").is_none());
         assert_eq!(cache.lookup("a", Touch::Keep, AFTER, now), None);
     }
@@ -910,14 +1012,37 @@ mod tests {
     }
 
     #[test]
-    fn flash_and_refreshing_loads_are_not_cached() {
+    fn loads_with_flash_are_not_cached_and_refreshing_ones_are() {
         let now = Instant::now();
         let mut with_flash = loaded("ann");
         with_flash.flash.insert("\"m\"".into(), "1".into());
         assert!(Entry::from_load(&with_flash, fresh(), now).is_none());
-        let mut f = fresh();
-        f.refreshed = true;
-        assert!(Entry::from_load(&loaded("ann"), f, now).is_none());
+        let f = Freshness {
+            refreshed: true,
+            since_seen_ms: None,
+            ..fresh()
+        };
+        let e = Entry::from_load(&loaded("ann"), f, now).unwrap();
+        // Refreshed at the load: not due again before touch_after.
+        assert!(e.answer(Touch::Refresh, AFTER, now).is_some());
+        assert!(e.answer(Touch::Refresh, AFTER, now + AFTER).is_none());
+    }
+
+    #[test]
+    fn key_slots_follow_the_cluster_specification() {
+        // The specification's check value, and slots `CLUSTER KEYSLOT` gives.
+        assert_eq!(key_slot(b"123456789"), 0x31c3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b""), 0);
+    }
+
+    #[test]
+    fn slot_ranges_parse() {
+        assert_eq!(
+            parse_slots("127.0.0.1:7000 0-5460 5462 [5461->-abc] 10923-16383"),
+            vec![(0, 5460), (5462, 5462), (10923, 16383)]
+        );
+        assert!(parse_slots("127.0.0.1:7000").is_empty());
     }
 
     #[test]

@@ -32,7 +32,10 @@ pub(super) enum Call<'a> {
 }
 
 impl Call<'_> {
-    async fn run<C: ConnectionLike + Send>(self, conn: &mut C) -> Result<Value, RedisError> {
+    pub(super) async fn run<C: ConnectionLike + Send>(
+        self,
+        conn: &mut C,
+    ) -> Result<Value, RedisError> {
         match self {
             Call::Script(inv) => inv.invoke_async::<Value>(conn).await,
             Call::Cmd(cmd) => cmd.query_async::<Value>(conn).await,
@@ -45,12 +48,19 @@ impl Call<'_> {
 /// cannot be parsed counts: a connection closed in the middle of a reply is reported as
 /// a parse error of the truncated reply, not as a dropped connection (the manager
 /// reconnects on both), and the script may well have run.
-fn is_connection_trouble(e: &RedisError) -> bool {
+pub(super) fn is_connection_trouble(e: &RedisError) -> bool {
     e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_io_error()
         || e.kind() == redis::ErrorKind::Parse
         || is_readonly(e)
+}
+
+/// A cluster redirect, or a cluster not serving (`MOVED`, `ASK`, `TRYAGAIN`,
+/// `CLUSTERDOWN`): a call sent to one node directly (the cache's tracking connections)
+/// found the slot elsewhere or unserved, and did not run.
+pub(super) fn is_redirect(e: &RedisError) -> bool {
+    matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN"))
 }
 
 /// `READONLY`: the node we write to was demoted to a replica (a failover happened).
