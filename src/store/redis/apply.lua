@@ -53,11 +53,6 @@ local FIRST_OP = 16
 
 local now = now_ms()
 
--- Select both dbs before anything is written: a db the server lacks must fail the script
--- while nothing is written yet (Redis would keep the writes made before the error).
-use_db(db_notifications)
-use_db(db_sessions)
-
 -- HGETALL as a map; meta fields (not starting with '"') are returned separately.
 local function read_hash(key)
   local raw = redis.call('HGETALL', key)
@@ -71,6 +66,17 @@ local function read_hash(key)
   end
   return fields, meta, #raw > 0
 end
+
+-- Select both dbs before anything is written: a db the server lacks must fail the script
+-- while nothing is written yet (Redis would keep the writes made before the error). The
+-- modes that carry a session over read its flash on the way (a SELECT fewer).
+local carries = mode == 'E' or mode == 'M' or mode == 'T'
+local source_flash = {}
+use_db(db_notifications)
+if carries then
+  source_flash = read_hash(KEYS[5])
+end
+use_db(db_sessions)
 
 -- Resent? Then this call already wrote: answer as the first time.
 use_db(db_sessions)
@@ -86,12 +92,13 @@ end
 -- Nothing outlives its session: the token lives at most as long as the session's keys.
 local function remember(cap_ms, ...)
   use_db(db_sessions)
+  local life = int_text(math.max(1, math.min(tonumber(token_ttl), cap_ms)))
   if select('#', ...) > 0 then
     redis.call('HSET', KEYS[6], ...)
+    redis.call('PEXPIRE', KEYS[6], life)
   else
-    redis.call('SET', KEYS[6], '1')
+    redis.call('SET', KEYS[6], '1', 'PX', life)
   end
-  redis.call('PEXPIRE', KEYS[6], int_text(math.max(1, math.min(tonumber(token_ttl), cap_ms))))
 end
 
 if mode == 'X' then
@@ -135,7 +142,7 @@ end
 
 local data, flash, meta = {}, {}, {}
 local first_op = FIRST_OP
-if mode == 'E' or mode == 'M' or mode == 'T' then
+if carries then
   use_db(db_sessions)
   local exists
   data, meta, exists = read_hash(KEYS[4])
@@ -150,8 +157,7 @@ if mode == 'E' or mode == 'M' or mode == 'T' then
   if created + absolute_ms <= now then
     return {'GONE'}
   end
-  use_db(db_notifications)
-  flash = read_hash(KEYS[5])
+  flash = source_flash
 elseif mode == 'C' or mode == 'R' then
   meta['created'] = int_text(now)
   if ARGV[12] == '1' then
@@ -362,9 +368,9 @@ if ttl_ms_left <= 0 then
   -- Past its bound already (a kept bound that passed): the session dies now.
   use_db(db_sessions)
   redis.call('DEL', KEYS[1])
+  remember(1)
   use_db(db_notifications)
   redis.call('DEL', KEYS[2])
-  remember(1)
   return {'OK'}
 end
 
@@ -377,30 +383,32 @@ for field, value in pairs(data) do
   data_list[#data_list + 1] = field
   data_list[#data_list + 1] = value
 end
+-- For the cache: Redis tracks a key for this connection only while the last thing it
+-- did to the key was a read (its own writes are not reported: NOLOOP, and they end the
+-- tracking), so each key is read again after its last write. (Redis 7.0 counts any read
+-- in a script as a read of all its KEYS; 7.2 and later only of the keys read: read both.)
 use_db(db_sessions)
 redis.call('DEL', KEYS[1])
 write_hash(KEYS[1], data_list)
+remember(tonumber(ttl))
+if for_cache then
+  redis.call('EXISTS', KEYS[1])
+end
 
 use_db(db_notifications)
-redis.call('DEL', KEYS[2])
 local flash_list = {}
 for field, value in pairs(flash) do
   flash_list[#flash_list + 1] = field
   flash_list[#flash_list + 1] = value
 end
+-- 'E' read the target's flash hash: when it was empty there is nothing to delete.
+if not (mode == 'E' and next(source_flash) == nil) then
+  redis.call('DEL', KEYS[2])
+end
 if #flash_list > 0 then
   write_hash(KEYS[2], flash_list)
 end
-
-remember(tonumber(ttl))
 if for_cache then
-  -- Redis tracks a key for this connection only while the last thing it did to the key
-  -- was a read (its own writes are not reported: NOLOOP, and they end the tracking), so
-  -- both keys are read again. (Redis 7.0 counts any read in a script as a read of all
-  -- its KEYS; 7.2 and later only of the keys read: read both.)
-  use_db(db_sessions)
-  redis.call('EXISTS', KEYS[1])
-  use_db(db_notifications)
   redis.call('EXISTS', KEYS[2])
   if #flash_list == 0 then
     return {'OK', (meta['max_age'] or '-') .. ' ' .. int_text(remaining) .. ' ' .. ttl,
