@@ -211,14 +211,19 @@ def upstream_block(port: int) -> str:
   }}"""
 
 
-def proxy_block(listen: int, upstream: int) -> str:
-    return f"""
-  upstream app {{
+def upstream_app(upstream: int) -> str:
+    """The `upstream app` block both nginx peers proxy to (the same keepalive pool)."""
+    return f"""  upstream app {{
     server 127.0.0.1:{upstream};
     keepalive 128;
     keepalive_requests 10000000;
     keepalive_timeout 300s;
-  }}
+  }}"""
+
+
+def proxy_block(listen: int, upstream: int) -> str:
+    return f"""
+{upstream_app(upstream)}
   server {{
     listen 127.0.0.1:{listen};
     location / {{
@@ -297,12 +302,7 @@ def lua_block(listen: int, upstream: int, redis_port: int) -> str:
       red:set_keepalive(60000, 256)
     end
   }}
-  upstream app {{
-    server 127.0.0.1:{upstream};
-    keepalive 128;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-  }}
+{upstream_app(upstream)}
   server {{
     listen 127.0.0.1:{listen};
     location / {{

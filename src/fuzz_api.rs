@@ -108,6 +108,15 @@ pub fn redis_load_reply(reply: RedisValue) -> Result<Option<LoadedSession>, Stor
     redis::fuzzing::load_reply(reply)
 }
 
+/// What the Redis store caches from the reply of a write sent for the cache
+/// (`{'OK', header, owner, data pairs}`); `None` for a plain `{'OK'}`.
+///
+/// # Errors
+/// The reply is malformed (corruption).
+pub fn redis_written_reply(reply: RedisValue) -> Result<Option<LoadedSession>, StoreError> {
+    redis::fuzzing::written_reply(reply)
+}
+
 /// What the Redis store makes of the take script's reply (a move on a cluster):
 /// `Some((meta, data, flash))` for `TAKEN`, `None` for another status.
 ///

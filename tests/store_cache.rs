@@ -485,6 +485,38 @@ async fn a_due_refresh_goes_to_the_store_and_no_touch_routes_keep_hitting() {
     assert!(seen(&key) > before);
 }
 
+/// After a failover: A writes n = 3 to the session (503s while it follows the failover,
+/// the session kept), B sees it, B caches it again (tracking is on again, on the new
+/// master), and B sees A's next write.
+async fn after_the_failover(ca: &Client, cb: &mut Client, b: &Sidecar) {
+    let sid = ca.sid();
+    until_within(
+        Duration::from_secs(30),
+        "a writes n = 3 to the session",
+        || {
+            let mut ca = ca.clone();
+            let sid = sid.clone();
+            async move {
+                let r = ca.write(&[("x-session-set", r#"{"n":3}"#)]).await;
+                r.status == 200 && ca.sid() == sid
+            }
+        },
+    )
+    .await;
+    until_within(Duration::from_secs(30), "b sees n = 3", || {
+        let cb = cb.clone();
+        async move { n_of(&cb).await == Some(json!(3)) }
+    })
+    .await;
+    assert_eq!(warm(cb, b).await.session()["n"], 3);
+    ca.clone().write(&[("x-session-set", r#"{"n":4}"#)]).await;
+    until("b sees n = 4", || {
+        let cb = cb.clone();
+        async move { n_of(&cb).await == Some(json!(4)) }
+    })
+    .await;
+}
+
 /// Poll like [`until`], for at most `limit` (failovers take seconds).
 async fn until_within<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
@@ -542,35 +574,8 @@ async fn a_sentinel_failover_drops_the_cache_and_the_new_master_is_tracked() {
     .await
     .expect("failover");
 
-    // A writes on the new master (503s while the sidecar follows the failover).
-    let sid = ca.sid();
-    until_within(
-        Duration::from_secs(30),
-        "a writes n = 3 to the session",
-        || {
-            let mut ca = ca.clone();
-            let sid = sid.clone();
-            async move {
-                let r = ca.write(&[("x-session-set", r#"{"n":3}"#)]).await;
-                r.status == 200 && ca.sid() == sid
-            }
-        },
-    )
-    .await;
-    until_within(Duration::from_secs(30), "b sees n = 3", || {
-        let cb = cb.clone();
-        async move { n_of(&cb).await == Some(json!(3)) }
-    })
-    .await;
+    after_the_failover(&ca, &mut cb, &b).await;
     assert!(stats(&b).drops > drops, "{:?}", stats(&b));
-    // Tracking is on again, on the new master: hits, and invalidations from there.
-    assert_eq!(warm(&mut cb, &b).await.session()["n"], 3);
-    ca.write(&[("x-session-set", r#"{"n":4}"#)]).await;
-    until("b sees n = 4", || {
-        let cb = cb.clone();
-        async move { n_of(&cb).await == Some(json!(4)) }
-    })
-    .await;
     drop(set);
 }
 
@@ -642,34 +647,7 @@ async fn on_a_cluster_every_master_is_tracked_and_a_failover_drops_the_cache() {
         async move { stats(b).drops > drops }
     })
     .await;
-    let sid = ca.sid();
-    until_within(
-        Duration::from_secs(30),
-        "a writes n = 3 to the session",
-        || {
-            let mut ca = ca.clone();
-            let sid = sid.clone();
-            async move {
-                let r = ca.write(&[("x-session-set", r#"{"n":3}"#)]).await;
-                r.status == 200 && ca.sid() == sid
-            }
-        },
-    )
-    .await;
-    until_within(Duration::from_secs(30), "b sees n = 3", || {
-        let cb = cb.clone();
-        async move { n_of(&cb).await == Some(json!(3)) }
-    })
-    .await;
-    // Tracking is on again, the promoted replica included.
-    assert_eq!(warm(&mut cb, &b).await.session()["n"], 3);
-    let mut ca = ca;
-    ca.write(&[("x-session-set", r#"{"n":4}"#)]).await;
-    until("b sees n = 4", || {
-        let cb = cb.clone();
-        async move { n_of(&cb).await == Some(json!(4)) }
-    })
-    .await;
+    after_the_failover(&ca, &mut cb, &b).await;
     drop(cluster);
 }
 

@@ -1,5 +1,6 @@
 //! The Redis scripts' replies as the store decodes them (src/store/redis.rs): the load
-//! reply (`redis/load.lua`: one bulk string) and the take reply of a move on a cluster.
+//! reply (`redis/load.lua`: one bulk string), the state a write sent for the cache
+//! returns (`redis/apply.lua`) and the take reply of a move on a cluster.
 //!
 //! Input: text (first byte < 0x80) is a load reply's bytes, also tried as RESP; other
 //! inputs build replies from a model (as load.lua writes them, then mutated), reply trees
@@ -12,6 +13,7 @@
 //!   anything but an array);
 //! - a load reply written from a model exactly as load.lua writes it decodes to that
 //!   model (data, flash, max_age, remaining, owner, the bound check via `index_due`);
+//!   so does a written state as apply.lua returns it (data, max_age, remaining, owner);
 //! - whatever decodes holds only what the writers can produce: quoted printable fields,
 //!   non-empty printable values, a quoted printable owner, an index refresh only for an
 //!   owned session.
@@ -20,7 +22,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use session_sidecar::{
-    fuzz_api::{RedisValue, parse_resp, redis_load_reply, redis_take_reply},
+    fuzz_api::{RedisValue, parse_resp, redis_load_reply, redis_take_reply, redis_written_reply},
     protocol::{field_literal, json_ascii},
     store::{FieldMap, LoadedSession, Owner, owners::index_due, pairs::encode_pairs},
 };
@@ -33,6 +35,52 @@ enum Input {
     Built(Val),
     Load(Model, Option<(u16, u8)>),
     Take(Vec<u8>, Pairs, Pairs),
+    Written(Written, Option<(u8, u8, u8)>),
+}
+
+/// A write's state as apply.lua returns it for the cache.
+#[derive(Arbitrary, Debug)]
+struct Written {
+    max_age: Option<u64>,
+    remaining_ms: u64,
+    ttl_ms: u64,
+    owner: Option<String>,
+    data: Pairs,
+}
+
+impl Written {
+    fn reply(&self) -> (Vec<Vec<u8>>, LoadedSession) {
+        let data = self.data.map();
+        let mut data_bytes = Vec::new();
+        encode_pairs(&data, &mut data_bytes);
+        let owner = self.owner.as_deref().map(field_literal);
+        let header = format!(
+            "{} {} {}",
+            self.max_age.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            self.remaining_ms,
+            self.ttl_ms
+        );
+        let items = vec![
+            b"OK".to_vec(),
+            header.into_bytes(),
+            owner.clone().unwrap_or_default().into_bytes(),
+            data_bytes,
+        ];
+        let loaded = LoadedSession {
+            data,
+            flash: FieldMap::new(),
+            max_age: self.max_age,
+            remaining: self.remaining_ms / 1000,
+            revision: None,
+            index_due: None,
+            owner: owner.map(Owner::from_literal),
+        };
+        (items, loaded)
+    }
+}
+
+fn bulk_array(items: Vec<Vec<u8>>) -> RedisValue {
+    RedisValue::Array(items.into_iter().map(RedisValue::BulkString).collect())
 }
 
 #[derive(Arbitrary, Debug)]
@@ -178,6 +226,19 @@ fn load(v: RedisValue) {
     }
 }
 
+fn written(v: RedisValue) {
+    let is_array = matches!(v, RedisValue::Array(_));
+    match redis_written_reply(v) {
+        Ok(Some(s)) => {
+            assert!(is_array);
+            check_loaded(&s);
+            assert!(s.flash.is_empty() && s.index_due.is_none());
+        }
+        Ok(None) => assert!(is_array),
+        Err(_) => {}
+    }
+}
+
 fn take(v: RedisValue) {
     let is_array = matches!(v, RedisValue::Array(_));
     match redis_take_reply(v) {
@@ -195,6 +256,12 @@ fn check(input: Input) {
     match input {
         Input::Raw(bytes) => {
             load(RedisValue::BulkString(bytes.clone()));
+            written(bulk_array(vec![
+                b"OK".to_vec(),
+                b"- 1000 1000".to_vec(),
+                Vec::new(),
+                bytes.clone(),
+            ]));
             take(RedisValue::Array(vec![
                 RedisValue::BulkString(b"TAKEN".to_vec()),
                 RedisValue::BulkString(Vec::new()),
@@ -205,11 +272,13 @@ fn check(input: Input) {
         Input::Resp(bytes) => {
             if let Ok(v) = parse_resp(&bytes) {
                 load(v.clone());
+                written(v.clone());
                 take(v);
             }
         }
         Input::Built(val) => {
             load(val.value());
+            written(val.value());
             take(val.value());
         }
         Input::Load(model, mutation) => {
@@ -222,6 +291,19 @@ fn check(input: Input) {
                 let i = usize::from(at) % bytes.len();
                 bytes[i] ^= x;
                 load(RedisValue::BulkString(bytes));
+            }
+        }
+        Input::Written(model, mutation) => {
+            let (mut items, want) = model.reply();
+            let got = redis_written_reply(bulk_array(items.clone()));
+            assert_eq!(got.as_ref().ok(), Some(&Some(want)), "{got:?}");
+            if let Some((which, at, x)) = mutation {
+                let item = &mut items[usize::from(which) % 4];
+                if !item.is_empty() {
+                    let i = usize::from(at) % item.len();
+                    item[i] ^= x;
+                }
+                written(bulk_array(items));
             }
         }
         Input::Take(meta, data, flash) => {

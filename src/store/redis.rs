@@ -1419,7 +1419,7 @@ fn decode_written(items: &[Value]) -> Result<Option<(LoadedSession, Freshness)>,
 pub(crate) mod fuzzing {
     use redis::Value;
 
-    use super::{as_array, decode_load_value, decode_taken};
+    use super::{as_array, decode_load_value, decode_taken, decode_written};
     use crate::store::{FieldMap, LoadedSession, StoreError};
 
     /// What `load_touch` makes of the load script's reply.
@@ -1429,6 +1429,13 @@ pub(crate) mod fuzzing {
 
     /// What `move_across_slots` makes of the take script's reply: `(meta, data, flash)`.
     pub(crate) type TakenParts = (Vec<u8>, FieldMap, FieldMap);
+
+    /// What `apply` makes of a write's reply sent for the cache (after its `OK`): the
+    /// state it caches.
+    pub(crate) fn written_reply(reply: Value) -> Result<Option<LoadedSession>, StoreError> {
+        let items = as_array(reply)?;
+        Ok(decode_written(&items)?.map(|(loaded, _)| loaded))
+    }
 
     pub(crate) fn take_reply(reply: Value) -> Result<Option<TakenParts>, StoreError> {
         let items = as_array(reply)?;
