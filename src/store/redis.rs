@@ -968,9 +968,18 @@ impl SessionStore for RedisStore {
             .await?;
         let outcome = self.outcome(&reply)?;
         if let Some(ticket) = ticket {
+            // The write is applied whatever its state says: a state that does not decode
+            // (a session stored corrupt) is just not cached; its next load reports it.
             let entry = match outcome {
-                WriteOutcome::Applied => decode_written(&reply)?
-                    .and_then(|(loaded, fresh)| Entry::from_load(&loaded, fresh, sent)),
+                WriteOutcome::Applied => match decode_written(&reply) {
+                    Ok(state) => {
+                        state.and_then(|(loaded, fresh)| Entry::from_load(&loaded, fresh, sent))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis cache: a written state did not decode; not cached");
+                        None
+                    }
+                },
                 _ => None,
             };
             if ticket.arrived(entry) {
