@@ -299,13 +299,12 @@ async fn alive_tasks(admin: SocketAddr) -> i64 {
 async fn run(engine: Engine, sc: Scenario) {
     let label = format!("{engine:?} {}", sc.name);
     let proxy = FaultProxy::start(engine.server_port());
-    let admin_port = backing::free_port();
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
     let sidecar = Sidecar::start(
         engine.section(proxy.port()),
-        json!({"admin": {"listen": format!("127.0.0.1:{admin_port}")}}),
+        json!({"admin": {"listen": "127.0.0.1:0"}}),
     )
     .await;
+    let admin = sidecar.admin_addr();
 
     // Sessions, then a few concurrent writes with no fault: every pool is warm.
     let unique = format!(

@@ -111,14 +111,12 @@ async fn sidecar_starts_while_the_store_is_down() {
 #[tokio::test]
 async fn readyz_follows_the_store() {
     let mut redis = backing::RedisServer::start();
-    let admin_port = backing::free_port();
     let sc = Sidecar::start(
         redis_store(redis.port()),
-        json!({"admin": {"listen": format!("127.0.0.1:{admin_port}")}}),
+        json!({"admin": {"listen": "127.0.0.1:0"}}),
     )
     .await;
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
-    let mut probe = harness::Client::new(admin);
+    let mut probe = harness::Client::new(sc.admin_addr());
     assert_eq!(probe.get("/healthz").await.status, 200);
     assert_eq!(probe.get("/readyz").await.status, 200);
     redis.kill();
@@ -140,15 +138,10 @@ async fn readyz_follows_the_store() {
 #[tokio::test]
 async fn missing_redis_database_is_reported_by_readyz() {
     let redis = backing::RedisServer::start_with(&["--databases", "2"]);
-    let admin_port = backing::free_port();
     let mut store = redis_store(redis.port());
     store["storage"]["db_notifications"] = json!(5);
-    let sc = Sidecar::start(
-        store,
-        json!({"admin": {"listen": format!("127.0.0.1:{admin_port}")}}),
-    )
-    .await;
-    let mut probe = harness::Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], admin_port)));
+    let sc = Sidecar::start(store, json!({"admin": {"listen": "127.0.0.1:0"}})).await;
+    let mut probe = harness::Client::new(sc.admin_addr());
     let r = probe.get("/readyz").await;
     assert_eq!(r.status, 503);
     let body = String::from_utf8_lossy(&r.body);
@@ -198,13 +191,12 @@ async fn memcached_down_gives_503_and_recovers_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_bounded_by_the_store_timeout() {
     let redis = backing::RedisServer::start();
-    let admin_port = backing::free_port();
     let sc = Sidecar::start(
         redis_store(redis.port()),
-        json!({"admin": {"listen": format!("127.0.0.1:{admin_port}")}}),
+        json!({"admin": {"listen": "127.0.0.1:0"}}),
     )
     .await;
-    let mut probe = harness::Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], admin_port)));
+    let mut probe = harness::Client::new(sc.admin_addr());
     assert_eq!(probe.get("/readyz").await.status, 200);
     redis.pause();
     for _ in 0..3 {

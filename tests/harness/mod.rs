@@ -662,6 +662,16 @@ impl Sidecar {
         }
     }
 
+    /// The admin listener's address. Configure `admin.listen: 127.0.0.1:0`: the kernel
+    /// picks the port as it binds, so no other process can take it in between (a port
+    /// found free beforehand can be).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.running
+            .as_ref()
+            .and_then(|r| r.admin_addr)
+            .expect("the admin listener is on")
+    }
+
     pub fn client(&self) -> Client {
         let mut c = Client::new(self.addr);
         if let Some(name) = self.config["cookies"]["name"].as_str() {
