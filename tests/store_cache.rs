@@ -61,16 +61,12 @@ fn same_session(c: &Client, other: &Sidecar) -> Client {
 }
 
 /// Poll `check` (one request per try) until it holds, for at most [`WAIT`].
-async fn until<F, Fut>(what: &str, mut check: F)
+async fn until<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {WAIT:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_within(WAIT, what, check).await;
 }
 
 /// Read until a read is answered from `sc`'s cache (tracking must be on, and a load

@@ -1381,11 +1381,13 @@ fn decode_written(items: &[Value]) -> Result<Option<(LoadedSession, Freshness)>,
             _ => Err(corrupt("apply reply")),
         };
     };
-    let bytes = |v: &Value| match v {
-        Value::BulkString(b) => Ok(b.clone()),
-        _ => Err(corrupt("apply reply")),
-    };
-    let header = String::from_utf8(bytes(header)?).map_err(|_| corrupt("apply reply"))?;
+    fn bytes(v: &Value) -> Result<&[u8], StoreError> {
+        match v {
+            Value::BulkString(b) => Ok(b.as_slice()),
+            _ => Err(corrupt("apply reply")),
+        }
+    }
+    let header = std::str::from_utf8(bytes(header)?).map_err(|_| corrupt("apply reply"))?;
     let mut parts = header.split(' ');
     let mut next = || parts.next().ok_or_else(|| corrupt("apply reply"));
     let number = |t: &str, what: &str| t.parse::<u64>().map_err(|_| corrupt(what));
@@ -1398,14 +1400,12 @@ fn decode_written(items: &[Value]) -> Result<Option<(LoadedSession, Freshness)>,
     if next().is_ok() {
         return Err(corrupt("apply reply"));
     }
-    let owner = bytes(owner)?;
-    let owner = if owner.is_empty() {
-        None
-    } else {
-        Some(decode_owner(&owner)?)
+    let owner = match bytes(owner)? {
+        [] => None,
+        owner => Some(decode_owner(owner)?),
     };
     let loaded = LoadedSession {
-        data: decode_pairs(&bytes(data)?).map_err(corrupt)?,
+        data: decode_pairs(bytes(data)?).map_err(corrupt)?,
         flash: super::FieldMap::new(),
         max_age,
         remaining: remaining_ms / 1000,

@@ -79,7 +79,6 @@ end
 use_db(db_sessions)
 
 -- Resent? Then this call already wrote: answer as the first time.
-use_db(db_sessions)
 if mode == 'T' then
   local stash = redis.call('HMGET', KEYS[6], 'meta', 'data', 'flash')
   if stash[1] then
